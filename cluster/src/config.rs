@@ -1,0 +1,224 @@
+//! Node configuration: identity, listen addresses, users, and every limit a node enforces.
+//!
+//! A node is configured from a TOML file (what `clusterbench cluster up` writes for each node) or
+//! from defaults. Unknown keys are rejected with an error that names them, so a typo never turns
+//! into a silent default. Every buffer, line, message and connection count a node keeps has its
+//! limit here, in units named by the field's suffix.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything one node needs to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Permanent node id (rank); unique within a cluster, never reused for another machine.
+    pub id: u32,
+    /// Where the node keeps its mail log and metadata.
+    pub data_dir: PathBuf,
+    /// The mail domain this node accepts mail for. Mail for any other domain is refused (no relay).
+    pub domain: String,
+    /// Host name used in greetings and `Received:` headers.
+    pub hostname: String,
+    /// Bearer token for the admin API. Empty means: refuse every admin request.
+    pub admin_token: String,
+    pub listen: Listen,
+    pub users: Users,
+    pub limits: Limits,
+}
+
+/// Listen addresses. Port 0 picks a free port; the chosen ports are reported on start-up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    pub smtp: SocketAddr,
+    pub pop3: SocketAddr,
+    pub imap: SocketAddr,
+    /// The admin API. Loopback unless told otherwise: it controls faults and shows internals.
+    pub admin: SocketAddr,
+}
+
+/// The provisioned user population: `pattern` with `{n}` replaced by `first..first+count`, all
+/// sharing one password. A range rather than a list, so a million users cost nothing until they
+/// receive mail.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Users {
+    pub pattern: String,
+    pub first: u64,
+    pub count: u64,
+    pub password: String,
+}
+
+/// Limits on everything a client can make a node hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Longest protocol line (command or message text line) including CRLF.
+    pub line_bytes_max: usize,
+    /// Largest message accepted by SMTP DATA or IMAP APPEND (advertised as SIZE).
+    pub message_bytes_max: usize,
+    /// Largest IMAP literal a client may send.
+    pub literal_bytes_max: usize,
+    /// Recipients per SMTP transaction.
+    pub recipients_max: usize,
+    /// Open client connections, all protocols together.
+    pub connections_max: usize,
+    /// A session that sends nothing for this long is closed with the protocol's goodbye.
+    pub idle_timeout_s: u64,
+    /// Bad commands tolerated in one session before it is closed.
+    pub errors_per_session_max: u32,
+    /// Mailbox size a session will list (messages); larger mailboxes show their oldest this many.
+    pub mailbox_messages_max: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: 1,
+            data_dir: PathBuf::from("clusterbench-data/node1"),
+            domain: "example.test".to_string(),
+            hostname: "localhost".to_string(),
+            admin_token: String::new(),
+            listen: Listen::default(),
+            users: Users::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Listen {
+            smtp: any,
+            pop3: any,
+            imap: any,
+            admin: any,
+        }
+    }
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Users {
+            pattern: "user{n}".to_string(),
+            first: 0,
+            count: 100,
+            password: "password".to_string(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            line_bytes_max: 8 * 1024,
+            message_bytes_max: 10 * 1024 * 1024,
+            literal_bytes_max: 10 * 1024 * 1024,
+            recipients_max: 100,
+            connections_max: 1024,
+            idle_timeout_s: 300,
+            errors_per_session_max: 20,
+            mailbox_messages_max: 100_000,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Parses a TOML node configuration, naming any unknown or mistyped key.
+    pub fn from_toml(text: &str) -> Result<NodeConfig, String> {
+        let config: NodeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: ranges, patterns, and relations between limits.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("id: node ids start at 1".into());
+        }
+        if self.domain.is_empty() || self.domain.contains(['@', ' ']) {
+            return Err(format!("domain: {:?} is not a mail domain", self.domain));
+        }
+        if !self.users.pattern.contains("{n}") {
+            return Err(format!(
+                "users.pattern: {:?} must contain {{n}}, e.g. \"user{{n}}\"",
+                self.users.pattern
+            ));
+        }
+        let l = &self.limits;
+        if l.line_bytes_max < 1002 {
+            return Err("limits.line_bytes_max: must be at least 1002 (RFC 5321 text line plus CRLF)".into());
+        }
+        if l.message_bytes_max == 0 || l.literal_bytes_max == 0 {
+            return Err("limits: message_bytes_max and literal_bytes_max must be positive".into());
+        }
+        if l.recipients_max == 0 || l.connections_max == 0 || l.idle_timeout_s == 0 {
+            return Err("limits: recipients_max, connections_max and idle_timeout_s must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+impl Users {
+    /// The user name for index `n` of the range.
+    pub fn name(&self, n: u64) -> String {
+        self.pattern.replace("{n}", &n.to_string())
+    }
+
+    /// Whether `name` (a local part, without domain) is one of the provisioned users.
+    pub fn contains(&self, name: &str) -> bool {
+        let Some((prefix, suffix)) = self.pattern.split_once("{n}") else {
+            return false;
+        };
+        let Some(digits) = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix))
+        else {
+            return false;
+        };
+        // Reject "user007": only the canonical spelling of a number names a user.
+        if digits.is_empty()
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+            || (digits.len() > 1 && digits.starts_with('0'))
+        {
+            return false;
+        }
+        match digits.parse::<u64>() {
+            Ok(n) => n >= self.first && n - self.first < self.count,
+            Err(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = NodeConfig::from_toml("id = 1\n[limits]\nline_max = 5\n").unwrap_err();
+        assert!(err.contains("line_max"), "{err}");
+    }
+
+    #[test]
+    fn user_range_membership() {
+        let users = Users {
+            pattern: "user{n}".into(),
+            first: 10,
+            count: 5,
+            password: "p".into(),
+        };
+        assert!(users.contains("user10"));
+        assert!(users.contains("user14"));
+        assert!(!users.contains("user15"));
+        assert!(!users.contains("user9"));
+        assert!(!users.contains("user012"));
+        assert!(!users.contains("userx"));
+        assert!(!users.contains("bob"));
+        assert_eq!(users.name(12), "user12");
+    }
+}

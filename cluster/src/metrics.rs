@@ -1,0 +1,91 @@
+//! Node metrics, exposed in Prometheus text format on the admin API's `/metrics`.
+//!
+//! Counters are plain atomics behind `prometheus-client` families, so the hot paths (a command, a
+//! stored message, an fsync) only increment; encoding happens when `/metrics` is scraped.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Which front end a connection or command belongs to.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    pub protocol: &'static str,
+}
+
+/// Every metric a node exports.
+pub struct Metrics {
+    registry: Registry,
+    pub connections_total: Family<ProtocolLabel, Counter>,
+    pub connections_open: Family<ProtocolLabel, Gauge>,
+    pub connections_refused_total: Family<ProtocolLabel, Counter>,
+    pub commands_total: Family<ProtocolLabel, Counter>,
+    pub command_errors_total: Family<ProtocolLabel, Counter>,
+    pub messages_stored_total: Counter,
+    pub message_bytes_stored_total: Counter,
+    pub messages_retrieved_total: Counter,
+    pub messages_expunged_total: Counter,
+    pub fsyncs_total: Counter,
+    pub store_errors_total: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("clusterbench");
+        let m = Metrics {
+            registry: Registry::default(),
+            connections_total: Family::default(),
+            connections_open: Family::default(),
+            connections_refused_total: Family::default(),
+            commands_total: Family::default(),
+            command_errors_total: Family::default(),
+            messages_stored_total: Counter::default(),
+            message_bytes_stored_total: Counter::default(),
+            messages_retrieved_total: Counter::default(),
+            messages_expunged_total: Counter::default(),
+            fsyncs_total: Counter::default(),
+            store_errors_total: Counter::default(),
+        };
+        registry.register("connections", "Client connections accepted", m.connections_total.clone());
+        registry.register("connections_open", "Client connections open now", m.connections_open.clone());
+        registry.register(
+            "connections_refused",
+            "Client connections refused at the connection limit",
+            m.connections_refused_total.clone(),
+        );
+        registry.register("commands", "Protocol commands received", m.commands_total.clone());
+        registry.register(
+            "command_errors",
+            "Protocol commands answered with an error",
+            m.command_errors_total.clone(),
+        );
+        registry.register("messages_stored", "Messages made durable (one per mailbox)", m.messages_stored_total.clone());
+        registry.register("message_bytes_stored", "Bytes of messages made durable", m.message_bytes_stored_total.clone());
+        registry.register("messages_retrieved", "Message bodies read by clients", m.messages_retrieved_total.clone());
+        registry.register("messages_expunged", "Messages removed from mailboxes", m.messages_expunged_total.clone());
+        registry.register("fsyncs", "fsync calls on the mail log", m.fsyncs_total.clone());
+        registry.register("store_errors", "Mail log write or sync failures", m.store_errors_total.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Renders every metric in Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        encode(&mut out, &self.registry).expect("encoding metrics into a String");
+        out
+    }
+
+    pub fn protocol(protocol: &'static str) -> ProtocolLabel {
+        ProtocolLabel { protocol }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

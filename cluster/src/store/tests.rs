@@ -1,0 +1,116 @@
+use std::io::Write;
+use std::sync::Arc;
+
+use super::*;
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, Arc::new(Metrics::new())).unwrap()
+}
+
+fn body(text: &str) -> Arc<[u8]> {
+    Arc::from(text.as_bytes())
+}
+
+#[tokio::test]
+async fn delivered_messages_survive_reopen_with_stable_uids() {
+    let dir = tempfile::tempdir().unwrap();
+    let uidvalidity;
+    {
+        let store = open(dir.path());
+        uidvalidity = store.uid_validity();
+        let uids = store
+            .deliver(vec!["a".into(), "b".into()], body("one\r\n"), Flags::empty())
+            .await
+            .unwrap();
+        assert_eq!(uids, vec![1, 1]);
+        let uids = store.deliver(vec!["a".into()], body("two\r\n"), Flags::empty()).await.unwrap();
+        assert_eq!(uids, vec![2]);
+        store
+            .set_flags("a", vec![1], FlagMode::Add, Flags::SEEN)
+            .await
+            .unwrap();
+        assert_eq!(store.expunge("b", vec![1, 99]).await.unwrap(), vec![1]);
+    }
+    let store = open(dir.path());
+    assert_eq!(store.uid_validity(), uidvalidity);
+    let a = store.snapshot("a");
+    assert_eq!(a.messages.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(a.messages[0].flags.contains(Flags::SEEN));
+    assert_eq!(store.read(&a.messages[1]).await.unwrap(), b"two\r\n");
+    assert!(store.snapshot("b").messages.is_empty());
+    // UIDs are never reused, even after the newest message is expunged.
+    store.expunge("a", vec![2]).await.unwrap();
+    let uids = store.deliver(vec!["a".into()], body("three\r\n"), Flags::empty()).await.unwrap();
+    assert_eq!(uids, vec![3]);
+}
+
+#[tokio::test]
+async fn torn_tail_is_discarded_and_earlier_records_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.deliver(vec!["a".into()], body("kept\r\n"), Flags::empty()).await.unwrap();
+    }
+    // Simulate a crash in the middle of appending the next record.
+    let seg = segment::segment_path(dir.path(), 1);
+    let good_len = std::fs::metadata(&seg).unwrap().len();
+    let mut torn = Vec::new();
+    record::encode(
+        &record::Record::Deliver {
+            user: "a".into(),
+            uid: 2,
+            internal_date: 0,
+            flags: Flags::empty(),
+            body: body("lost in the crash\r\n"),
+        },
+        &mut torn,
+    );
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&torn[..torn.len() - 3]).unwrap();
+    drop(f);
+
+    let store = open(dir.path());
+    let a = store.snapshot("a");
+    assert_eq!(a.messages.len(), 1);
+    assert_eq!(store.read(&a.messages[0]).await.unwrap(), b"kept\r\n");
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len);
+    // The log is appendable again after the cut.
+    let uids = store.deliver(vec!["a".into()], body("after\r\n"), Flags::empty()).await.unwrap();
+    assert_eq!(uids, vec![2]);
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_get_distinct_ascending_uids() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .deliver(vec!["hot".into()], body(&format!("m{i}\r\n")), Flags::empty())
+                .await
+                .unwrap()[0]
+        }));
+    }
+    let mut uids = Vec::new();
+    for t in tasks {
+        uids.push(t.await.unwrap());
+    }
+    uids.sort_unstable();
+    assert_eq!(uids, (1..=200).collect::<Vec<u32>>());
+    assert_eq!(store.stats().messages, 200);
+}
+
+#[tokio::test]
+async fn flag_modes_compose() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.deliver(vec!["a".into()], body("x\r\n"), Flags::DRAFT).await.unwrap();
+    let r = store.set_flags("a", vec![1], FlagMode::Add, Flags::SEEN).await.unwrap();
+    assert_eq!(r, vec![(1, Flags::DRAFT.union(Flags::SEEN))]);
+    let r = store.set_flags("a", vec![1], FlagMode::Remove, Flags::DRAFT).await.unwrap();
+    assert_eq!(r, vec![(1, Flags::SEEN)]);
+    let r = store.set_flags("a", vec![1, 5], FlagMode::Replace, Flags::FLAGGED).await.unwrap();
+    assert_eq!(r, vec![(1, Flags::FLAGGED)]);
+}
