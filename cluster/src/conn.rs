@@ -51,8 +51,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
 
     /// Reads the next line, honouring the idle timeout and shutdown.
     pub async fn next_line(&mut self) -> io::Result<Input> {
-        // Answers already written are sent before waiting for the client.
-        self.writer.flush().await?;
+        // Answers are sent before waiting for the client, but not while a whole pipelined
+        // command is already buffered: that batches the replies to a pipelined group.
+        if !self.reader.buffer().contains(&b'\n') {
+            self.writer.flush().await?;
+        }
         if *self.shutdown.borrow() {
             return Ok(Input::Shutdown);
         }

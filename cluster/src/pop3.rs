@@ -1,6 +1,331 @@
-//! placeholder being written now
+//! The POP3 front end (RFC 1939, with CAPA from RFC 2449).
+//!
+//! A session sees the mailbox as it was when it logged in; messages delivered later appear at the
+//! next login. DELE only marks: deletions are committed to the store at QUIT (the UPDATE state),
+//! and a session that times out, is cut off, or is shut down deletes nothing. Sessions do not lock
+//! the maildrop: a concurrent session's deletions simply make a message disappear at its next
+//! login (messages it already listed stay readable until then).
+
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::net::TcpStream;
+
+use crate::conn::{Conn, Input};
+use crate::metrics::Metrics;
 use crate::node::Context;
-pub async fn serve(_stream: TcpStream, _peer: SocketAddr, _ctx: Arc<Context>) -> std::io::Result<()> { Ok(()) }
+use crate::store::MessageMeta;
+
+type Pop3Conn = Conn<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>;
+
+enum State {
+    /// Waiting for USER (None) or PASS (Some(user name as given)).
+    Authorization(Option<String>),
+    Transaction(Maildrop),
+}
+
+/// The session's view of the mailbox: messages numbered from 1 in UID order, and deletion marks.
+struct Maildrop {
+    user: String,
+    uid_validity: u32,
+    messages: Vec<MessageMeta>,
+    deleted: HashSet<usize>,
+}
+
+impl Maildrop {
+    /// The message numbered `arg` (1-based), unless missing or marked deleted.
+    fn get(&self, arg: &str) -> Result<(usize, &MessageMeta), &'static [u8]> {
+        let n: usize = arg.parse().map_err(|_| &b"-ERR invalid message number\r\n"[..])?;
+        if n == 0 || n > self.messages.len() {
+            return Err(b"-ERR no such message\r\n");
+        }
+        if self.deleted.contains(&(n - 1)) {
+            return Err(b"-ERR message already deleted\r\n");
+        }
+        Ok((n, &self.messages[n - 1]))
+    }
+
+    fn live(&self) -> impl Iterator<Item = (usize, &MessageMeta)> {
+        self.messages
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.deleted.contains(i))
+            .map(|(i, m)| (i + 1, m))
+    }
+
+    fn uidl(&self, m: &MessageMeta) -> String {
+        // Unique and stable per message for as long as the mailbox's UIDVALIDITY holds.
+        format!("{}.{}", self.uid_validity, m.uid)
+    }
+}
+
+const CAPABILITIES: &[u8] = b"+OK Capability list follows\r\nUSER\r\nUIDL\r\nTOP\r\nPIPELINING\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nEXPIRE NEVER\r\nIMPLEMENTATION clusterbench\r\n.\r\n";
+
+pub async fn serve(stream: TcpStream, _peer: SocketAddr, ctx: Arc<Context>) -> std::io::Result<()> {
+    let limits = &ctx.config.limits;
+    let (r, w) = stream.into_split();
+    let mut conn = Conn::new(
+        r,
+        w,
+        limits.line_bytes_max,
+        Duration::from_secs(limits.idle_timeout_s),
+        ctx.shutdown.clone(),
+    );
+    conn.write(b"+OK clusterbench POP3 server ready\r\n").await?;
+    let label = Metrics::protocol("pop3");
+    let mut state = State::Authorization(None);
+    let mut errors = 0u32;
+    loop {
+        let line = match conn.next_line().await? {
+            Input::Line(line) => line,
+            Input::TooLong => {
+                conn.write(b"-ERR line too long\r\n").await?;
+                errors += 1;
+                if errors >= ctx.config.limits.errors_per_session_max {
+                    conn.write(b"-ERR too many errors, closing connection\r\n").await?;
+                    return conn.flush().await;
+                }
+                continue;
+            }
+            Input::Eof => return Ok(()),
+            Input::Timeout => {
+                conn.write(b"-ERR idle timeout, closing connection (nothing deleted)\r\n")
+                    .await?;
+                return conn.flush().await;
+            }
+            Input::Shutdown => {
+                conn.write(b"-ERR [SYS/TEMP] server shutting down (nothing deleted)\r\n")
+                    .await?;
+                return conn.flush().await;
+            }
+        };
+        ctx.metrics.commands_total.get_or_create(&label).inc();
+        let line = String::from_utf8_lossy(&line);
+        let (verb, arg) = match line.split_once(' ') {
+            Some((v, a)) => (v.to_ascii_uppercase(), a),
+            None => (line.to_ascii_uppercase(), ""),
+        };
+        let reply = command(&ctx, &mut conn, &mut state, &verb, arg).await?;
+        match reply {
+            Reply::Ok => {}
+            Reply::Err(text) => {
+                conn.write(text).await?;
+                errors += 1;
+                ctx.metrics.command_errors_total.get_or_create(&label).inc();
+                if errors >= ctx.config.limits.errors_per_session_max {
+                    conn.write(b"-ERR too many errors, closing connection\r\n").await?;
+                    return conn.flush().await;
+                }
+            }
+            Reply::Quit => return conn.flush().await,
+        }
+    }
+}
+
+enum Reply {
+    Ok,
+    Err(&'static [u8]),
+    Quit,
+}
+
+async fn command(ctx: &Context, conn: &mut Pop3Conn, state: &mut State, verb: &str, arg: &str) -> std::io::Result<Reply> {
+    // Commands valid in any state.
+    match verb {
+        "CAPA" => {
+            conn.write(CAPABILITIES).await?;
+            return Ok(Reply::Ok);
+        }
+        "NOOP" if matches!(state, State::Transaction(_)) => {
+            conn.write(b"+OK\r\n").await?;
+            return Ok(Reply::Ok);
+        }
+        _ => {}
+    }
+    match state {
+        State::Authorization(pending_user) => match verb {
+            "USER" => {
+                if arg.is_empty() {
+                    return Ok(Reply::Err(b"-ERR USER needs a name\r\n"));
+                }
+                *pending_user = Some(arg.to_string());
+                conn.write(b"+OK send PASS\r\n").await?;
+                Ok(Reply::Ok)
+            }
+            "PASS" => {
+                let Some(login) = pending_user.take() else {
+                    return Ok(Reply::Err(b"-ERR send USER first\r\n"));
+                };
+                let Some(user) = ctx.directory.authenticate(&login, arg) else {
+                    return Ok(Reply::Err(b"-ERR [AUTH] invalid user name or password\r\n"));
+                };
+                let snapshot = ctx.store.snapshot(&user);
+                let drop = Maildrop {
+                    user,
+                    uid_validity: snapshot.uid_validity,
+                    messages: snapshot.messages,
+                    deleted: HashSet::new(),
+                };
+                let octets: u64 = drop.messages.iter().map(|m| m.size).sum();
+                conn.write(format!("+OK maildrop has {} messages ({octets} octets)\r\n", drop.messages.len()).as_bytes())
+                    .await?;
+                *state = State::Transaction(drop);
+                Ok(Reply::Ok)
+            }
+            "APOP" | "AUTH" | "STLS" => Ok(Reply::Err(b"-ERR not supported; use USER and PASS\r\n")),
+            "QUIT" => {
+                conn.write(b"+OK bye\r\n").await?;
+                Ok(Reply::Quit)
+            }
+            "STAT" | "LIST" | "UIDL" | "RETR" | "TOP" | "DELE" | "RSET" | "NOOP" => {
+                Ok(Reply::Err(b"-ERR log in first\r\n"))
+            }
+            _ => Ok(Reply::Err(b"-ERR unknown command\r\n")),
+        },
+        State::Transaction(drop) => match verb {
+            "STAT" => {
+                let (n, octets) = drop.live().fold((0, 0), |(n, o), (_, m)| (n + 1, o + m.size));
+                conn.write(format!("+OK {n} {octets}\r\n").as_bytes()).await?;
+                Ok(Reply::Ok)
+            }
+            "LIST" | "UIDL" => {
+                let render = |n: usize, m: &MessageMeta| {
+                    if verb == "LIST" {
+                        format!("{n} {}", m.size)
+                    } else {
+                        format!("{n} {}", drop.uidl(m))
+                    }
+                };
+                if arg.is_empty() {
+                    let mut out = String::from("+OK\r\n");
+                    for (n, m) in drop.live() {
+                        out.push_str(&render(n, m));
+                        out.push_str("\r\n");
+                    }
+                    out.push_str(".\r\n");
+                    conn.write(out.as_bytes()).await?;
+                } else {
+                    match drop.get(arg.trim()) {
+                        Ok((n, m)) => conn.write(format!("+OK {}\r\n", render(n, m)).as_bytes()).await?,
+                        Err(e) => return Ok(Reply::Err(e)),
+                    }
+                }
+                Ok(Reply::Ok)
+            }
+            "RETR" | "TOP" => {
+                let mut args = arg.split_whitespace();
+                let number = args.next().unwrap_or("");
+                let lines = if verb == "TOP" {
+                    match args.next().map(str::parse::<usize>) {
+                        Some(Ok(n)) => Some(n),
+                        _ => return Ok(Reply::Err(b"-ERR usage: TOP msg lines\r\n")),
+                    }
+                } else {
+                    None
+                };
+                let meta = match drop.get(number) {
+                    Ok((_, m)) => m.clone(),
+                    Err(e) => return Ok(Reply::Err(e)),
+                };
+                let body = match ctx.store.read(&meta).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(user = %drop.user, uid = meta.uid, "reading a message failed: {e}");
+                        return Ok(Reply::Err(b"-ERR [SYS/TEMP] message could not be read\r\n"));
+                    }
+                };
+                let body = match lines {
+                    Some(n) => top(&body, n),
+                    None => &body[..],
+                };
+                conn.write(format!("+OK {} octets\r\n", meta.size).as_bytes()).await?;
+                write_dot_stuffed(conn, body).await?;
+                Ok(Reply::Ok)
+            }
+            "DELE" => match drop.get(arg.trim()) {
+                Ok((n, _)) => {
+                    drop.deleted.insert(n - 1);
+                    conn.write(format!("+OK message {n} deleted\r\n").as_bytes()).await?;
+                    Ok(Reply::Ok)
+                }
+                Err(e) => Ok(Reply::Err(e)),
+            },
+            "RSET" => {
+                drop.deleted.clear();
+                conn.write(b"+OK\r\n").await?;
+                Ok(Reply::Ok)
+            }
+            "QUIT" => {
+                let uids: Vec<u32> = drop.deleted.iter().map(|&i| drop.messages[i].uid).collect();
+                if uids.is_empty() {
+                    conn.write(b"+OK bye\r\n").await?;
+                    return Ok(Reply::Quit);
+                }
+                match ctx.store.expunge(&drop.user, uids).await {
+                    Ok(removed) => {
+                        conn.write(format!("+OK bye ({} messages deleted)\r\n", removed.len()).as_bytes())
+                            .await?
+                    }
+                    Err(e) => {
+                        tracing::error!(user = %drop.user, "committing POP3 deletions failed: {e}");
+                        conn.write(b"-ERR [SYS/TEMP] some deleted messages not removed\r\n")
+                            .await?
+                    }
+                }
+                Ok(Reply::Quit)
+            }
+            "USER" | "PASS" => Ok(Reply::Err(b"-ERR already logged in\r\n")),
+            _ => Ok(Reply::Err(b"-ERR unknown command\r\n")),
+        },
+    }
+}
+
+/// The header and the first `lines` lines of the body (POP3 TOP).
+fn top(message: &[u8], lines: usize) -> &[u8] {
+    let header_end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+        .unwrap_or(message.len());
+    let mut end = header_end;
+    for _ in 0..lines {
+        match message[end..].iter().position(|&b| b == b'\n') {
+            Some(i) => end += i + 1,
+            None => {
+                end = message.len();
+                break;
+            }
+        }
+    }
+    &message[..end]
+}
+
+/// Sends a multi-line response body: leading dots doubled, CRLF-terminated, then ".".
+async fn write_dot_stuffed(conn: &mut Pop3Conn, body: &[u8]) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    conn.write(&out).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top;
+
+    #[test]
+    fn top_cuts_after_n_body_lines() {
+        let m = b"A: 1\r\nB: 2\r\n\r\nl1\r\nl2\r\nl3\r\n";
+        assert_eq!(top(m, 0), b"A: 1\r\nB: 2\r\n\r\n");
+        assert_eq!(top(m, 2), b"A: 1\r\nB: 2\r\n\r\nl1\r\nl2\r\n");
+        assert_eq!(top(m, 10), &m[..]);
+    }
+}

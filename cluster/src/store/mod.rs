@@ -125,6 +125,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("the mail log writer has stopped after an earlier failure: {0}")]
     Failed(String),
+    #[error("{0} is in use by another running node (its LOCK file is held); stop that node or use another data directory")]
+    Locked(String),
     #[error("message not found (expunged)")]
     NotFound,
 }
@@ -150,6 +152,8 @@ struct Shared {
     segments: RwLock<HashMap<u32, Arc<File>>>,
     metrics: Arc<Metrics>,
     pending_ops: std::sync::atomic::AtomicU64,
+    /// Held for the store's lifetime: the flock that keeps a second node out of this directory.
+    _lock: File,
 }
 
 /// Handle to a node's mail store; cheap to clone.
@@ -164,6 +168,7 @@ impl Store {
     /// Blocking: call at start-up, before serving.
     pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
+        let lock = segment::lock_dir(dir)?;
         let uid_validity = segment::load_or_create_uid_validity(dir)?;
         let mut index = Index::default();
         let mut files = HashMap::new();
@@ -186,6 +191,7 @@ impl Store {
             segments: RwLock::new(files),
             metrics,
             pending_ops: Default::default(),
+            _lock: lock,
         });
         let (tx, rx) = mpsc::channel(QUEUE_OPS_MAX);
         writer::spawn(shared.clone(), recovered.head, rx)?;

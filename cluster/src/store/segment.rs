@@ -38,6 +38,27 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Takes an exclusive, non-blocking flock on `dir/LOCK`, so two nodes never append to one log.
+/// The kernel releases it when the process dies, even by `kill -9`.
+pub fn lock_dir(dir: &Path) -> Result<File, super::StoreError> {
+    use std::os::unix::io::AsRawFd;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::WouldBlock {
+            return Err(super::StoreError::Locked(dir.display().to_string()));
+        }
+        return Err(err.into());
+    }
+    Ok(file)
+}
+
 /// Reads the node's UIDVALIDITY, creating it (durably) on first start. It only changes when the
 /// data directory is wiped, which is exactly when UIDs start over.
 pub fn load_or_create_uid_validity(dir: &Path) -> io::Result<u32> {

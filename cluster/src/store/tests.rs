@@ -114,3 +114,14 @@ async fn flag_modes_compose() {
     let r = store.set_flags("a", vec![1, 5], FlagMode::Replace, Flags::FLAGGED).await.unwrap();
     assert_eq!(r, vec![(1, Flags::FLAGGED)]);
 }
+
+#[test]
+fn a_second_store_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path());
+    match Store::open(dir.path(), Arc::new(Metrics::new())) {
+        Err(StoreError::Locked(_)) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("second store opened the same directory"),
+    }
+}

@@ -1,0 +1,94 @@
+//! The command line: every subcommand and flag, with its help text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clusterbench",
+    version,
+    about = "Load-testing and benchmark harness for Internet server clusters, with a bundled Porcupine-style mail cluster"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one mail node (what `cluster up` starts for each node).
+    Node(NodeArgs),
+    /// Manage a local cluster of nodes.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Start a local cluster in the foreground; Ctrl-C stops it.
+    Up(ClusterUpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Node configuration file (TOML). Flags below override its values.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Permanent node id (1, 2, ...).
+    #[arg(long)]
+    pub id: Option<u32>,
+    /// Directory for the node's mail log.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Mail domain the node accepts mail for.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Bearer token for the admin API.
+    #[arg(long, env = "CLUSTERBENCH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// SMTP listen address (port 0: any free port).
+    #[arg(long)]
+    pub smtp: Option<SocketAddr>,
+    /// POP3 listen address.
+    #[arg(long)]
+    pub pop3: Option<SocketAddr>,
+    /// IMAP listen address.
+    #[arg(long)]
+    pub imap: Option<SocketAddr>,
+    /// Admin API listen address.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterUpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: u32,
+    /// Directory for the cluster: node data, logs, and cluster.json. Reused if it exists.
+    #[arg(long, default_value = "clusterbench-cluster")]
+    pub dir: PathBuf,
+    /// Number of provisioned users (user0, user1, ...). Default: as stored in DIR, else 100.
+    #[arg(long)]
+    pub users: Option<u64>,
+    /// Password of every user. Default: as stored in DIR, else "password".
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Mail domain. Default: as stored in DIR, else example.test.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Fixed ports: node i listens on BASE+4(i-1) (SMTP), +1 (POP3), +2 (IMAP), +3 (admin).
+    /// Default: free ports chosen at start.
+    #[arg(long)]
+    pub base_port: Option<u16>,
+    /// Address nodes listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// A node configuration file (TOML) whose limits and settings every node starts from.
+    #[arg(long)]
+    pub node_config: Option<PathBuf>,
+}

@@ -1,0 +1,30 @@
+//! `clusterbench`: the command-line front of the workspace. Each subcommand lives in its own
+//! module; `main.rs` only parses arguments and calls [`run`].
+
+pub mod cli;
+pub mod cluster_up;
+pub mod node_cmd;
+
+use cli::{Cli, ClusterCommand, Command};
+
+/// Runs one parsed command line to completion.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    init_logging();
+    match cli.command {
+        Command::Node(args) => node_cmd::run(args),
+        Command::Cluster {
+            command: ClusterCommand::Up(args),
+        } => cluster_up::run(args),
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

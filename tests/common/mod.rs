@@ -1,0 +1,242 @@
+//! Shared by the end-to-end tests: starts `clusterbench cluster up` as a user would, reads
+//! `cluster.json`, and stops the cluster (SIGTERM, as Ctrl-C would) when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_clusterbench");
+
+/// Upper bound for any single wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub struct Cluster {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub info: Value,
+    pub stdout: String,
+}
+
+impl Cluster {
+    /// `clusterbench cluster up --dir DIR <extra>`; returns once the cluster says it is up.
+    pub fn up(dir: &Path, extra: &[&str]) -> Cluster {
+        let mut child = Command::new(BIN)
+            .args(["cluster", "up", "--dir"])
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning clusterbench cluster up");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                text.push_str(&line);
+                text.push('\n');
+                if line.contains("Press Ctrl-C to stop") {
+                    let _ = tx.send(text.clone());
+                }
+            }
+        });
+        let stdout = match rx.recv_timeout(WAIT) {
+            Ok(text) => text,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("cluster up did not come up within {WAIT:?}");
+            }
+        };
+        let info: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).unwrap()).unwrap();
+        Cluster {
+            child,
+            dir: dir.to_path_buf(),
+            info,
+            stdout,
+        }
+    }
+
+    pub fn node(&self, i: usize) -> &Value {
+        &self.info["nodes"][i]
+    }
+
+    pub fn addr(&self, proto: &str) -> SocketAddr {
+        self.node(0)[proto].as_str().unwrap().parse().unwrap()
+    }
+
+    pub fn password(&self) -> String {
+        self.info["users"]["password"].as_str().unwrap().to_string()
+    }
+
+    pub fn token(&self) -> String {
+        self.info["admin_token"].as_str().unwrap().to_string()
+    }
+
+    pub fn node_pid(&self, i: usize) -> i32 {
+        self.node(i)["pid"].as_i64().unwrap() as i32
+    }
+
+    /// Stops the cluster the way Ctrl-C would and waits for it to exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("cluster up did not stop within {WAIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop_inner();
+        }
+    }
+}
+
+/// Waits until process `pid` is gone.
+pub fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + WAIT;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        // A zombie still has a /proc entry; its state is Z.
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            if stat.split_whitespace().nth(2) == Some("Z") {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "process {pid} did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A minimal line-oriented client for protocol conversations in tests.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        line
+    }
+
+    /// Sends a command line and returns the first reply line.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.line()
+    }
+
+    /// Reads lines until one starts with `prefix`; returns all of them.
+    pub fn until(&mut self, prefix: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line();
+            assert!(!line.is_empty(), "connection closed while waiting for {prefix:?}; got {lines:?}");
+            let done = line.starts_with(prefix);
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+    }
+
+    /// Reads a multi-line SMTP reply (continuation lines have a '-' after the code).
+    pub fn smtp_reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let line = self.line();
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    pub fn read_to_end(&mut self) -> String {
+        let mut s = String::new();
+        let _ = self.reader.read_to_string(&mut s);
+        s
+    }
+}
+
+/// Whether an external tool is on PATH. When it is missing the test is skipped with a message
+/// naming it, unless CLUSTERBENCH_REQUIRE_TOOLS=1 (set by .ci/run), where it fails instead.
+pub fn require_tool(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("CLUSTERBENCH_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("{tool} is required (CLUSTERBENCH_REQUIRE_TOOLS=1) but not installed");
+        }
+        eprintln!("SKIPPED: {tool} is not installed (install it to run this test)");
+    }
+    found
+}
+
+/// Retrieves every message of `user` over POP3 (without deleting), in order.
+pub fn pop3_fetch_all(addr: SocketAddr, user: &str, password: &str) -> Vec<Vec<u8>> {
+    let mut c = Client::connect(addr);
+    assert!(c.line().starts_with("+OK"));
+    assert!(c.cmd(&format!("USER {user}")).starts_with("+OK"));
+    let r = c.cmd(&format!("PASS {password}"));
+    assert!(r.starts_with("+OK"), "{r}");
+    let stat = c.cmd("STAT");
+    let n: usize = stat.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut out = Vec::new();
+    for i in 1..=n {
+        let r = c.cmd(&format!("RETR {i}"));
+        assert!(r.starts_with("+OK"), "{r}");
+        let mut body = Vec::new();
+        loop {
+            let line = c.line();
+            if line == ".\r\n" {
+                break;
+            }
+            let line = line.strip_prefix('.').unwrap_or(&line);
+            body.extend_from_slice(line.as_bytes());
+        }
+        out.push(body);
+    }
+    c.cmd("QUIT");
+    out
+}

@@ -1,0 +1,107 @@
+//! Real mail clients against a node started by `clusterbench cluster up`: Python's smtplib,
+//! poplib and imaplib, swaks, and curl's smtp://, pop3:// and imap:// support.
+
+mod common;
+
+use std::process::Command;
+
+use common::{require_tool, Cluster};
+
+#[test]
+fn python_smtplib_poplib_imaplib() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/mail_clients.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(dir.path().join("cluster.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python clients failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    assert!(cluster.stop().success());
+}
+
+#[test]
+fn swaks_sends_and_curl_reads_over_pop3_and_imap() {
+    if !require_tool("swaks") || !require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &["--password", "s3cret"]);
+    let smtp = cluster.addr("smtp");
+    let out = Command::new("swaks")
+        .args(["--server", &smtp.ip().to_string(), "--port", &smtp.port().to_string()])
+        .args(["--to", "user5@example.test", "--from", "swaks@client.test"])
+        .args(["--header", "Subject: from swaks", "--body", "swaks body line"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "swaks failed:\n{text}");
+    assert!(text.contains("<-  250 2.0.0 Ok: queued as"), "{text}");
+
+    // An open-relay attempt through swaks is refused with 550 5.7.1.
+    let out = Command::new("swaks")
+        .args(["--server", &smtp.ip().to_string(), "--port", &smtp.port().to_string()])
+        .args(["--to", "victim@elsewhere.test", "--from", "spammer@client.test"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("550 5.7.1"), "{text}");
+
+    // curl sends a second message over smtp://.
+    let mail = dir.path().join("mail.txt");
+    std::fs::write(&mail, "Subject: from curl\r\n\r\ncurl body line\r\n").unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", &format!("smtp://{smtp}")])
+        .args(["--mail-from", "curl@client.test", "--mail-rcpt", "user5@example.test"])
+        .arg("-T")
+        .arg(&mail)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl smtp failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let curl = |url: String, extra: &[&str]| -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "30", "-u", "user5:s3cret"])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl {url} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pop3 = cluster.addr("pop3");
+    let listing = curl(format!("pop3://{pop3}/"), &[]);
+    assert_eq!(listing.lines().count(), 2, "POP3 LIST via curl: {listing}");
+    let first = curl(format!("pop3://{pop3}/1"), &[]);
+    assert!(first.contains("swaks body line"), "{first}");
+    assert!(first.starts_with("Received: "), "{first}");
+
+    let imap = cluster.addr("imap");
+    let second = curl(format!("imap://{imap}/INBOX;UID=2"), &[]);
+    assert!(second.contains("curl body line"), "{second}");
+    let exists = curl(format!("imap://{imap}/INBOX"), &["-X", "SEARCH ALL"]);
+    assert!(exists.contains("SEARCH 1 2"), "{exists}");
+    // Flag and expunge the first message through curl's custom requests.
+    curl(format!("imap://{imap}/INBOX"), &["-X", "STORE 1 +FLAGS (\\Deleted)"]);
+    curl(format!("imap://{imap}/INBOX"), &["-X", "EXPUNGE"]);
+    let after = curl(format!("imap://{imap}/INBOX"), &["-X", "SEARCH ALL"]);
+    assert!(after.contains("SEARCH 1") && !after.contains("SEARCH 1 2"), "{after}");
+
+    // DELE over curl's POP3 custom request commits at QUIT.
+    curl(format!("pop3://{pop3}/1"), &["-X", "DELE", "-I"]);
+    let listing = curl(format!("pop3://{pop3}/"), &[]);
+    assert_eq!(listing.trim(), "", "mailbox not empty after DELE: {listing}");
+    assert!(cluster.stop().success());
+}
