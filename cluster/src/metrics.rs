@@ -68,6 +68,16 @@ impl Metrics {
         registry.register("messages_expunged", "Messages removed from mailboxes", m.messages_expunged_total.clone());
         registry.register("fsyncs", "fsync calls on the mail log", m.fsyncs_total.clone());
         registry.register("store_errors", "Mail log write or sync failures", m.store_errors_total.clone());
+        // Create every protocol's series up front, so they are exported (as 0) from the start
+        // and rate() over them works before the first event.
+        for protocol in ["smtp", "pop3", "imap"] {
+            let label = Metrics::protocol(protocol);
+            m.connections_total.get_or_create(&label);
+            m.connections_open.get_or_create(&label);
+            m.connections_refused_total.get_or_create(&label);
+            m.commands_total.get_or_create(&label);
+            m.command_errors_total.get_or_create(&label);
+        }
         Metrics { registry, ..m }
     }
 

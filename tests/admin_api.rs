@@ -1,0 +1,68 @@
+//! The admin API as an operator uses it: bearer token required, `/status` JSON, `/metrics` text.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use common::{Client, Cluster};
+
+/// One HTTP/1.1 GET; returns (status code, body).
+fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(common::WAIT)).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let code = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn status_and_metrics_need_the_token_and_report_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &[]);
+    let admin = cluster.addr("admin");
+    let token = cluster.token();
+
+    assert_eq!(get(admin, "/status", None).0, 401);
+    assert_eq!(get(admin, "/status", Some("wrong")).0, 401);
+    assert_eq!(get(admin, "/metrics", None).0, 401);
+
+    // Deliver one message so the figures move.
+    let mut c = Client::connect(cluster.addr("smtp"));
+    c.line();
+    c.send(b"EHLO t\r\n");
+    c.smtp_reply();
+    for cmd in ["MAIL FROM:<a@b.test>", "RCPT TO:<user1@example.test>", "DATA"] {
+        c.cmd(cmd);
+    }
+    assert!(c.cmd("Subject: x\r\n\r\ny\r\n.").starts_with("250"));
+    c.cmd("QUIT");
+
+    let (code, body) = get(admin, "/status", Some(&token));
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["id"], 1);
+    assert_eq!(status["view"]["leader"], 1);
+    assert_eq!(status["view"]["members"], serde_json::json!([1]));
+    assert!(status["view"]["epoch"].as_u64().unwrap() >= 1);
+    assert_eq!(status["load"]["messages"], 1);
+    assert_eq!(status["disk"]["model"], "real");
+    assert_eq!(status["endpoints"]["smtp"], cluster.node(0)["smtp"]);
+
+    let (code, metrics) = get(admin, "/metrics", Some(&token));
+    assert_eq!(code, 200);
+    for needle in [
+        "clusterbench_messages_stored_total 1",
+        "clusterbench_fsyncs_total",
+        "clusterbench_connections_total{protocol=\"smtp\"}",
+        "clusterbench_commands_total{protocol=\"smtp\"}",
+        "clusterbench_message_bytes_stored_total",
+        "clusterbench_command_errors_total",
+    ] {
+        assert!(metrics.contains(needle), "/metrics lacks {needle}:\n{metrics}");
+    }
+}
