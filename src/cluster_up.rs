@@ -69,9 +69,13 @@ pub fn run(args: ClusterUpArgs) -> anyhow::Result<()> {
 
 async fn up(args: ClusterUpArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > NODES_MAX {
-        bail!("--nodes must be between 1 and {NODES_MAX}, got {}", args.nodes);
+        bail!(
+            "--nodes must be between 1 and {NODES_MAX}, got {}",
+            args.nodes
+        );
     }
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args
         .dir
         .canonicalize()
@@ -100,7 +104,10 @@ async fn up(args: ClusterUpArgs) -> anyhow::Result<()> {
             .as_ref()
             .map(|p| p.users.pattern.clone())
             .unwrap_or_else(|| template.users.pattern.clone()),
-        first: previous.as_ref().map(|p| p.users.first).unwrap_or(template.users.first),
+        first: previous
+            .as_ref()
+            .map(|p| p.users.first)
+            .unwrap_or(template.users.first),
         count: args
             .users
             .or_else(|| previous.as_ref().map(|p| p.users.count))
@@ -146,7 +153,10 @@ async fn up(args: ClusterUpArgs) -> anyhow::Result<()> {
         },
         nodes: nodes.clone(),
     };
-    write_atomically(&cluster_json, serde_json::to_string_pretty(&file)?.as_bytes())?;
+    write_atomically(
+        &cluster_json,
+        serde_json::to_string_pretty(&file)?.as_bytes(),
+    )?;
     print_summary(&file, &cluster_json);
 
     let mut running: Vec<NodeInfo> = nodes.clone();
@@ -168,7 +178,10 @@ async fn up(args: ClusterUpArgs) -> anyhow::Result<()> {
 fn read_previous(path: &Path) -> anyhow::Result<Option<ClusterFile>> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| {
-            format!("{} exists but is not a cluster file; remove it or use another --dir", path.display())
+            format!(
+                "{} exists but is not a cluster file; remove it or use another --dir",
+                path.display()
+            )
         })?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -180,13 +193,19 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn listen_for(host: IpAddr, base_port: Option<u16>, id: u32) -> anyhow::Result<cluster::config::Listen> {
+fn listen_for(
+    host: IpAddr,
+    base_port: Option<u16>,
+    id: u32,
+) -> anyhow::Result<cluster::config::Listen> {
     let port = |k: u32| -> anyhow::Result<u16> {
         match base_port {
             None => Ok(0),
             Some(base) => {
                 let p = base as u32 + 4 * (id - 1) + k;
-                u16::try_from(p).map_err(|_| anyhow::anyhow!("--base-port {base} leaves no room for node {id}'s ports"))
+                u16::try_from(p).map_err(|_| {
+                    anyhow::anyhow!("--base-port {base} leaves no room for node {id}'s ports")
+                })
             }
         }
     };
@@ -199,7 +218,10 @@ fn listen_for(host: IpAddr, base_port: Option<u16>, id: u32) -> anyhow::Result<c
 }
 
 /// Writes the node's configuration, spawns `clusterbench node`, and waits for its READY line.
-async fn start_node(config: &NodeConfig, exits: mpsc::Sender<(u32, String)>) -> anyhow::Result<NodeInfo> {
+async fn start_node(
+    config: &NodeConfig,
+    exits: mpsc::Sender<(u32, String)>,
+) -> anyhow::Result<NodeInfo> {
     let id = config.id;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
@@ -254,7 +276,11 @@ async fn start_node(config: &NodeConfig, exits: mpsc::Sender<(u32, String)>) -> 
                 Ok(Err(e)) => format!("failed: {e}"),
                 _ => "exited before it was ready".to_string(),
             };
-            bail!("node {id} {why}. Last lines of {}:\n{}", log_path.display(), tail(&log_path, 15));
+            bail!(
+                "node {id} {why}. Last lines of {}:\n{}",
+                log_path.display(),
+                tail(&log_path, 15)
+            );
         }
     };
     tokio::spawn(async move {
@@ -321,7 +347,8 @@ fn print_summary(file: &ClusterFile, path: &Path) {
         file.nodes.len(),
         file.domain,
         u.pattern.replace("{n}", &u.first.to_string()),
-        u.pattern.replace("{n}", &(u.first + u.count.saturating_sub(1)).to_string()),
+        u.pattern
+            .replace("{n}", &(u.first + u.count.saturating_sub(1)).to_string()),
         u.password,
     );
     for n in &file.nodes {
@@ -330,13 +357,17 @@ fn print_summary(file: &ClusterFile, path: &Path) {
             n.id, n.pid, n.smtp, n.pop3, n.imap, n.admin
         );
     }
-    println!("Wrote {} (admin token inside). Press Ctrl-C to stop.", path.display());
+    println!(
+        "Wrote {} (admin token inside). Press Ctrl-C to stop.",
+        path.display()
+    );
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 

@@ -28,7 +28,11 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         let mut signals = StopSignals::install()?;
         let node = cluster::node::start(config).await?;
         let mut stdout = std::io::stdout();
-        writeln!(stdout, "{READY_PREFIX}{}", serde_json::to_string(&node.endpoints)?)?;
+        writeln!(
+            stdout,
+            "{READY_PREFIX}{}",
+            serde_json::to_string(&node.endpoints)?
+        )?;
         stdout.flush()?;
         signals.recv().await;
         tracing::info!("stopping: letting sessions finish their current command");

@@ -11,12 +11,21 @@ use common::{Client, Cluster};
 fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(common::WAIT)).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     s.read_to_string(&mut response).unwrap();
     let code = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -36,7 +45,11 @@ fn status_and_metrics_need_the_token_and_report_the_node() {
     c.line();
     c.send(b"EHLO t\r\n");
     c.smtp_reply();
-    for cmd in ["MAIL FROM:<a@b.test>", "RCPT TO:<user1@example.test>", "DATA"] {
+    for cmd in [
+        "MAIL FROM:<a@b.test>",
+        "RCPT TO:<user1@example.test>",
+        "DATA",
+    ] {
         c.cmd(cmd);
     }
     assert!(c.cmd("Subject: x\r\n\r\ny\r\n.").starts_with("250"));
@@ -63,6 +76,9 @@ fn status_and_metrics_need_the_token_and_report_the_node() {
         "clusterbench_message_bytes_stored_total",
         "clusterbench_command_errors_total",
     ] {
-        assert!(metrics.contains(needle), "/metrics lacks {needle}:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "/metrics lacks {needle}:\n{metrics}"
+        );
     }
 }

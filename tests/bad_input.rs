@@ -23,7 +23,10 @@ errors_per_session_max = 50
 fn small_cluster(dir: &Path) -> Cluster {
     let config = dir.join("limits.toml");
     std::fs::write(&config, SMALL_LIMITS).unwrap();
-    Cluster::up(&dir.join("cluster"), &["--node-config", config.to_str().unwrap()])
+    Cluster::up(
+        &dir.join("cluster"),
+        &["--node-config", config.to_str().unwrap()],
+    )
 }
 
 fn smtp_session(addr: SocketAddr) -> Client {
@@ -41,7 +44,9 @@ fn node_still_serves(cluster: &Cluster) {
     assert!(c.cmd("MAIL FROM:<a@client.test>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<user1@example.test>").starts_with("250"));
     assert!(c.cmd("DATA").starts_with("354"));
-    assert!(c.cmd("Subject: alive\r\n\r\nstill here\r\n.").starts_with("250 2.0.0"));
+    assert!(c
+        .cmd("Subject: alive\r\n\r\nstill here\r\n.")
+        .starts_with("250 2.0.0"));
     assert!(c.cmd("QUIT").starts_with("221"));
     let mut p = Client::connect(cluster.addr("pop3"));
     assert!(p.line().starts_with("+OK"));
@@ -56,13 +61,18 @@ fn smtp_refuses_relay_unknown_users_long_lines_and_oversized_messages() {
     let cluster = small_cluster(dir.path());
     let mut c = smtp_session(cluster.addr("smtp"));
 
-    assert!(c.cmd("RCPT TO:<user1@example.test>").starts_with("503 5.5.1"));
+    assert!(c
+        .cmd("RCPT TO:<user1@example.test>")
+        .starts_with("503 5.5.1"));
     assert!(c.cmd("MAIL FROM:<spammer@client.test>").starts_with("250"));
     let r = c.cmd("RCPT TO:<victim@elsewhere.test>");
     assert!(r.starts_with("550 5.7.1"), "open relay attempt: {r}");
     let r = c.cmd("RCPT TO:<nobody@example.test>");
     assert!(r.starts_with("550 5.1.1"), "unknown user: {r}");
-    assert!(c.cmd("DATA").starts_with("554"), "DATA without a valid recipient");
+    assert!(
+        c.cmd("DATA").starts_with("554"),
+        "DATA without a valid recipient"
+    );
     assert!(c.cmd("RSET").starts_with("250"));
 
     // A 2 MB line with no CRLF: the error comes without waiting for the line to end.
@@ -123,6 +133,13 @@ fn pop3_and_imap_survive_long_lines_and_big_literals() {
     i.send(b"\r\n");
     let r = i.cmd("a1 NOOP");
     assert!(r.starts_with("a1 OK"), "{r:?}");
+    // A tagged over-long command gets a tagged BAD, so the client is not left waiting.
+    let mut long = b"a9 LOGIN ".to_vec();
+    long.extend(vec![b'D'; 2 * 1024 * 1024]);
+    i.send(&long);
+    let r = i.line();
+    assert!(r.starts_with("a9 BAD"), "tagged long line: {r}");
+    i.send(b"\r\n");
 
     // A literal over the limit is refused without a continuation request.
     i.send(b"a2 LOGIN user3 {60000}\r\n");
@@ -162,7 +179,10 @@ fn connection_limit_and_idle_timeout() {
         if c.line().starts_with("220") {
             break (c, start);
         }
-        assert!(Instant::now() < deadline, "connection slots were never released");
+        assert!(
+            Instant::now() < deadline,
+            "connection slots were never released"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let r = idle.line();

@@ -18,7 +18,10 @@ fn kill_9_after_250_loses_nothing_and_duplicates_nothing() {
     let node_pid = cluster.node_pid(0);
 
     // Many concurrent SMTP clients (lettre), each recording the messages that got a 250.
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let acked: HashMap<String, String> = runtime.block_on(async move {
         let transport = Arc::new(
             AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.ip().to_string())
@@ -52,7 +55,11 @@ fn kill_9_after_250_loses_nothing_and_duplicates_nothing() {
         }
         all
     });
-    assert_eq!(acked.len(), 200, "every message should be acknowledged before the crash");
+    assert_eq!(
+        acked.len(),
+        200,
+        "every message should be acknowledged before the crash"
+    );
 
     // Crash the node the moment the last 250 arrived.
     unsafe {
@@ -74,7 +81,11 @@ fn kill_9_after_250_loses_nothing_and_duplicates_nothing() {
                 .find_map(|l| l.strip_prefix("Subject: durability "))
                 .expect("every stored message has its subject")
                 .to_string();
-            assert_eq!(acked.get(&id), Some(&user), "message {id} is in the wrong mailbox");
+            assert_eq!(
+                acked.get(&id),
+                Some(&user),
+                "message {id} is in the wrong mailbox"
+            );
             *seen.entry(id).or_default() += 1;
         }
     }

@@ -22,7 +22,10 @@ fn python_smtplib_poplib_imaplib() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python clients failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "python clients failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("all checks passed"), "{stdout}");
     assert!(cluster.stop().success());
 }
@@ -36,9 +39,19 @@ fn swaks_sends_and_curl_reads_over_pop3_and_imap() {
     let cluster = Cluster::up(dir.path(), &["--password", "s3cret"]);
     let smtp = cluster.addr("smtp");
     let out = Command::new("swaks")
-        .args(["--server", &smtp.ip().to_string(), "--port", &smtp.port().to_string()])
+        .args([
+            "--server",
+            &smtp.ip().to_string(),
+            "--port",
+            &smtp.port().to_string(),
+        ])
         .args(["--to", "user5@example.test", "--from", "swaks@client.test"])
-        .args(["--header", "Subject: from swaks", "--body", "swaks body line"])
+        .args([
+            "--header",
+            "Subject: from swaks",
+            "--body",
+            "swaks body line",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -47,8 +60,18 @@ fn swaks_sends_and_curl_reads_over_pop3_and_imap() {
 
     // An open-relay attempt through swaks is refused with 550 5.7.1.
     let out = Command::new("swaks")
-        .args(["--server", &smtp.ip().to_string(), "--port", &smtp.port().to_string()])
-        .args(["--to", "victim@elsewhere.test", "--from", "spammer@client.test"])
+        .args([
+            "--server",
+            &smtp.ip().to_string(),
+            "--port",
+            &smtp.port().to_string(),
+        ])
+        .args([
+            "--to",
+            "victim@elsewhere.test",
+            "--from",
+            "spammer@client.test",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -60,12 +83,21 @@ fn swaks_sends_and_curl_reads_over_pop3_and_imap() {
     std::fs::write(&mail, "Subject: from curl\r\n\r\ncurl body line\r\n").unwrap();
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "30", &format!("smtp://{smtp}")])
-        .args(["--mail-from", "curl@client.test", "--mail-rcpt", "user5@example.test"])
+        .args([
+            "--mail-from",
+            "curl@client.test",
+            "--mail-rcpt",
+            "user5@example.test",
+        ])
         .arg("-T")
         .arg(&mail)
         .output()
         .unwrap();
-    assert!(out.status.success(), "curl smtp failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl smtp failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let curl = |url: String, extra: &[&str]| -> String {
         let out = Command::new("curl")
@@ -94,14 +126,24 @@ fn swaks_sends_and_curl_reads_over_pop3_and_imap() {
     let exists = curl(format!("imap://{imap}/INBOX"), &["-X", "SEARCH ALL"]);
     assert!(exists.contains("SEARCH 1 2"), "{exists}");
     // Flag and expunge the first message through curl's custom requests.
-    curl(format!("imap://{imap}/INBOX"), &["-X", "STORE 1 +FLAGS (\\Deleted)"]);
+    curl(
+        format!("imap://{imap}/INBOX"),
+        &["-X", "STORE 1 +FLAGS (\\Deleted)"],
+    );
     curl(format!("imap://{imap}/INBOX"), &["-X", "EXPUNGE"]);
     let after = curl(format!("imap://{imap}/INBOX"), &["-X", "SEARCH ALL"]);
-    assert!(after.contains("SEARCH 1") && !after.contains("SEARCH 1 2"), "{after}");
+    assert!(
+        after.contains("SEARCH 1") && !after.contains("SEARCH 1 2"),
+        "{after}"
+    );
 
     // DELE over curl's POP3 custom request commits at QUIT.
     curl(format!("pop3://{pop3}/1"), &["-X", "DELE", "-I"]);
     let listing = curl(format!("pop3://{pop3}/"), &[]);
-    assert_eq!(listing.trim(), "", "mailbox not empty after DELE: {listing}");
+    assert_eq!(
+        listing.trim(),
+        "",
+        "mailbox not empty after DELE: {listing}"
+    );
     assert!(cluster.stop().success());
 }

@@ -106,7 +106,12 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
     let stats: StoreStats = ctx.store.stats();
     let connections_open = ["smtp", "pop3", "imap"]
         .into_iter()
-        .map(|p| ctx.metrics.connections_open.get_or_create(&Metrics::protocol(p)).get())
+        .map(|p| {
+            ctx.metrics
+                .connections_open
+                .get_or_create(&Metrics::protocol(p))
+                .get()
+        })
         .sum();
     Json(Status {
         id: ctx.config.id,
@@ -134,7 +139,10 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.ctx.metrics.encode(),
     )
 }

@@ -151,13 +151,19 @@ impl NodeConfig {
         }
         let l = &self.limits;
         if l.line_bytes_max < 1002 {
-            return Err("limits.line_bytes_max: must be at least 1002 (RFC 5321 text line plus CRLF)".into());
+            return Err(
+                "limits.line_bytes_max: must be at least 1002 (RFC 5321 text line plus CRLF)"
+                    .into(),
+            );
         }
         if l.message_bytes_max == 0 || l.literal_bytes_max == 0 {
             return Err("limits: message_bytes_max and literal_bytes_max must be positive".into());
         }
         if l.recipients_max == 0 || l.connections_max == 0 || l.idle_timeout_s == 0 {
-            return Err("limits: recipients_max, connections_max and idle_timeout_s must be positive".into());
+            return Err(
+                "limits: recipients_max, connections_max and idle_timeout_s must be positive"
+                    .into(),
+            );
         }
         Ok(())
     }

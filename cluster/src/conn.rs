@@ -9,7 +9,9 @@
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::sync::watch;
 
 /// What the next read produced.
@@ -17,8 +19,9 @@ use tokio::sync::watch;
 pub enum Input {
     /// A line, without its CRLF (or bare LF).
     Line(Vec<u8>),
-    /// The line passed the limit; the caller answers with the protocol's error.
-    TooLong,
+    /// The line passed the limit; the caller answers with the protocol's error. Carries the
+    /// line's first bytes (at most [`TOO_LONG_HEAD_BYTES`]), so IMAP can find the command's tag.
+    TooLong(Vec<u8>),
     /// The client closed the connection.
     Eof,
     /// Nothing arrived within the idle timeout.
@@ -26,6 +29,9 @@ pub enum Input {
     /// The node is shutting down.
     Shutdown,
 }
+
+/// How much of an over-long line [`Input::TooLong`] hands back.
+pub const TOO_LONG_HEAD_BYTES: usize = 64;
 
 pub struct Conn<R, W> {
     reader: BufReader<R>,
@@ -38,7 +44,13 @@ pub struct Conn<R, W> {
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
-    pub fn new(reader: R, writer: W, line_bytes_max: usize, idle: Duration, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        reader: R,
+        writer: W,
+        line_bytes_max: usize,
+        idle: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Conn {
             reader: BufReader::with_capacity(16 * 1024, reader),
             writer: BufWriter::with_capacity(16 * 1024, writer),
@@ -96,9 +108,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Conn<R, W> {
                 continue;
             }
             if line.len() + take > self.line_bytes_max {
+                let mut head = line;
+                head.extend_from_slice(&available[..take.min(TOO_LONG_HEAD_BYTES)]);
+                head.truncate(TOO_LONG_HEAD_BYTES);
                 self.reader.consume(take);
                 self.discarding = newline.is_none();
-                return Ok(Input::TooLong);
+                return Ok(Input::TooLong(head));
             }
             line.extend_from_slice(&available[..take]);
             self.reader.consume(take);
@@ -175,7 +190,14 @@ mod tests {
         let mut input = vec![b'x'; 5000];
         input.extend_from_slice(b"\r\nNEXT\r\n");
         let got = lines(&input, 1000).await;
-        assert_eq!(got, vec![Input::TooLong, Input::Line(b"NEXT".to_vec()), Input::Eof]);
+        assert_eq!(
+            got,
+            vec![
+                Input::TooLong(vec![b'x'; TOO_LONG_HEAD_BYTES]),
+                Input::Line(b"NEXT".to_vec()),
+                Input::Eof
+            ]
+        );
     }
 
     #[tokio::test]

@@ -60,7 +60,8 @@ impl Directory {
         };
         let local = local.to_ascii_lowercase();
         // Compare every byte so the time taken does not say how much of the password matched.
-        let ok = self.users.contains(&local) && constant_time_eq(password.as_bytes(), self.users.password.as_bytes());
+        let ok = self.users.contains(&local)
+            && constant_time_eq(password.as_bytes(), self.users.password.as_bytes());
         ok.then_some(local)
     }
 }
@@ -91,7 +92,10 @@ mod tests {
     #[test]
     fn recipients_are_classified() {
         let d = dir();
-        assert_eq!(d.recipient("User1@example.test"), Recipient::Local("user1".into()));
+        assert_eq!(
+            d.recipient("User1@example.test"),
+            Recipient::Local("user1".into())
+        );
         assert_eq!(d.recipient("user9@example.test"), Recipient::UnknownUser);
         assert_eq!(d.recipient("user1@elsewhere.test"), Recipient::Relay);
         assert_eq!(d.recipient("user1"), Recipient::UnknownUser);
@@ -101,7 +105,10 @@ mod tests {
     fn logins_are_checked() {
         let d = dir();
         assert_eq!(d.authenticate("user2", "pw").as_deref(), Some("user2"));
-        assert_eq!(d.authenticate("USER2@example.test", "pw").as_deref(), Some("user2"));
+        assert_eq!(
+            d.authenticate("USER2@example.test", "pw").as_deref(),
+            Some("user2")
+        );
         assert_eq!(d.authenticate("user2", "wrong"), None);
         assert_eq!(d.authenticate("user3", "pw"), None);
         assert_eq!(d.authenticate("user2@other.test", "pw"), None);

@@ -49,34 +49,70 @@ impl Metrics {
             fsyncs_total: Counter::default(),
             store_errors_total: Counter::default(),
         };
-        registry.register("connections", "Client connections accepted", m.connections_total.clone());
-        registry.register("connections_open", "Client connections open now", m.connections_open.clone());
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            m.connections_open.clone(),
+        );
         registry.register(
             "connections_refused",
             "Client connections refused at the connection limit",
             m.connections_refused_total.clone(),
         );
-        registry.register("commands", "Protocol commands received", m.commands_total.clone());
+        registry.register(
+            "commands",
+            "Protocol commands received",
+            m.commands_total.clone(),
+        );
         registry.register(
             "command_errors",
             "Protocol commands answered with an error",
             m.command_errors_total.clone(),
         );
-        registry.register("messages_stored", "Messages made durable (one per mailbox)", m.messages_stored_total.clone());
-        registry.register("message_bytes_stored", "Bytes of messages made durable", m.message_bytes_stored_total.clone());
-        registry.register("messages_retrieved", "Message bodies read by clients", m.messages_retrieved_total.clone());
-        registry.register("messages_expunged", "Messages removed from mailboxes", m.messages_expunged_total.clone());
-        registry.register("fsyncs", "fsync calls on the mail log", m.fsyncs_total.clone());
-        registry.register("store_errors", "Mail log write or sync failures", m.store_errors_total.clone());
+        registry.register(
+            "messages_stored",
+            "Messages made durable (one per mailbox)",
+            m.messages_stored_total.clone(),
+        );
+        registry.register(
+            "message_bytes_stored",
+            "Bytes of messages made durable",
+            m.message_bytes_stored_total.clone(),
+        );
+        registry.register(
+            "messages_retrieved",
+            "Message bodies read by clients",
+            m.messages_retrieved_total.clone(),
+        );
+        registry.register(
+            "messages_expunged",
+            "Messages removed from mailboxes",
+            m.messages_expunged_total.clone(),
+        );
+        registry.register(
+            "fsyncs",
+            "fsync calls on the mail log",
+            m.fsyncs_total.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Mail log write or sync failures",
+            m.store_errors_total.clone(),
+        );
         // Create every protocol's series up front, so they are exported (as 0) from the start
         // and rate() over them works before the first event.
         for protocol in ["smtp", "pop3", "imap"] {
             let label = Metrics::protocol(protocol);
-            m.connections_total.get_or_create(&label);
-            m.connections_open.get_or_create(&label);
-            m.connections_refused_total.get_or_create(&label);
-            m.commands_total.get_or_create(&label);
-            m.command_errors_total.get_or_create(&label);
+            let _ = m.connections_total.get_or_create(&label);
+            let _ = m.connections_open.get_or_create(&label);
+            let _ = m.connections_refused_total.get_or_create(&label);
+            let _ = m.commands_total.get_or_create(&label);
+            let _ = m.command_errors_total.get_or_create(&label);
         }
         Metrics { registry, ..m }
     }

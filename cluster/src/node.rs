@@ -80,7 +80,9 @@ pub struct RunningNode {
 
 /// Opens the store and binds every listener; serving starts at once.
 pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
-    config.validate().map_err(|e| anyhow::anyhow!("invalid node configuration: {e}"))?;
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid node configuration: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     let data_dir = config.data_dir.clone();
     let store_metrics = metrics.clone();
@@ -118,7 +120,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         (pop3_l, Protocol::Pop3),
         (imap_l, Protocol::Imap),
     ] {
-        tasks.spawn(accept_loop(listener, protocol, context.clone(), limit.clone()));
+        tasks.spawn(accept_loop(
+            listener,
+            protocol,
+            context.clone(),
+            limit.clone(),
+        ));
     }
     tasks.spawn(admin::serve(admin_l, context.clone(), endpoints));
     tracing::info!(id = context.config.id, ?endpoints, "node is serving");
@@ -149,7 +156,12 @@ impl RunningNode {
     }
 }
 
-async fn accept_loop(listener: TcpListener, protocol: Protocol, ctx: Arc<Context>, limit: Arc<Semaphore>) {
+async fn accept_loop(
+    listener: TcpListener,
+    protocol: Protocol,
+    ctx: Arc<Context>,
+    limit: Arc<Semaphore>,
+) {
     let label = Metrics::protocol(protocol.name());
     let mut sessions = JoinSet::new();
     let mut shutdown = ctx.shutdown.clone();
@@ -172,9 +184,16 @@ async fn accept_loop(listener: TcpListener, protocol: Protocol, ctx: Arc<Context
         let _ = stream.set_nodelay(true);
         ctx.metrics.connections_total.get_or_create(&label).inc();
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            ctx.metrics.connections_refused_total.get_or_create(&label).inc();
+            ctx.metrics
+                .connections_refused_total
+                .get_or_create(&label)
+                .inc();
             sessions.spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(protocol.busy_reply())).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    stream.write_all(protocol.busy_reply()),
+                )
+                .await;
             });
             continue;
         };
@@ -194,7 +213,12 @@ async fn accept_loop(listener: TcpListener, protocol: Protocol, ctx: Arc<Context
     while sessions.join_next().await.is_some() {}
 }
 
-async fn serve(protocol: Protocol, stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) -> std::io::Result<()> {
+async fn serve(
+    protocol: Protocol,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+) -> std::io::Result<()> {
     match protocol {
         Protocol::Smtp => smtp::serve(stream, peer, ctx).await,
         Protocol::Pop3 => pop3::serve(stream, peer, ctx).await,

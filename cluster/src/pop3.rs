@@ -37,7 +37,9 @@ struct Maildrop {
 impl Maildrop {
     /// The message numbered `arg` (1-based), unless missing or marked deleted.
     fn get(&self, arg: &str) -> Result<(usize, &MessageMeta), &'static [u8]> {
-        let n: usize = arg.parse().map_err(|_| &b"-ERR invalid message number\r\n"[..])?;
+        let n: usize = arg
+            .parse()
+            .map_err(|_| &b"-ERR invalid message number\r\n"[..])?;
         if n == 0 || n > self.messages.len() {
             return Err(b"-ERR no such message\r\n");
         }
@@ -73,18 +75,20 @@ pub async fn serve(stream: TcpStream, _peer: SocketAddr, ctx: Arc<Context>) -> s
         Duration::from_secs(limits.idle_timeout_s),
         ctx.shutdown.clone(),
     );
-    conn.write(b"+OK clusterbench POP3 server ready\r\n").await?;
+    conn.write(b"+OK clusterbench POP3 server ready\r\n")
+        .await?;
     let label = Metrics::protocol("pop3");
     let mut state = State::Authorization(None);
     let mut errors = 0u32;
     loop {
         let line = match conn.next_line().await? {
             Input::Line(line) => line,
-            Input::TooLong => {
+            Input::TooLong(_) => {
                 conn.write(b"-ERR line too long\r\n").await?;
                 errors += 1;
                 if errors >= ctx.config.limits.errors_per_session_max {
-                    conn.write(b"-ERR too many errors, closing connection\r\n").await?;
+                    conn.write(b"-ERR too many errors, closing connection\r\n")
+                        .await?;
                     return conn.flush().await;
                 }
                 continue;
@@ -115,7 +119,8 @@ pub async fn serve(stream: TcpStream, _peer: SocketAddr, ctx: Arc<Context>) -> s
                 errors += 1;
                 ctx.metrics.command_errors_total.get_or_create(&label).inc();
                 if errors >= ctx.config.limits.errors_per_session_max {
-                    conn.write(b"-ERR too many errors, closing connection\r\n").await?;
+                    conn.write(b"-ERR too many errors, closing connection\r\n")
+                        .await?;
                     return conn.flush().await;
                 }
             }
@@ -130,7 +135,13 @@ enum Reply {
     Quit,
 }
 
-async fn command(ctx: &Context, conn: &mut Pop3Conn, state: &mut State, verb: &str, arg: &str) -> std::io::Result<Reply> {
+async fn command(
+    ctx: &Context,
+    conn: &mut Pop3Conn,
+    state: &mut State,
+    verb: &str,
+    arg: &str,
+) -> std::io::Result<Reply> {
     // Commands valid in any state.
     match verb {
         "CAPA" => {
@@ -168,12 +179,20 @@ async fn command(ctx: &Context, conn: &mut Pop3Conn, state: &mut State, verb: &s
                     deleted: HashSet::new(),
                 };
                 let octets: u64 = drop.messages.iter().map(|m| m.size).sum();
-                conn.write(format!("+OK maildrop has {} messages ({octets} octets)\r\n", drop.messages.len()).as_bytes())
-                    .await?;
+                conn.write(
+                    format!(
+                        "+OK maildrop has {} messages ({octets} octets)\r\n",
+                        drop.messages.len()
+                    )
+                    .as_bytes(),
+                )
+                .await?;
                 *state = State::Transaction(drop);
                 Ok(Reply::Ok)
             }
-            "APOP" | "AUTH" | "STLS" => Ok(Reply::Err(b"-ERR not supported; use USER and PASS\r\n")),
+            "APOP" | "AUTH" | "STLS" => {
+                Ok(Reply::Err(b"-ERR not supported; use USER and PASS\r\n"))
+            }
             "QUIT" => {
                 conn.write(b"+OK bye\r\n").await?;
                 Ok(Reply::Quit)
@@ -185,8 +204,11 @@ async fn command(ctx: &Context, conn: &mut Pop3Conn, state: &mut State, verb: &s
         },
         State::Transaction(drop) => match verb {
             "STAT" => {
-                let (n, octets) = drop.live().fold((0, 0), |(n, o), (_, m)| (n + 1, o + m.size));
-                conn.write(format!("+OK {n} {octets}\r\n").as_bytes()).await?;
+                let (n, octets) = drop
+                    .live()
+                    .fold((0, 0), |(n, o), (_, m)| (n + 1, o + m.size));
+                conn.write(format!("+OK {n} {octets}\r\n").as_bytes())
+                    .await?;
                 Ok(Reply::Ok)
             }
             "LIST" | "UIDL" => {
@@ -207,7 +229,10 @@ async fn command(ctx: &Context, conn: &mut Pop3Conn, state: &mut State, verb: &s
                     conn.write(out.as_bytes()).await?;
                 } else {
                     match drop.get(arg.trim()) {
-                        Ok((n, m)) => conn.write(format!("+OK {}\r\n", render(n, m)).as_bytes()).await?,
+                        Ok((n, m)) => {
+                            conn.write(format!("+OK {}\r\n", render(n, m)).as_bytes())
+                                .await?
+                        }
                         Err(e) => return Ok(Reply::Err(e)),
                     }
                 }
@@ -239,14 +264,16 @@ async fn command(ctx: &Context, conn: &mut Pop3Conn, state: &mut State, verb: &s
                     Some(n) => top(&body, n),
                     None => &body[..],
                 };
-                conn.write(format!("+OK {} octets\r\n", meta.size).as_bytes()).await?;
+                conn.write(format!("+OK {} octets\r\n", meta.size).as_bytes())
+                    .await?;
                 write_dot_stuffed(conn, body).await?;
                 Ok(Reply::Ok)
             }
             "DELE" => match drop.get(arg.trim()) {
                 Ok((n, _)) => {
                     drop.deleted.insert(n - 1);
-                    conn.write(format!("+OK message {n} deleted\r\n").as_bytes()).await?;
+                    conn.write(format!("+OK message {n} deleted\r\n").as_bytes())
+                        .await?;
                     Ok(Reply::Ok)
                 }
                 Err(e) => Ok(Reply::Err(e)),
@@ -264,8 +291,10 @@ async fn command(ctx: &Context, conn: &mut Pop3Conn, state: &mut State, verb: &s
                 }
                 match ctx.store.expunge(&drop.user, uids).await {
                     Ok(removed) => {
-                        conn.write(format!("+OK bye ({} messages deleted)\r\n", removed.len()).as_bytes())
-                            .await?
+                        conn.write(
+                            format!("+OK bye ({} messages deleted)\r\n", removed.len()).as_bytes(),
+                        )
+                        .await?
                     }
                     Err(e) => {
                         tracing::error!(user = %drop.user, "committing POP3 deletions failed: {e}");

@@ -70,8 +70,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) -> st
     loop {
         let line = match conn.next_line().await? {
             Input::Line(line) => line,
-            Input::TooLong => {
-                session.reply_error(&mut conn, "500 5.5.2 Line too long\r\n").await?;
+            Input::TooLong(_) => {
+                session
+                    .reply_error(&mut conn, "500 5.5.2 Line too long\r\n")
+                    .await?;
                 if session.too_many_errors() {
                     return session.close_for_errors(&mut conn).await;
                 }
@@ -79,8 +81,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) -> st
             }
             Input::Eof => return Ok(()),
             Input::Timeout => {
-                conn.write(format!("421 4.4.2 {hostname} Idle timeout, closing connection\r\n").as_bytes())
-                    .await?;
+                conn.write(
+                    format!("421 4.4.2 {hostname} Idle timeout, closing connection\r\n").as_bytes(),
+                )
+                .await?;
                 return conn.flush().await;
             }
             Input::Shutdown => {
@@ -89,7 +93,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) -> st
                 return conn.flush().await;
             }
         };
-        session.ctx.metrics.commands_total.get_or_create(&label).inc();
+        session
+            .ctx
+            .metrics
+            .commands_total
+            .get_or_create(&label)
+            .inc();
         match session.command(&mut conn, &line).await? {
             Next::Continue => {}
             Next::Close => return conn.flush().await,
@@ -105,7 +114,8 @@ type SmtpConn = Conn<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWrite
 impl Session {
     async fn command(&mut self, conn: &mut SmtpConn, line: &[u8]) -> std::io::Result<Next> {
         let Ok(line) = std::str::from_utf8(line) else {
-            self.reply_error(conn, "500 5.5.2 Command is not valid UTF-8\r\n").await?;
+            self.reply_error(conn, "500 5.5.2 Command is not valid UTF-8\r\n")
+                .await?;
             return Ok(Next::Continue);
         };
         let (verb, arg) = match line.split_once(' ') {
@@ -115,7 +125,8 @@ impl Session {
         match verb.to_ascii_uppercase().as_str() {
             "EHLO" | "HELO" => {
                 if arg.is_empty() {
-                    self.reply_error(conn, "501 5.5.4 Syntax: EHLO hostname\r\n").await?;
+                    self.reply_error(conn, "501 5.5.4 Syntax: EHLO hostname\r\n")
+                        .await?;
                     return Ok(Next::Continue);
                 }
                 self.helo = Some(arg.split_whitespace().next().unwrap_or(arg).to_string());
@@ -145,27 +156,42 @@ impl Session {
                 return Ok(Next::Close);
             }
             "VRFY" => {
-                conn.write(b"252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n")
+                conn.write(
+                    b"252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery\r\n",
+                )
+                .await?
+            }
+            "HELP" => {
+                conn.write(b"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY\r\n")
                     .await?
             }
-            "HELP" => conn.write(b"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY\r\n").await?,
             "EXPN" | "TURN" | "ETRN" | "STARTTLS" | "AUTH" | "BDAT" => {
-                self.reply_error(conn, "502 5.5.1 Command not implemented\r\n").await?
+                self.reply_error(conn, "502 5.5.1 Command not implemented\r\n")
+                    .await?
             }
-            _ => self.reply_error(conn, "500 5.5.2 Command not recognized\r\n").await?,
+            _ => {
+                self.reply_error(conn, "500 5.5.2 Command not recognized\r\n")
+                    .await?
+            }
         }
         Ok(Next::Continue)
     }
 
     async fn mail(&mut self, conn: &mut SmtpConn, arg: &str) -> std::io::Result<()> {
         if self.helo.is_none() {
-            return self.reply_error(conn, "503 5.5.1 Send EHLO or HELO first\r\n").await;
+            return self
+                .reply_error(conn, "503 5.5.1 Send EHLO or HELO first\r\n")
+                .await;
         }
         if self.tx.from.is_some() {
-            return self.reply_error(conn, "503 5.5.1 Nested MAIL command\r\n").await;
+            return self
+                .reply_error(conn, "503 5.5.1 Nested MAIL command\r\n")
+                .await;
         }
         let Some((path, params)) = parse_path(arg, "FROM:") else {
-            return self.reply_error(conn, "501 5.5.4 Syntax: MAIL FROM:<address>\r\n").await;
+            return self
+                .reply_error(conn, "501 5.5.4 Syntax: MAIL FROM:<address>\r\n")
+                .await;
         };
         for param in params.split_whitespace() {
             let (key, value) = param.split_once('=').unwrap_or((param, ""));
@@ -173,16 +199,28 @@ impl Session {
                 "SIZE" => match value.parse::<u64>() {
                     Ok(size) if size > self.ctx.config.limits.message_bytes_max as u64 => {
                         return self
-                            .reply_error(conn, "552 5.3.4 Message size exceeds fixed maximum message size\r\n")
+                            .reply_error(
+                                conn,
+                                "552 5.3.4 Message size exceeds fixed maximum message size\r\n",
+                            )
                             .await;
                     }
                     Ok(_) => {}
-                    Err(_) => return self.reply_error(conn, "501 5.5.4 Bad SIZE parameter\r\n").await,
+                    Err(_) => {
+                        return self
+                            .reply_error(conn, "501 5.5.4 Bad SIZE parameter\r\n")
+                            .await
+                    }
                 },
-                "BODY" if value.eq_ignore_ascii_case("8BITMIME") || value.eq_ignore_ascii_case("7BIT") => {}
+                "BODY"
+                    if value.eq_ignore_ascii_case("8BITMIME")
+                        || value.eq_ignore_ascii_case("7BIT") => {}
                 _ => {
                     return self
-                        .reply_error(conn, "555 5.5.4 MAIL parameter not recognized or not implemented\r\n")
+                        .reply_error(
+                            conn,
+                            "555 5.5.4 MAIL parameter not recognized or not implemented\r\n",
+                        )
                         .await
                 }
             }
@@ -193,14 +231,21 @@ impl Session {
 
     async fn rcpt(&mut self, conn: &mut SmtpConn, arg: &str) -> std::io::Result<()> {
         if self.tx.from.is_none() {
-            return self.reply_error(conn, "503 5.5.1 Need MAIL command first\r\n").await;
+            return self
+                .reply_error(conn, "503 5.5.1 Need MAIL command first\r\n")
+                .await;
         }
         let Some((path, params)) = parse_path(arg, "TO:") else {
-            return self.reply_error(conn, "501 5.5.4 Syntax: RCPT TO:<address>\r\n").await;
+            return self
+                .reply_error(conn, "501 5.5.4 Syntax: RCPT TO:<address>\r\n")
+                .await;
         };
         if !params.trim().is_empty() {
             return self
-                .reply_error(conn, "555 5.5.4 RCPT parameters not recognized or not implemented\r\n")
+                .reply_error(
+                    conn,
+                    "555 5.5.4 RCPT parameters not recognized or not implemented\r\n",
+                )
                 .await;
         }
         match self.ctx.directory.recipient(path) {
@@ -209,31 +254,40 @@ impl Session {
                     return conn.write(b"250 2.1.5 Ok (duplicate recipient)\r\n").await;
                 }
                 if self.tx.recipients.len() >= self.ctx.config.limits.recipients_max {
-                    return self.reply_error(conn, "452 4.5.3 Too many recipients\r\n").await;
+                    return self
+                        .reply_error(conn, "452 4.5.3 Too many recipients\r\n")
+                        .await;
                 }
                 self.tx.recipients.push(user);
                 conn.write(b"250 2.1.5 Ok\r\n").await
             }
             Recipient::UnknownUser => {
-                self.reply_error(conn, "550 5.1.1 Recipient address rejected: user unknown\r\n")
-                    .await
+                self.reply_error(
+                    conn,
+                    "550 5.1.1 Recipient address rejected: user unknown\r\n",
+                )
+                .await
             }
             Recipient::Relay => {
-                self.reply_error(conn, "550 5.7.1 Relay access denied\r\n").await
+                self.reply_error(conn, "550 5.7.1 Relay access denied\r\n")
+                    .await
             }
         }
     }
 
     async fn data(&mut self, conn: &mut SmtpConn) -> std::io::Result<Next> {
         if self.tx.from.is_none() {
-            self.reply_error(conn, "503 5.5.1 Need MAIL command first\r\n").await?;
+            self.reply_error(conn, "503 5.5.1 Need MAIL command first\r\n")
+                .await?;
             return Ok(Next::Continue);
         }
         if self.tx.recipients.is_empty() {
-            self.reply_error(conn, "554 5.5.1 No valid recipients\r\n").await?;
+            self.reply_error(conn, "554 5.5.1 No valid recipients\r\n")
+                .await?;
             return Ok(Next::Continue);
         }
-        conn.write(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+        conn.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+            .await?;
         conn.flush().await?;
         let max = self.ctx.config.limits.message_bytes_max;
         let mut body = Vec::with_capacity(8 * 1024);
@@ -257,7 +311,7 @@ impl Session {
                         body.extend_from_slice(b"\r\n");
                     }
                 }
-                Input::TooLong => line_too_long = true,
+                Input::TooLong(_) => line_too_long = true,
                 Input::Eof => return Ok(Next::Close),
                 Input::Timeout | Input::Shutdown => {
                     conn.write(b"421 4.4.2 Timeout while receiving data, closing connection\r\n")
@@ -269,13 +323,19 @@ impl Session {
         let recipients = std::mem::take(&mut self.tx.recipients);
         self.tx = Transaction::default();
         if too_big {
-            self.reply_error(conn, "552 5.3.4 Message size exceeds fixed maximum message size\r\n")
-                .await?;
+            self.reply_error(
+                conn,
+                "552 5.3.4 Message size exceeds fixed maximum message size\r\n",
+            )
+            .await?;
             return Ok(Next::Continue);
         }
         if line_too_long {
-            self.reply_error(conn, "500 5.5.2 Message has a line longer than the limit\r\n")
-                .await?;
+            self.reply_error(
+                conn,
+                "500 5.5.2 Message has a line longer than the limit\r\n",
+            )
+            .await?;
             return Ok(Next::Continue);
         }
         let queue_id = format!(
@@ -290,7 +350,7 @@ impl Session {
         match self
             .ctx
             .store
-            .deliver(recipients, Arc::from(message), Flags::empty())
+            .deliver(recipients, Arc::from(message), Flags::empty(), None)
             .await
         {
             Ok(_) => {
@@ -299,8 +359,11 @@ impl Session {
             }
             Err(e) => {
                 tracing::error!("delivery failed: {e}");
-                self.reply_error(conn, "451 4.3.0 Local error in processing; try again later\r\n")
-                    .await?
+                self.reply_error(
+                    conn,
+                    "451 4.3.0 Local error in processing; try again later\r\n",
+                )
+                .await?
             }
         }
         Ok(Next::Continue)
@@ -339,7 +402,8 @@ impl Session {
     }
 
     async fn close_for_errors(&self, conn: &mut SmtpConn) -> std::io::Result<()> {
-        conn.write(b"421 4.7.0 Too many errors, closing connection\r\n").await?;
+        conn.write(b"421 4.7.0 Too many errors, closing connection\r\n")
+            .await?;
         conn.flush().await
     }
 }
@@ -373,10 +437,19 @@ mod tests {
 
     #[test]
     fn paths_parse() {
-        assert_eq!(parse_path("FROM:<a@b.test>", "FROM:"), Some(("a@b.test", "")));
-        assert_eq!(parse_path("from: <a@b.test> SIZE=10", "FROM:"), Some(("a@b.test", " SIZE=10")));
+        assert_eq!(
+            parse_path("FROM:<a@b.test>", "FROM:"),
+            Some(("a@b.test", ""))
+        );
+        assert_eq!(
+            parse_path("from: <a@b.test> SIZE=10", "FROM:"),
+            Some(("a@b.test", " SIZE=10"))
+        );
         assert_eq!(parse_path("FROM:<>", "FROM:"), Some(("", "")));
-        assert_eq!(parse_path("TO:<@r1,@r2:u@d.test>", "TO:"), Some(("u@d.test", "")));
+        assert_eq!(
+            parse_path("TO:<@r1,@r2:u@d.test>", "TO:"),
+            Some(("u@d.test", ""))
+        );
         assert_eq!(parse_path("TO:u@d.test", "TO:"), None);
         assert_eq!(parse_path("FROM:<a b>", "FROM:"), None);
         assert_eq!(parse_path("X", "FROM:"), None);

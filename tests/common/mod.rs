@@ -54,7 +54,9 @@ impl Cluster {
                 panic!("cluster up did not come up within {WAIT:?}");
             }
         };
-        let info: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).unwrap()).unwrap();
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).unwrap())
+                .unwrap();
         Cluster {
             child,
             dir: dir.to_path_buf(),
@@ -166,7 +168,10 @@ impl Client {
         let mut lines = Vec::new();
         loop {
             let line = self.line();
-            assert!(!line.is_empty(), "connection closed while waiting for {prefix:?}; got {lines:?}");
+            assert!(
+                !line.is_empty(),
+                "connection closed while waiting for {prefix:?}; got {lines:?}"
+            );
             let done = line.starts_with(prefix);
             lines.push(line);
             if done {

@@ -82,7 +82,13 @@ pub struct Message<'a> {
 
 /// Appends `* seq FETCH (...)\r\n` for `atts`. `UID` is added first when `with_uid` (UID FETCH)
 /// and `FLAGS` last when `with_flags` (an implicit `\Seen` changed them), unless requested anyway.
-pub fn render(out: &mut Vec<u8>, m: &Message<'_>, atts: &[FetchAtt], with_uid: bool, with_flags: bool) {
+pub fn render(
+    out: &mut Vec<u8>,
+    m: &Message<'_>,
+    atts: &[FetchAtt],
+    with_uid: bool,
+    with_flags: bool,
+) {
     let bytes = m.bytes.unwrap_or_default();
     // The MIME tree is built once per message, only when an item needs it.
     let mut tree: Option<Part> = None;
@@ -106,10 +112,12 @@ pub fn render(out: &mut Vec<u8>, m: &Message<'_>, atts: &[FetchAtt], with_uid: b
                 out.extend_from_slice(b"FLAGS ");
                 out.extend_from_slice(flag_list(m.flags).as_bytes());
             }
-            FetchAtt::InternalDate => {
-                out.extend_from_slice(format!("INTERNALDATE \"{}\"", internal_date(m.internal_date)).as_bytes())
+            FetchAtt::InternalDate => out.extend_from_slice(
+                format!("INTERNALDATE \"{}\"", internal_date(m.internal_date)).as_bytes(),
+            ),
+            FetchAtt::Rfc822Size => {
+                out.extend_from_slice(format!("RFC822.SIZE {}", m.size).as_bytes())
             }
-            FetchAtt::Rfc822Size => out.extend_from_slice(format!("RFC822.SIZE {}", m.size).as_bytes()),
             FetchAtt::Envelope => {
                 out.extend_from_slice(b"ENVELOPE ");
                 let (header, _) = mime::split(bytes, 0..bytes.len());
@@ -117,8 +125,17 @@ pub fn render(out: &mut Vec<u8>, m: &Message<'_>, atts: &[FetchAtt], with_uid: b
             }
             FetchAtt::Body | FetchAtt::BodyStructure => {
                 let extensible = *att == FetchAtt::BodyStructure;
-                out.extend_from_slice(if extensible { b"BODYSTRUCTURE " } else { b"BODY " });
-                body_structure(out, bytes, tree.get_or_insert_with(|| mime::parse(bytes)), extensible);
+                out.extend_from_slice(if extensible {
+                    b"BODYSTRUCTURE "
+                } else {
+                    b"BODY "
+                });
+                body_structure(
+                    out,
+                    bytes,
+                    tree.get_or_insert_with(|| mime::parse(bytes)),
+                    extensible,
+                );
             }
             FetchAtt::Rfc822 => {
                 out.extend_from_slice(b"RFC822 ");
@@ -134,7 +151,9 @@ pub fn render(out: &mut Vec<u8>, m: &Message<'_>, atts: &[FetchAtt], with_uid: b
                     push_literal(out, &bytes[body]);
                 }
             }
-            FetchAtt::Section { section, partial, .. } => {
+            FetchAtt::Section {
+                section, partial, ..
+            } => {
                 out.extend_from_slice(b"BODY");
                 push_section_name(out, section);
                 if let Some((start, _)) = partial {
@@ -145,7 +164,11 @@ pub fn render(out: &mut Vec<u8>, m: &Message<'_>, atts: &[FetchAtt], with_uid: b
                     // The whole message: no need to parse its structure.
                     Some(Cow::Borrowed(bytes))
                 } else {
-                    section_bytes(bytes, tree.get_or_insert_with(|| mime::parse(bytes)), section)
+                    section_bytes(
+                        bytes,
+                        tree.get_or_insert_with(|| mime::parse(bytes)),
+                        section,
+                    )
                 };
                 match part {
                     None => out.extend_from_slice(b"NIL"),
@@ -202,7 +225,11 @@ fn push_section_name(out: &mut Vec<u8>, section: &Section) {
             SectionText::Text => out.extend_from_slice(b"TEXT"),
             SectionText::Mime => out.extend_from_slice(b"MIME"),
             SectionText::Fields { not, names } => {
-                out.extend_from_slice(if *not { b"HEADER.FIELDS.NOT (" } else { b"HEADER.FIELDS (" });
+                out.extend_from_slice(if *not {
+                    b"HEADER.FIELDS.NOT ("
+                } else {
+                    b"HEADER.FIELDS ("
+                });
                 for (i, name) in names.iter().enumerate() {
                     if i > 0 {
                         out.push(b' ');
@@ -269,7 +296,8 @@ pub fn section_bytes<'m>(msg: &'m [u8], tree: &Part, section: &Section) -> Optio
 /// the header (unfolded; encoded words are left for the client to decode).
 pub fn envelope(out: &mut Vec<u8>, fields: &[Field<'_>]) {
     let text = |name: &str| mime::value(fields, name).map(mime::unfold);
-    let addresses = |name: &str| mime::value(fields, name).and_then(|v| parse_addresses(&mime::unfold(v)));
+    let addresses =
+        |name: &str| mime::value(fields, name).and_then(|v| parse_addresses(&mime::unfold(v)));
     let from = addresses("from");
     out.push(b'(');
     push_nstring(out, text("date").as_deref());
@@ -436,7 +464,9 @@ fn push_disposition(out: &mut Vec<u8>, fields: &[Field<'_>]) {
 
 /// A string as a quoted string when that is possible (7-bit, no CR/LF/NUL), else as a literal.
 pub fn push_string(out: &mut Vec<u8>, s: &[u8]) {
-    if s.iter().all(|&b| (1..0x80).contains(&b) && b != b'\r' && b != b'\n') {
+    if s.iter()
+        .all(|&b| (1..0x80).contains(&b) && b != b'\r' && b != b'\n')
+    {
         out.push(b'"');
         for &b in s {
             if b == b'"' || b == b'\\' {
@@ -509,7 +539,10 @@ Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n";
 
     #[test]
     fn envelope_without_headers_is_all_nil() {
-        assert_eq!(envelope_of(b"\r\nbody\r\n"), "(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)");
+        assert_eq!(
+            envelope_of(b"\r\nbody\r\n"),
+            "(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+        );
     }
 
     #[test]
@@ -559,7 +592,9 @@ Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n";
                 r#" "ALTERNATIVE" ("BOUNDARY" "b1") NIL NIL NIL)"#
             )
         );
-        let sec = |part: Vec<u32>, text| section_bytes(msg, &tree, &Section { part, text }).map(|c| c.into_owned());
+        let sec = |part: Vec<u32>, text| {
+            section_bytes(msg, &tree, &Section { part, text }).map(|c| c.into_owned())
+        };
         assert_eq!(sec(vec![2], None).unwrap(), b"<p>x</p>");
         assert_eq!(sec(vec![1, 1], None).unwrap(), b"plain");
         assert_eq!(

@@ -48,13 +48,15 @@ fn line_end(bytes: &[u8], pos: usize) -> usize {
 /// The fields of a header block (as returned by [`split`]). Lines that are neither a field nor a
 /// continuation are skipped.
 pub fn fields(header: &[u8]) -> Vec<Field<'_>> {
-    let mut out: Vec<Field<'_>> = Vec::new();
-    // Start of the field being collected, and where its name ends / its value starts.
-    let mut current: Option<(usize, usize, usize)> = None;
-    let mut pos = 0;
-    let finish = |out: &mut Vec<Field<'_>>, current: Option<(usize, usize, usize)>, end: usize| {
-        if let Some((start, name_end, value_start)) = current {
-            let raw = &header[start..end];
+    /// Ends the field that started at `start` (name up to `name_end`) where the next line begins.
+    fn finish<'a>(
+        header: &'a [u8],
+        out: &mut Vec<Field<'a>>,
+        current: Option<(usize, usize)>,
+        end: usize,
+    ) {
+        if let Some((start, name_end)) = current {
+            let value_start = name_end + 1;
             let mut value_end = end;
             while value_end > value_start && matches!(header[value_end - 1], b'\r' | b'\n') {
                 value_end -= 1;
@@ -62,10 +64,14 @@ pub fn fields(header: &[u8]) -> Vec<Field<'_>> {
             out.push(Field {
                 name: trim(&header[start..name_end]),
                 value: &header[value_start..value_end],
-                raw,
+                raw: &header[start..end],
             });
         }
-    };
+    }
+    let mut out = Vec::new();
+    // Start of the field being collected, and where its name ends (the colon).
+    let mut current: Option<(usize, usize)> = None;
+    let mut pos = 0;
     while pos < header.len() {
         let end = line_end(header, pos);
         let line = &header[pos..end];
@@ -77,13 +83,13 @@ pub fn fields(header: &[u8]) -> Vec<Field<'_>> {
             pos = end;
             continue;
         }
-        finish(&mut out, current.take(), pos);
+        finish(header, &mut out, current.take(), pos);
         if let Some(colon) = line.iter().position(|&b| b == b':') {
-            current = Some((pos, pos + colon, pos + colon + 1));
+            current = Some((pos, pos + colon));
         }
         pos = end;
     }
-    finish(&mut out, current, pos);
+    finish(header, &mut out, current, pos);
     out
 }
 

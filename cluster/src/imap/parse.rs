@@ -82,6 +82,8 @@ pub enum Command<'a> {
     Append {
         mailbox: Cow<'a, [u8]>,
         flags: Flags,
+        /// The client's date-time for the message (unix seconds), if it gave one.
+        date: Option<i64>,
         message: &'a [u8],
     },
     Check,
@@ -242,7 +244,11 @@ impl<'a> Parser<'a> {
                 b'\\' => {
                     let escaped = match self.peek() {
                         Some(e @ (b'"' | b'\\')) => e,
-                        _ => return Err(ParseError::Invalid("syntax error: bad escape in a quoted string")),
+                        _ => {
+                            return Err(ParseError::Invalid(
+                                "syntax error: bad escape in a quoted string",
+                            ))
+                        }
                     };
                     self.pos += 1;
                     owned
@@ -250,7 +256,9 @@ impl<'a> Parser<'a> {
                         .push(escaped);
                 }
                 b'\r' | b'\n' | 0 => {
-                    return Err(ParseError::Invalid("syntax error: CR, LF or NUL in a quoted string"))
+                    return Err(ParseError::Invalid(
+                        "syntax error: CR, LF or NUL in a quoted string",
+                    ))
                 }
                 _ => {
                     if let Some(v) = owned.as_mut() {
@@ -313,9 +321,13 @@ impl<'a> Parser<'a> {
         if self.eat(b'*') {
             Ok(Bound::Star)
         } else {
-            self.number()
-                .map(Bound::Num)
-                .map_err(|e| if e == ParseError::Number { e } else { ParseError::Expected("a message set") })
+            self.number().map(Bound::Num).map_err(|e| {
+                if e == ParseError::Number {
+                    e
+                } else {
+                    ParseError::Expected("a message set")
+                }
+            })
         }
     }
 
@@ -323,7 +335,10 @@ impl<'a> Parser<'a> {
     fn eat_word(&mut self, word: &str) -> bool {
         let end = self.pos + word.len();
         match self.buf.get(self.pos..end) {
-            Some(s) if s.eq_ignore_ascii_case(word.as_bytes()) && !self.buf.get(end).is_some_and(|&b| is_atom_char(b)) => {
+            Some(s)
+                if s.eq_ignore_ascii_case(word.as_bytes())
+                    && !self.buf.get(end).is_some_and(|&b| is_atom_char(b)) =>
+            {
                 self.pos = end;
                 true
             }
@@ -356,7 +371,8 @@ impl<'a> Parser<'a> {
             if name.eq_ignore_ascii_case("Recent") {
                 return Ok(Flags::empty());
             }
-            Flags::from_name(&format!("\\{name}")).ok_or(ParseError::Invalid("unsupported system flag"))
+            Flags::from_name(&format!("\\{name}"))
+                .ok_or(ParseError::Invalid("unsupported system flag"))
         } else {
             self.atom()?;
             Ok(Flags::empty())
@@ -386,7 +402,10 @@ impl<'a> Parser<'a> {
 
 /// Parses everything after `tag SP`.
 pub fn command<'a>(p: &mut Parser<'a>) -> Result<Command<'a>> {
-    let name = p.atom().map_err(|_| ParseError::UnknownCommand)?.to_ascii_uppercase();
+    let name = p
+        .atom()
+        .map_err(|_| ParseError::UnknownCommand)?
+        .to_ascii_uppercase();
     let cmd = match name.as_slice() {
         b"CAPABILITY" => Command::Capability,
         b"NOOP" => Command::Noop,
@@ -408,7 +427,8 @@ pub fn command<'a>(p: &mut Parser<'a>) -> Result<Command<'a>> {
             let mechanism = p.atom()?;
             let initial = if p.peek() == Some(b' ') {
                 p.sp()?;
-                let ir = p.take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+                let ir =
+                    p.take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
                 if ir.is_empty() {
                     return Err(ParseError::Expected("a base64 initial response"));
                 }
@@ -485,15 +505,20 @@ pub fn command<'a>(p: &mut Parser<'a>) -> Result<Command<'a>> {
                 flags = p.flag_list()?;
                 p.sp()?;
             }
+            let mut date = None;
             if p.peek() == Some(b'"') {
-                let date = p.quoted()?;
-                date_time(&date).ok_or(ParseError::Invalid("syntax error: bad APPEND date-time"))?;
+                let text = p.quoted()?;
+                date = Some(
+                    date_time(&text)
+                        .ok_or(ParseError::Invalid("syntax error: bad APPEND date-time"))?,
+                );
                 p.sp()?;
             }
             let message = p.literal()?;
             Command::Append {
                 mailbox,
                 flags,
+                date,
                 message,
             }
         }
@@ -601,7 +626,11 @@ fn fetch_att(p: &mut Parser<'_>, atts: &mut Vec<FetchAtt>) -> Result<()> {
         .to_ascii_uppercase();
     let att = match name.as_slice() {
         b"ALL" | b"FAST" | b"FULL" => {
-            atts.extend([FetchAtt::Flags, FetchAtt::InternalDate, FetchAtt::Rfc822Size]);
+            atts.extend([
+                FetchAtt::Flags,
+                FetchAtt::InternalDate,
+                FetchAtt::Rfc822Size,
+            ]);
             if name != b"FAST" {
                 atts.push(FetchAtt::Envelope);
             }
@@ -628,7 +657,9 @@ fn fetch_att(p: &mut Parser<'_>, atts: &mut Vec<FetchAtt>) -> Result<()> {
                 let count = p.number()?;
                 p.expect(b'>', "'>' ending a partial range")?;
                 if count == 0 {
-                    return Err(ParseError::Invalid("syntax error: partial count must be positive"));
+                    return Err(ParseError::Invalid(
+                        "syntax error: partial count must be positive",
+                    ));
                 }
                 Some((start, count))
             } else {
@@ -730,7 +761,7 @@ fn search_key(p: &mut Parser<'_>, depth: usize) -> Result<SearchKey> {
         return Ok(SearchKey::Seq(p.seq_set()?));
     }
     let word = p.atom()?.to_ascii_uppercase();
-    let mut string = |p: &mut Parser<'_>| -> Result<Vec<u8>> {
+    let string = |p: &mut Parser<'_>| -> Result<Vec<u8>> {
         p.sp()?;
         Ok(p.astring()?.into_owned())
     };
@@ -739,9 +770,12 @@ fn search_key(p: &mut Parser<'_>, depth: usize) -> Result<SearchKey> {
         let text = if p.peek() == Some(b'"') {
             p.quoted()?.into_owned()
         } else {
-            p.take_while(|b| b.is_ascii_alphanumeric() || b == b'-').to_vec()
+            p.take_while(|b| b.is_ascii_alphanumeric() || b == b'-')
+                .to_vec()
         };
-        search_date(&text).ok_or(ParseError::Invalid("syntax error: bad date (expected d-Mon-yyyy)"))
+        search_date(&text).ok_or(ParseError::Invalid(
+            "syntax error: bad date (expected d-Mon-yyyy)",
+        ))
     };
     Ok(match word.as_slice() {
         b"ALL" | b"OLD" => SearchKey::All,
@@ -812,7 +846,9 @@ fn search_key(p: &mut Parser<'_>, depth: usize) -> Result<SearchKey> {
     })
 }
 
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 fn month(name: &str) -> Option<u32> {
     MONTHS
@@ -863,7 +899,10 @@ pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
             _ => return None,
         } as u32)
     };
-    let text = text.strip_suffix(b"==").or_else(|| text.strip_suffix(b"=")).unwrap_or(text);
+    let text = text
+        .strip_suffix(b"==")
+        .or_else(|| text.strip_suffix(b"="))
+        .unwrap_or(text);
     if text.len() % 4 == 1 {
         return None;
     }
@@ -920,14 +959,20 @@ mod tests {
 
     #[test]
     fn sequence_sets() {
-        let Command::Fetch { set, uid, .. } = parse(b"a UID FETCH 1,3:5,7:*,* FLAGS").unwrap() else {
+        let Command::Fetch { set, uid, .. } = parse(b"a UID FETCH 1,3:5,7:*,* FLAGS").unwrap()
+        else {
             panic!()
         };
         assert!(uid);
         use Bound::*;
         assert_eq!(
             set.0,
-            vec![(Num(1), Num(1)), (Num(3), Num(5)), (Num(7), Star), (Star, Star)]
+            vec![
+                (Num(1), Num(1)),
+                (Num(3), Num(5)),
+                (Num(7), Star),
+                (Star, Star)
+            ]
         );
         assert!(parse(b"a FETCH 1: FLAGS").is_err());
         assert!(parse(b"a FETCH 99999999999 FLAGS").is_err());
@@ -1004,10 +1049,15 @@ mod tests {
                 flags: Flags::DELETED.union(Flags::SEEN)
             }
         );
-        let Command::Store { flags, mode, .. } = parse(b"a UID STORE 1:* -FLAGS \\Flagged \\Draft").unwrap() else {
+        let Command::Store { flags, mode, .. } =
+            parse(b"a UID STORE 1:* -FLAGS \\Flagged \\Draft").unwrap()
+        else {
             panic!()
         };
-        assert_eq!((flags, mode), (Flags::FLAGGED.union(Flags::DRAFT), FlagMode::Remove));
+        assert_eq!(
+            (flags, mode),
+            (Flags::FLAGGED.union(Flags::DRAFT), FlagMode::Remove)
+        );
         assert!(parse(b"a STORE 1 FLAGS (\\Bogus)").is_err());
         assert!(parse(b"a STORE 1 LABELS (x)").is_err());
     }
@@ -1023,8 +1073,17 @@ mod tests {
         let SearchKey::And(keys) = key else { panic!() };
         assert_eq!(keys.len(), 4);
         assert!(matches!(keys[0], SearchKey::Or(..)));
-        assert_eq!(keys[3], SearchKey::Header("subject".into(), b"hi!".to_vec()));
-        assert!(matches!(parse(b"a SEARCH ALL").unwrap(), Command::Search { key: SearchKey::All, .. }));
+        assert_eq!(
+            keys[3],
+            SearchKey::Header("subject".into(), b"hi!".to_vec())
+        );
+        assert!(matches!(
+            parse(b"a SEARCH ALL").unwrap(),
+            Command::Search {
+                key: SearchKey::All,
+                ..
+            }
+        ));
         let deep = format!("a SEARCH {}ALL", "NOT ".repeat(100));
         assert!(parse(deep.as_bytes()).is_err());
         let deep = format!("a SEARCH {}ALL{}", "(".repeat(100), ")".repeat(100));
@@ -1043,16 +1102,27 @@ mod tests {
                 lsub: false
             }
         );
-        let Command::Status { items, .. } = parse(b"a STATUS inbox (MESSAGES UNSEEN UIDNEXT)").unwrap() else {
+        let Command::Status { items, .. } =
+            parse(b"a STATUS inbox (MESSAGES UNSEEN UIDNEXT)").unwrap()
+        else {
             panic!()
         };
-        assert_eq!(items, vec![StatusItem::Messages, StatusItem::Unseen, StatusItem::UidNext]);
-        let cmd = parse(b"a APPEND INBOX (\\Seen) \" 7-Feb-1994 21:52:25 -0800\" {4}\r\nabcd").unwrap();
+        assert_eq!(
+            items,
+            vec![
+                StatusItem::Messages,
+                StatusItem::Unseen,
+                StatusItem::UidNext
+            ]
+        );
+        let cmd =
+            parse(b"a APPEND INBOX (\\Seen) \" 7-Feb-1994 21:52:25 -0800\" {4}\r\nabcd").unwrap();
         assert_eq!(
             cmd,
             Command::Append {
                 mailbox: Cow::Borrowed(b"INBOX"),
                 flags: Flags::SEEN,
+                date: Some(760_686_745),
                 message: b"abcd"
             }
         );
@@ -1063,7 +1133,10 @@ mod tests {
     fn dates_and_base64() {
         assert_eq!(date_time(b"01-Jan-1970 01:00:00 +0100"), Some(0));
         assert_eq!(date_time(b" 1-Jan-1970 00:00:00 -0001"), Some(60));
-        assert_eq!(base64_decode(b"AHVzZXIxAHBhc3N3b3Jk").unwrap(), b"\0user1\0password");
+        assert_eq!(
+            base64_decode(b"AHVzZXIxAHBhc3N3b3Jk").unwrap(),
+            b"\0user1\0password"
+        );
         assert_eq!(base64_decode(b"YQ==").unwrap(), b"a");
         assert_eq!(base64_decode(b"YWI=").unwrap(), b"ab");
         assert_eq!(base64_decode(b"").unwrap(), b"");

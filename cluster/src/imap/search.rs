@@ -131,9 +131,10 @@ fn header_contains(msg: &[u8], name: &str, needle: &[u8]) -> bool {
             }
             // Match the decoded value (what the user sees) and, failing that, the raw one.
             let raw = String::from_utf8_lossy(&mime::unfold(f.value)).into_owned();
-            let decoded = mime::guard(|| mailparse::parse_header(f.raw).map(|(h, _)| h.get_value()))
-                .and_then(Result::ok)
-                .unwrap_or_default();
+            let decoded =
+                mime::guard(|| mailparse::parse_header(f.raw).map(|(h, _)| h.get_value()))
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
             decoded.to_lowercase().contains(&needle) || raw.to_lowercase().contains(&needle)
         })
 }
@@ -164,7 +165,10 @@ mod tests {
         }
     }
 
-    const STARS: Stars = Stars { max_seq: 3, max_uid: 9 };
+    const STARS: Stars = Stars {
+        max_seq: 3,
+        max_uid: 9,
+    };
 
     #[test]
     fn keys_combine() {
@@ -174,11 +178,17 @@ mod tests {
         let no = |k: SearchKey| assert!(!k.matches(&m, STARS), "{k:?}");
         yes(SearchKey::Flag(Flags::SEEN));
         no(SearchKey::NotFlag(Flags::SEEN));
-        yes(SearchKey::Or(Box::new(SearchKey::Nothing), Box::new(SearchKey::All)));
+        yes(SearchKey::Or(
+            Box::new(SearchKey::Nothing),
+            Box::new(SearchKey::All),
+        ));
         no(SearchKey::Not(Box::new(SearchKey::All)));
         yes(SearchKey::Uid(SeqSet(vec![(Bound::Num(5), Bound::Star)])));
         no(SearchKey::Seq(SeqSet(vec![(Bound::Star, Bound::Star)])));
-        yes(SearchKey::Header("subject".into(), "CAFÉ".as_bytes().to_vec()));
+        yes(SearchKey::Header(
+            "subject".into(),
+            "CAFÉ".as_bytes().to_vec(),
+        ));
         yes(SearchKey::Header("from".into(), Vec::new()));
         no(SearchKey::Header("cc".into(), Vec::new()));
         yes(SearchKey::Body(b"hello world".to_vec()));

@@ -152,15 +152,32 @@ struct Shared {
     segments: RwLock<HashMap<u32, Arc<File>>>,
     metrics: Arc<Metrics>,
     pending_ops: std::sync::atomic::AtomicU64,
-    /// Held for the store's lifetime: the flock that keeps a second node out of this directory.
+}
+
+/// Owned by every handle together: when the last one goes, the writer is stopped and joined, and
+/// only then is the directory lock released, so a reopen never races the old writer.
+struct Lifetime {
+    ops: Option<mpsc::Sender<writer::Op>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// The flock that keeps a second node out of this directory. Dropped after `drop` below.
     _lock: File,
+}
+
+impl Drop for Lifetime {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer's loop once it has answered what it holds.
+        self.ops.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 /// Handle to a node's mail store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
-    ops: mpsc::Sender<writer::Op>,
+    lifetime: Arc<Lifetime>,
 }
 
 impl Store {
@@ -191,11 +208,15 @@ impl Store {
             segments: RwLock::new(files),
             metrics,
             pending_ops: Default::default(),
-            _lock: lock,
         });
         let (tx, rx) = mpsc::channel(QUEUE_OPS_MAX);
-        writer::spawn(shared.clone(), recovered.head, rx)?;
-        Ok(Store { shared, ops: tx })
+        let writer = writer::spawn(shared.clone(), recovered.head, rx)?;
+        let lifetime = Arc::new(Lifetime {
+            ops: Some(tx),
+            writer: Some(writer),
+            _lock: lock,
+        });
+        Ok(Store { shared, lifetime })
     }
 
     pub fn uid_validity(&self) -> u32 {
@@ -203,9 +224,15 @@ impl Store {
     }
 
     /// Stores one copy of `body` in each mailbox of `users`; returns once all are durable, with
-    /// the UID each got.
-    pub async fn deliver(&self, users: Vec<String>, body: Arc<[u8]>, flags: Flags) -> Result<Vec<u32>, StoreError> {
-        let internal_date = chrono::Utc::now().timestamp();
+    /// the UID each got. `internal_date` (unix seconds) defaults to now.
+    pub async fn deliver(
+        &self,
+        users: Vec<String>,
+        body: Arc<[u8]>,
+        flags: Flags,
+        internal_date: Option<i64>,
+    ) -> Result<Vec<u32>, StoreError> {
+        let internal_date = internal_date.unwrap_or_else(|| chrono::Utc::now().timestamp());
         match self
             .submit(|reply| writer::Op::Deliver {
                 users,
@@ -262,12 +289,20 @@ impl Store {
         }
     }
 
-    async fn submit(&self, make: impl FnOnce(oneshot::Sender<writer::Reply>) -> writer::Op) -> Result<writer::Reply, StoreError> {
+    async fn submit(
+        &self,
+        make: impl FnOnce(oneshot::Sender<writer::Reply>) -> writer::Op,
+    ) -> Result<writer::Reply, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.shared
             .pending_ops
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let sent = self.ops.send(make(tx)).await;
+        let ops = self
+            .lifetime
+            .ops
+            .as_ref()
+            .expect("the channel lives as long as a handle");
+        let sent = ops.send(make(tx)).await;
         let result = match sent {
             Ok(()) => rx
                 .await
@@ -351,7 +386,8 @@ fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) 
             flags,
             body,
         } => {
-            let body_offset = offset + (record::FRAME_HEADER_BYTES + record::deliver_body_offset(user)) as u64;
+            let body_offset =
+                offset + (record::FRAME_HEADER_BYTES + record::deliver_body_offset(user)) as u64;
             let mb = index.mailboxes.entry(user.clone()).or_default();
             let meta = MessageMeta {
                 uid: *uid,

@@ -29,7 +29,11 @@ pub enum Record {
         body: Arc<[u8]>,
     },
     /// `uid`'s flags are now exactly `flags`.
-    Flags { user: String, uid: u32, flags: Flags },
+    Flags {
+        user: String,
+        uid: u32,
+        flags: Flags,
+    },
     /// These messages are gone.
     Expunge { user: String, uids: Vec<u32> },
 }
@@ -101,7 +105,10 @@ pub fn decode_header(header: &[u8; FRAME_HEADER_BYTES]) -> Result<(usize, u32), 
 
 /// Decodes a payload whose checksum has already been verified.
 pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
-    let mut r = Reader { buf: payload, pos: 0 };
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
     let kind = r.u8()?;
     let user = r.string()?;
     let record = match kind {
@@ -157,7 +164,10 @@ pub fn decode(buf: &[u8]) -> Result<(Record, usize), FrameError> {
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    assert!(s.len() <= u16::MAX as usize, "user names are limited to 64 KiB");
+    assert!(
+        s.len() <= u16::MAX as usize,
+        "user names are limited to 64 KiB"
+    );
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
@@ -169,7 +179,10 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], FrameError> {
-        let end = self.pos.checked_add(n).ok_or(FrameError::Corrupt("overflow"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(FrameError::Corrupt("overflow"))?;
         let s = self
             .buf
             .get(self.pos..end)
@@ -188,7 +201,8 @@ impl Reader<'_> {
     }
     fn string(&mut self) -> Result<String, FrameError> {
         let n = u16::from_le_bytes(self.take(2)?.try_into().unwrap()) as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| FrameError::Corrupt("user name is not UTF-8"))
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| FrameError::Corrupt("user name is not UTF-8"))
     }
 }
 

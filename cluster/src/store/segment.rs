@@ -125,7 +125,11 @@ pub fn recover(dir: &Path, mut apply: impl FnMut(u32, u64, &Record)) -> io::Resu
         let file = Arc::new(file);
         readers.push((id, file.clone()));
         if last {
-            head = Some(Head { id, file, len: good_len });
+            head = Some(Head {
+                id,
+                file,
+                len: good_len,
+            });
         }
     }
     let head = match head {
@@ -144,7 +148,12 @@ pub fn recover(dir: &Path, mut apply: impl FnMut(u32, u64, &Record)) -> io::Resu
 }
 
 /// Returns the length of the segment's good prefix.
-fn replay_segment(file: &File, file_len: u64, id: u32, apply: &mut impl FnMut(u32, u64, &Record)) -> io::Result<u64> {
+fn replay_segment(
+    file: &File,
+    file_len: u64,
+    id: u32,
+    apply: &mut impl FnMut(u32, u64, &Record),
+) -> io::Result<u64> {
     let mut reader = io::BufReader::with_capacity(1 << 20, file);
     let mut offset = 0u64;
     let mut payload = Vec::new();
@@ -172,7 +181,12 @@ fn replay_segment(file: &File, file_len: u64, id: u32, apply: &mut impl FnMut(u3
         match record::decode_payload(&payload) {
             Ok(r) => apply(id, offset, &r),
             Err(FrameError::Corrupt(why)) => {
-                tracing::error!(segment = id, offset, why, "undecodable record with a good checksum");
+                tracing::error!(
+                    segment = id,
+                    offset,
+                    why,
+                    "undecodable record with a good checksum"
+                );
                 return Ok(offset);
             }
             Err(FrameError::Incomplete) => return Ok(offset),

@@ -19,11 +19,19 @@ async fn delivered_messages_survive_reopen_with_stable_uids() {
         let store = open(dir.path());
         uidvalidity = store.uid_validity();
         let uids = store
-            .deliver(vec!["a".into(), "b".into()], body("one\r\n"), Flags::empty())
+            .deliver(
+                vec!["a".into(), "b".into()],
+                body("one\r\n"),
+                Flags::empty(),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(uids, vec![1, 1]);
-        let uids = store.deliver(vec!["a".into()], body("two\r\n"), Flags::empty()).await.unwrap();
+        let uids = store
+            .deliver(vec!["a".into()], body("two\r\n"), Flags::empty(), None)
+            .await
+            .unwrap();
         assert_eq!(uids, vec![2]);
         store
             .set_flags("a", vec![1], FlagMode::Add, Flags::SEEN)
@@ -34,13 +42,19 @@ async fn delivered_messages_survive_reopen_with_stable_uids() {
     let store = open(dir.path());
     assert_eq!(store.uid_validity(), uidvalidity);
     let a = store.snapshot("a");
-    assert_eq!(a.messages.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        a.messages.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     assert!(a.messages[0].flags.contains(Flags::SEEN));
     assert_eq!(store.read(&a.messages[1]).await.unwrap(), b"two\r\n");
     assert!(store.snapshot("b").messages.is_empty());
     // UIDs are never reused, even after the newest message is expunged.
     store.expunge("a", vec![2]).await.unwrap();
-    let uids = store.deliver(vec!["a".into()], body("three\r\n"), Flags::empty()).await.unwrap();
+    let uids = store
+        .deliver(vec!["a".into()], body("three\r\n"), Flags::empty(), None)
+        .await
+        .unwrap();
     assert_eq!(uids, vec![3]);
 }
 
@@ -49,7 +63,10 @@ async fn torn_tail_is_discarded_and_earlier_records_kept() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        store.deliver(vec!["a".into()], body("kept\r\n"), Flags::empty()).await.unwrap();
+        store
+            .deliver(vec!["a".into()], body("kept\r\n"), Flags::empty(), None)
+            .await
+            .unwrap();
     }
     // Simulate a crash in the middle of appending the next record.
     let seg = segment::segment_path(dir.path(), 1);
@@ -75,7 +92,10 @@ async fn torn_tail_is_discarded_and_earlier_records_kept() {
     assert_eq!(store.read(&a.messages[0]).await.unwrap(), b"kept\r\n");
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len);
     // The log is appendable again after the cut.
-    let uids = store.deliver(vec!["a".into()], body("after\r\n"), Flags::empty()).await.unwrap();
+    let uids = store
+        .deliver(vec!["a".into()], body("after\r\n"), Flags::empty(), None)
+        .await
+        .unwrap();
     assert_eq!(uids, vec![2]);
 }
 
@@ -88,7 +108,12 @@ async fn concurrent_deliveries_get_distinct_ascending_uids() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .deliver(vec!["hot".into()], body(&format!("m{i}\r\n")), Flags::empty())
+                .deliver(
+                    vec!["hot".into()],
+                    body(&format!("m{i}\r\n")),
+                    Flags::empty(),
+                    None,
+                )
                 .await
                 .unwrap()[0]
         }));
@@ -106,12 +131,24 @@ async fn concurrent_deliveries_get_distinct_ascending_uids() {
 async fn flag_modes_compose() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store.deliver(vec!["a".into()], body("x\r\n"), Flags::DRAFT).await.unwrap();
-    let r = store.set_flags("a", vec![1], FlagMode::Add, Flags::SEEN).await.unwrap();
+    store
+        .deliver(vec!["a".into()], body("x\r\n"), Flags::DRAFT, None)
+        .await
+        .unwrap();
+    let r = store
+        .set_flags("a", vec![1], FlagMode::Add, Flags::SEEN)
+        .await
+        .unwrap();
     assert_eq!(r, vec![(1, Flags::DRAFT.union(Flags::SEEN))]);
-    let r = store.set_flags("a", vec![1], FlagMode::Remove, Flags::DRAFT).await.unwrap();
+    let r = store
+        .set_flags("a", vec![1], FlagMode::Remove, Flags::DRAFT)
+        .await
+        .unwrap();
     assert_eq!(r, vec![(1, Flags::SEEN)]);
-    let r = store.set_flags("a", vec![1, 5], FlagMode::Replace, Flags::FLAGGED).await.unwrap();
+    let r = store
+        .set_flags("a", vec![1, 5], FlagMode::Replace, Flags::FLAGGED)
+        .await
+        .unwrap();
     assert_eq!(r, vec![(1, Flags::FLAGGED)]);
 }
 

@@ -57,11 +57,21 @@ pub enum Reply {
     Failed(String),
 }
 
-pub fn spawn(shared: Arc<Shared>, head: Head, ops: mpsc::Receiver<Op>) -> std::io::Result<()> {
+pub fn spawn(
+    shared: Arc<Shared>,
+    head: Head,
+    ops: mpsc::Receiver<Op>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("mail-log-writer".into())
-        .spawn(move || Writer { shared, head, failed: None }.run(ops))?;
-    Ok(())
+        .spawn(move || {
+            Writer {
+                shared,
+                head,
+                failed: None,
+            }
+            .run(ops)
+        })
 }
 
 struct Writer {
@@ -176,7 +186,11 @@ impl Writer {
                             }
                             let current = match flags_now.get(&key) {
                                 Some(f) => *f,
-                                None => match index.mailboxes.get(&user).and_then(|m| m.messages.get(&uid)) {
+                                None => match index
+                                    .mailboxes
+                                    .get(&user)
+                                    .and_then(|m| m.messages.get(&uid))
+                                {
                                     Some(m) => m.flags,
                                     None => continue,
                                 },
@@ -249,7 +263,9 @@ impl Writer {
                 let _ = self.head.file.set_len(self.head.len);
                 self.fail(format!("write or fsync of the mail log failed: {e}"));
                 for p in pending {
-                    let _ = p.reply.send(Reply::Failed(self.failed.clone().unwrap_or_default()));
+                    let _ = p
+                        .reply
+                        .send(Reply::Failed(self.failed.clone().unwrap_or_default()));
                 }
                 return self.process(carry);
             }
