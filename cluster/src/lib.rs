@@ -9,6 +9,7 @@ pub mod config;
 pub mod conn;
 pub mod directory;
 pub mod imap;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod pop3;

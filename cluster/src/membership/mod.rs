@@ -1,0 +1,1 @@
+//! Wombat membership (being written).
