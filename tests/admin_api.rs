@@ -82,3 +82,24 @@ fn status_and_metrics_need_the_token_and_report_the_node() {
         );
     }
 }
+
+#[test]
+fn status_says_which_disk_model_a_node_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[disk]\nmodel = \"modelled\"\nsyncs_per_s = 250\nlatency_ms = 2\n",
+    )
+    .unwrap();
+    let cluster = Cluster::up(
+        &dir.path().join("c"),
+        &["--node-config", config.to_str().unwrap()],
+    );
+    let (code, body) = get(cluster.addr("admin"), "/status", Some(&cluster.token()));
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["disk"]["model"], "modelled");
+    assert_eq!(status["disk"]["syncs_per_s"], 250.0);
+    assert_eq!(status["disk"]["latency_ms"], 2.0);
+}

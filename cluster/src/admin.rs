@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::config::DiskConfig;
 use crate::metrics::Metrics;
 use crate::node::{Context, Endpoints};
 use crate::store::StoreStats;
@@ -60,8 +61,13 @@ pub struct Load {
 
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Disk {
-    /// `real`: every change is written and fsynced before it is acknowledged.
+    /// `real`: every change is written and fsynced before it is acknowledged; `modelled`: written,
+    /// then held for the modelled device's time (see `DiskConfig`).
     pub model: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub syncs_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub latency_ms: Option<f64>,
     pub segments: u64,
 }
 
@@ -130,9 +136,20 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
             messages: stats.messages,
             bytes: stats.bytes,
         },
-        disk: Disk {
-            model: "real".into(),
-            segments: stats.segments,
+        disk: {
+            let (syncs_per_s, latency_ms) = match ctx.config.disk {
+                DiskConfig::Real => (None, None),
+                DiskConfig::Modelled {
+                    syncs_per_s,
+                    latency_ms,
+                } => (Some(syncs_per_s), Some(latency_ms)),
+            };
+            Disk {
+                model: ctx.config.disk.name().into(),
+                syncs_per_s,
+                latency_ms,
+                segments: stats.segments,
+            }
         },
     })
 }

@@ -27,6 +27,118 @@ pub struct NodeConfig {
     pub listen: Listen,
     pub users: Users,
     pub limits: Limits,
+    /// How the mail log reaches stable storage.
+    pub disk: DiskConfig,
+}
+
+/// The disk a node's mail log is acknowledged against.
+///
+/// `real` writes and fsyncs every batch. `modelled` writes without fsync and then holds the batch
+/// for the time a device with the given sync rate and latency would take: `records / syncs_per_s
+/// + latency_ms`, one batch at a time, so each record costs one sync of device time and the queue
+/// in front of the writer is the device queue. That makes N nodes on one machine behave like N
+/// disk-bound machines (Porcupine's nodes were), so scaling and replication overhead can be
+/// measured on a laptop. Data written under the model survives `kill -9` (it is in the page cache)
+/// but not a power cut.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "DiskSpec", into = "DiskSpec")]
+pub enum DiskConfig {
+    Real,
+    Modelled { syncs_per_s: f64, latency_ms: f64 },
+}
+
+/// The TOML shape of [`DiskConfig`]: one flat table, so that a parameter given to the wrong model
+/// (`syncs_per_s` with `model = "real"`) is an error that names it, not silently dropped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiskSpec {
+    model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    syncs_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<f64>,
+}
+
+impl TryFrom<DiskSpec> for DiskConfig {
+    type Error = String;
+
+    fn try_from(spec: DiskSpec) -> Result<Self, String> {
+        match spec.model.as_str() {
+            "real" => match (spec.syncs_per_s, spec.latency_ms) {
+                (None, None) => Ok(DiskConfig::Real),
+                _ => Err(
+                    "disk: syncs_per_s and latency_ms apply only to model = \"modelled\"".into(),
+                ),
+            },
+            "modelled" => Ok(DiskConfig::Modelled {
+                syncs_per_s: spec
+                    .syncs_per_s
+                    .ok_or("disk: model = \"modelled\" needs syncs_per_s")?,
+                latency_ms: spec.latency_ms.unwrap_or(0.0),
+            }),
+            other => Err(format!(
+                "disk.model: unknown model {other:?}; expected \"real\" or \"modelled\""
+            )),
+        }
+    }
+}
+
+impl From<DiskConfig> for DiskSpec {
+    fn from(disk: DiskConfig) -> DiskSpec {
+        match disk {
+            DiskConfig::Real => DiskSpec {
+                model: "real".into(),
+                syncs_per_s: None,
+                latency_ms: None,
+            },
+            DiskConfig::Modelled {
+                syncs_per_s,
+                latency_ms,
+            } => DiskSpec {
+                model: "modelled".into(),
+                syncs_per_s: Some(syncs_per_s),
+                latency_ms: Some(latency_ms),
+            },
+        }
+    }
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig::Real
+    }
+}
+
+impl DiskConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        match *self {
+            DiskConfig::Real => Ok(()),
+            DiskConfig::Modelled {
+                syncs_per_s,
+                latency_ms,
+            } => {
+                if !(syncs_per_s.is_finite() && syncs_per_s > 0.0) {
+                    return Err(format!(
+                        "disk.syncs_per_s: must be a positive number, got {syncs_per_s}"
+                    ));
+                }
+                if !(latency_ms.is_finite() && latency_ms >= 0.0) {
+                    return Err(format!(
+                        "disk.latency_ms: must be zero or more, got {latency_ms}"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The model's name as reports and `/status` show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DiskConfig::Real => "real",
+            DiskConfig::Modelled { .. } => "modelled",
+        }
+    }
 }
 
 /// Listen addresses. Port 0 picks a free port; the chosen ports are reported on start-up.
@@ -85,6 +197,7 @@ impl Default for NodeConfig {
             listen: Listen::default(),
             users: Users::default(),
             limits: Limits::default(),
+            disk: DiskConfig::default(),
         }
     }
 }
@@ -149,6 +262,7 @@ impl NodeConfig {
                 self.users.pattern
             ));
         }
+        self.disk.validate()?;
         let l = &self.limits;
         if l.line_bytes_max < 1002 {
             return Err(
@@ -208,6 +322,31 @@ mod tests {
     fn unknown_key_is_named() {
         let err = NodeConfig::from_toml("id = 1\n[limits]\nline_max = 5\n").unwrap_err();
         assert!(err.contains("line_max"), "{err}");
+    }
+
+    #[test]
+    fn disk_models_parse_and_validate() {
+        let c = NodeConfig::from_toml(
+            "[disk]\nmodel = \"modelled\"\nsyncs_per_s = 200\nlatency_ms = 5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.disk,
+            DiskConfig::Modelled {
+                syncs_per_s: 200.0,
+                latency_ms: 5.0
+            }
+        );
+        assert_eq!(NodeConfig::from_toml("").unwrap().disk, DiskConfig::Real);
+        let err = NodeConfig::from_toml(
+            "[disk]\nmodel = \"modelled\"\nsyncs_per_s = 0\nlatency_ms = 5\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("syncs_per_s"), "{err}");
+        let err = NodeConfig::from_toml("[disk]\nmodel = \"floppy\"\n").unwrap_err();
+        assert!(err.contains("floppy"), "{err}");
+        let err = NodeConfig::from_toml("[disk]\nmodel = \"real\"\nsyncs_per_s = 3\n").unwrap_err();
+        assert!(err.contains("syncs_per_s"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub messages_retrieved_total: Counter,
     pub messages_expunged_total: Counter,
     pub fsyncs_total: Counter,
+    pub modelled_syncs_total: Counter,
     pub store_errors_total: Counter,
 }
 
@@ -47,6 +48,7 @@ impl Metrics {
             messages_retrieved_total: Counter::default(),
             messages_expunged_total: Counter::default(),
             fsyncs_total: Counter::default(),
+            modelled_syncs_total: Counter::default(),
             store_errors_total: Counter::default(),
         };
         registry.register(
@@ -98,6 +100,11 @@ impl Metrics {
             "fsyncs",
             "fsync calls on the mail log",
             m.fsyncs_total.clone(),
+        );
+        registry.register(
+            "modelled_syncs",
+            "Record syncs charged to the modelled disk",
+            m.modelled_syncs_total.clone(),
         );
         registry.register(
             "store_errors",

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::DiskConfig;
 use crate::metrics::Metrics;
 
 pub use writer::FlagMode;
@@ -183,7 +184,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir`, replays the log, and starts the writer thread.
     /// Blocking: call at start-up, before serving.
-    pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path, disk: DiskConfig, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
         let lock = segment::lock_dir(dir)?;
         let uid_validity = segment::load_or_create_uid_validity(dir)?;
@@ -210,7 +211,7 @@ impl Store {
             pending_ops: Default::default(),
         });
         let (tx, rx) = mpsc::channel(QUEUE_OPS_MAX);
-        let writer = writer::spawn(shared.clone(), recovered.head, rx)?;
+        let writer = writer::spawn(shared.clone(), recovered.head, disk, rx)?;
         let lifetime = Arc::new(Lifetime {
             ops: Some(tx),
             writer: Some(writer),

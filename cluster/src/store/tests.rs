@@ -4,7 +4,7 @@ use std::sync::Arc;
 use super::*;
 
 fn open(dir: &Path) -> Store {
-    Store::open(dir, Arc::new(Metrics::new())).unwrap()
+    Store::open(dir, DiskConfig::Real, Arc::new(Metrics::new())).unwrap()
 }
 
 fn body(text: &str) -> Arc<[u8]> {
@@ -156,9 +156,37 @@ async fn flag_modes_compose() {
 fn a_second_store_on_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _first = open(dir.path());
-    match Store::open(dir.path(), Arc::new(Metrics::new())) {
+    match Store::open(dir.path(), DiskConfig::Real, Arc::new(Metrics::new())) {
         Err(StoreError::Locked(_)) => {}
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("second store opened the same directory"),
     }
+}
+
+#[tokio::test]
+async fn modelled_disk_charges_one_sync_per_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskConfig::Modelled {
+        syncs_per_s: 100.0,
+        latency_ms: 0.0,
+    };
+    let store = Store::open(dir.path(), disk, Arc::new(Metrics::new())).unwrap();
+    let start = std::time::Instant::now();
+    // 20 records, one after another: at 100 syncs/s that is at least 200 ms of device time.
+    for i in 0..20 {
+        store
+            .deliver(
+                vec!["a".into()],
+                body(&format!("m{i}\r\n")),
+                Flags::empty(),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    assert!(start.elapsed() >= std::time::Duration::from_millis(200));
+    // The data is really written: it survives a reopen.
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.snapshot("a").messages.len(), 20);
 }

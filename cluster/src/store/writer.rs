@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::record::{self, Record};
 use super::segment::{self, Head, SEGMENT_BYTES_TARGET};
 use super::{apply, Flags, Shared};
+use crate::config::DiskConfig;
 
 /// Changes taken into one batch at most (one fsync covers them all).
 const BATCH_OPS_MAX: usize = 512;
@@ -60,6 +61,7 @@ pub enum Reply {
 pub fn spawn(
     shared: Arc<Shared>,
     head: Head,
+    disk: DiskConfig,
     ops: mpsc::Receiver<Op>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -68,6 +70,7 @@ pub fn spawn(
             Writer {
                 shared,
                 head,
+                disk,
                 failed: None,
             }
             .run(ops)
@@ -77,6 +80,7 @@ pub fn spawn(
 struct Writer {
     shared: Arc<Shared>,
     head: Head,
+    disk: DiskConfig,
     failed: Option<String>,
 }
 
@@ -250,12 +254,12 @@ impl Writer {
             }
         }
         if !buf.is_empty() {
+            let records = pending.iter().map(|p| p.records.len()).sum();
             let result = self
                 .head
                 .file
                 .write_all_at(&buf, self.head.len)
-                .and_then(|()| self.head.file.sync_data());
-            self.shared.metrics.fsyncs_total.inc();
+                .and_then(|()| self.sync(records));
             if let Err(e) = result {
                 self.shared.metrics.store_errors_total.inc();
                 // Cut off whatever part of the batch reached the file, so a restart does not
@@ -297,6 +301,29 @@ impl Writer {
         }
         if !carry.is_empty() {
             self.process(carry);
+        }
+    }
+
+    /// Makes the batch just written durable: a real fsync, or the modelled device's time for
+    /// `records` syncs.
+    fn sync(&self, records: usize) -> std::io::Result<()> {
+        match self.disk {
+            DiskConfig::Real => {
+                self.shared.metrics.fsyncs_total.inc();
+                self.head.file.sync_data()
+            }
+            DiskConfig::Modelled {
+                syncs_per_s,
+                latency_ms,
+            } => {
+                let seconds = records as f64 / syncs_per_s + latency_ms / 1000.0;
+                self.shared
+                    .metrics
+                    .modelled_syncs_total
+                    .inc_by(records as u64);
+                std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+                Ok(())
+            }
         }
     }
 
