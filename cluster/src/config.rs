@@ -34,15 +34,16 @@ pub struct NodeConfig {
 /// The disk a node's mail log is acknowledged against.
 ///
 /// `real` writes and fsyncs every batch. `modelled` writes without fsync and then holds the batch
-/// for the time a device with the given sync rate and latency would take: `records / syncs_per_s
-/// + latency_ms`, one batch at a time, so each record costs one sync of device time and the queue
+/// for the time a device with the given sync rate and latency would take (`records / syncs_per_s`
+/// plus `latency_ms`), one batch at a time, so each record costs one sync of device time and the queue
 /// in front of the writer is the device queue. That makes N nodes on one machine behave like N
 /// disk-bound machines (Porcupine's nodes were), so scaling and replication overhead can be
 /// measured on a laptop. Data written under the model survives `kill -9` (it is in the page cache)
 /// but not a power cut.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "DiskSpec", into = "DiskSpec")]
 pub enum DiskConfig {
+    #[default]
     Real,
     Modelled { syncs_per_s: f64, latency_ms: f64 },
 }
@@ -103,11 +104,6 @@ impl From<DiskConfig> for DiskSpec {
     }
 }
 
-impl Default for DiskConfig {
-    fn default() -> Self {
-        DiskConfig::Real
-    }
-}
 
 impl DiskConfig {
     pub fn validate(&self) -> Result<(), String> {
