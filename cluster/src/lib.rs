@@ -15,3 +15,4 @@ pub mod node;
 pub mod pop3;
 pub mod smtp;
 pub mod store;
+pub mod usermap;
