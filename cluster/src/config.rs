@@ -45,7 +45,10 @@ pub struct NodeConfig {
 pub enum DiskConfig {
     #[default]
     Real,
-    Modelled { syncs_per_s: f64, latency_ms: f64 },
+    Modelled {
+        syncs_per_s: f64,
+        latency_ms: f64,
+    },
 }
 
 /// The TOML shape of [`DiskConfig`]: one flat table, so that a parameter given to the wrong model
@@ -103,7 +106,6 @@ impl From<DiskConfig> for DiskSpec {
         }
     }
 }
-
 
 impl DiskConfig {
     pub fn validate(&self) -> Result<(), String> {

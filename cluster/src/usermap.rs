@@ -23,7 +23,10 @@ pub struct UserMap {
 impl UserMap {
     /// Computes the map for `members`. An empty view has no managers (every lookup is `None`).
     pub fn compute(members: &BTreeSet<u32>, buckets: u32) -> UserMap {
-        assert!(buckets > 0 && buckets <= BUCKETS_MAX, "bucket count out of range");
+        assert!(
+            buckets > 0 && buckets <= BUCKETS_MAX,
+            "bucket count out of range"
+        );
         let managers = if members.is_empty() {
             Vec::new()
         } else {
@@ -111,7 +114,10 @@ mod tests {
         for n in 1..=4 {
             let owned = a.buckets_of(n).len();
             // Rendezvous hashing balances well: each of 4 nodes gets roughly 64 of 256.
-            assert!((32..=96).contains(&owned), "node {n} manages {owned} buckets");
+            assert!(
+                (32..=96).contains(&owned),
+                "node {n} manages {owned} buckets"
+            );
         }
         assert_eq!(a.manager_of("user1"), b.manager_of("user1"));
     }
@@ -133,13 +139,20 @@ mod tests {
         let after = UserMap::compute(&view(&[1, 2, 3, 4]), 1024);
         let moved = before.moved(&after);
         assert!(moved.iter().all(|&b| after.manager_of_bucket(b) == Some(4)));
-        assert!((150..=370).contains(&moved.len()), "{} buckets moved", moved.len());
+        assert!(
+            (150..=370).contains(&moved.len()),
+            "{} buckets moved",
+            moved.len()
+        );
     }
 
     #[test]
     fn empty_view_has_no_manager() {
         let m = UserMap::compute(&BTreeSet::new(), 16);
         assert_eq!(m.manager_of("user1"), None);
-        assert_eq!(UserMap::bucket_of("user1", 16), UserMap::bucket_of("user1", 16));
+        assert_eq!(
+            UserMap::bucket_of("user1", 16),
+            UserMap::bucket_of("user1", 16)
+        );
     }
 }

@@ -1,0 +1,470 @@
+//! Node-to-node transport: one outgoing TCP connection per peer, carrying one-way messages.
+//!
+//! A message for a peer goes into that peer's bounded queue and is sent by the peer's link task,
+//! which connects (and reconnects, with backoff) on its own; a reply, if the protocol has one,
+//! travels back as another one-way message over the reverse link. When a queue is full the message
+//! is dropped and counted: protocols above (membership, replication) already tolerate loss, and a
+//! node never buffers without bound for a peer that is down.
+//!
+//! Frames are `len: u32 BE | postcard(Wire)`, at most `frame_bytes_max`. A connection starts with
+//! `Hello { from, secret }`; a wrong secret or unknown id closes it. The fault layer is applied
+//! here: blocked peers are cut in both directions, outgoing messages can be delayed or lost.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::faults::FaultSwitch;
+
+/// Messages waiting for one peer at most.
+pub const PEER_QUEUE_MAX: usize = 1024;
+/// Received messages waiting for the node at most.
+pub const INBOUND_QUEUE_MAX: usize = 4096;
+/// Time allowed to connect to a peer, and to receive a connection's Hello.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Reconnect backoff bounds.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Version of the wire format; peers of another version are refused.
+pub const WIRE_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Wire<M> {
+    Hello {
+        from: u32,
+        secret: String,
+        version: u32,
+    },
+    Message(M),
+}
+
+/// Counters the transport keeps (registered by the node's metrics).
+#[derive(Clone, Default)]
+pub struct TransportMetrics {
+    pub sent: Counter,
+    pub received: Counter,
+    pub dropped: Counter,
+}
+
+/// Handle for sending to peers; cheap to clone.
+pub struct Transport<M> {
+    links: BTreeMap<u32, mpsc::Sender<(Instant, M)>>,
+    faults: Arc<FaultSwitch>,
+    metrics: TransportMetrics,
+}
+
+impl<M> Clone for Transport<M> {
+    fn clone(&self) -> Self {
+        Transport {
+            links: self.links.clone(),
+            faults: self.faults.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Everything the transport needs to start.
+pub struct TransportConfig {
+    pub id: u32,
+    /// Every other node's peer address (this node's own entry, if present, is ignored).
+    pub peers: BTreeMap<u32, SocketAddr>,
+    /// Shared by the cluster's nodes; a connection that does not present it is closed.
+    pub secret: String,
+    pub frame_bytes_max: usize,
+}
+
+impl<M> Transport<M>
+where
+    M: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Starts the link tasks and the accept loop. Received messages arrive on the returned
+    /// channel as `(from, message)`.
+    pub fn start(
+        config: TransportConfig,
+        listener: TcpListener,
+        faults: Arc<FaultSwitch>,
+        metrics: TransportMetrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Transport<M>, mpsc::Receiver<(u32, M)>) {
+        let config = Arc::new(config);
+        let mut links = BTreeMap::new();
+        for (&peer, &addr) in &config.peers {
+            if peer == config.id {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            links.insert(peer, tx);
+            tokio::spawn(link(
+                config.clone(),
+                peer,
+                addr,
+                rx,
+                faults.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
+        tokio::spawn(accept(
+            config,
+            listener,
+            inbound_tx,
+            faults.clone(),
+            metrics.clone(),
+            shutdown,
+        ));
+        (
+            Transport {
+                links,
+                faults,
+                metrics,
+            },
+            inbound_rx,
+        )
+    }
+
+    /// Queues `msg` for `to`. Returns false if it was dropped (unknown or blocked peer, full queue).
+    pub fn send(&self, to: u32, msg: M) -> bool {
+        let Some(link) = self.links.get(&to) else {
+            return false;
+        };
+        if self.faults.blocks(to) || link.try_send((Instant::now(), msg)).is_err() {
+            self.metrics.dropped.inc();
+            return false;
+        }
+        true
+    }
+
+    /// The peers this node can send to.
+    pub fn peers(&self) -> impl Iterator<Item = u32> + '_ {
+        self.links.keys().copied()
+    }
+}
+
+/// Keeps a connection to one peer and sends its queue over it.
+async fn link<M: Serialize>(
+    config: Arc<TransportConfig>,
+    peer: u32,
+    addr: SocketAddr,
+    mut queue: mpsc::Receiver<(Instant, M)>,
+    faults: Arc<FaultSwitch>,
+    metrics: TransportMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut buf = Vec::new();
+    'connect: loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        let _ = stream.set_nodelay(true);
+        let mut out = BufWriter::new(stream);
+        let hello: Wire<M> = Wire::Hello {
+            from: config.id,
+            secret: config.secret.clone(),
+            version: WIRE_VERSION,
+        };
+        if write_frame(&mut out, &hello, &mut buf).await.is_err() {
+            continue;
+        }
+        loop {
+            let next = tokio::select! {
+                m = queue.recv() => m,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            let Some((queued_at, msg)) = next else { return };
+            if faults.blocks(peer) || faults.loses(rand::random::<f64>()) {
+                metrics.dropped.inc();
+                continue;
+            }
+            // A constant delay per link keeps messages in order and the link's throughput intact:
+            // each waits only until its own due time.
+            let delay = faults.delay();
+            if !delay.is_zero() {
+                tokio::time::sleep_until(queued_at + delay).await;
+            }
+            let frame = Wire::Message(msg);
+            if write_frame(&mut out, &frame, &mut buf).await.is_err() {
+                metrics.dropped.inc();
+                continue 'connect;
+            }
+            metrics.sent.inc();
+            if queue.is_empty() && out.flush().await.is_err() {
+                continue 'connect;
+            }
+        }
+    }
+}
+
+async fn write_frame<M: Serialize>(
+    out: &mut BufWriter<TcpStream>,
+    frame: &Wire<M>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    buf.clear();
+    let bytes = postcard::to_extend(frame, std::mem::take(buf))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    *buf = bytes;
+    out.write_all(&(buf.len() as u32).to_be_bytes()).await?;
+    out.write_all(buf).await?;
+    if matches!(frame, Wire::Hello { .. }) {
+        out.flush().await?;
+    }
+    Ok(())
+}
+
+async fn accept<M: DeserializeOwned + Send + 'static>(
+    config: Arc<TransportConfig>,
+    listener: TcpListener,
+    inbound: mpsc::Sender<(u32, M)>,
+    faults: Arc<FaultSwitch>,
+    metrics: TransportMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let Ok((stream, remote)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let config = config.clone();
+        let inbound = inbound.clone();
+        let faults = faults.clone();
+        let metrics = metrics.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(why) = receive(config, stream, inbound, faults, metrics, shutdown).await {
+                tracing::debug!(%remote, "peer connection closed: {why}");
+            }
+        });
+    }
+}
+
+/// Reads one peer connection: the Hello, then messages until it closes.
+async fn receive<M: DeserializeOwned>(
+    config: Arc<TransportConfig>,
+    stream: TcpStream,
+    inbound: mpsc::Sender<(u32, M)>,
+    faults: Arc<FaultSwitch>,
+    metrics: TransportMetrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    let hello = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        read_frame::<M>(&mut reader, &mut buf, config.frame_bytes_max),
+    )
+    .await
+    .map_err(|_| "no Hello in time".to_string())??;
+    let from = match hello {
+        Some(Wire::Hello {
+            from,
+            secret,
+            version,
+        }) => {
+            if version != WIRE_VERSION {
+                return Err(format!(
+                    "peer {from} speaks wire version {version}, this node {WIRE_VERSION}"
+                ));
+            }
+            if secret != config.secret {
+                return Err(format!("peer claiming id {from} presented a wrong secret"));
+            }
+            if !config.peers.contains_key(&from) || from == config.id {
+                return Err(format!("id {from} is not a peer of this node"));
+            }
+            from
+        }
+        _ => return Err("first frame was not a Hello".into()),
+    };
+    loop {
+        let frame = tokio::select! {
+            f = read_frame::<M>(&mut reader, &mut buf, config.frame_bytes_max) => f?,
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        };
+        match frame {
+            None => return Ok(()),
+            Some(Wire::Message(msg)) => {
+                if faults.blocks(from) {
+                    metrics.dropped.inc();
+                    continue;
+                }
+                metrics.received.inc();
+                if inbound.try_send((from, msg)).is_err() {
+                    metrics.dropped.inc();
+                }
+            }
+            Some(Wire::Hello { .. }) => return Err(format!("peer {from} sent a second Hello")),
+        }
+    }
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream between frames.
+async fn read_frame<M: DeserializeOwned>(
+    reader: &mut BufReader<TcpStream>,
+    buf: &mut Vec<u8>,
+    frame_bytes_max: usize,
+) -> Result<Option<Wire<M>>, String> {
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > frame_bytes_max {
+        return Err(format!(
+            "frame of {len} bytes is over the limit of {frame_bytes_max}"
+        ));
+    }
+    buf.resize(len, 0);
+    reader.read_exact(buf).await.map_err(|e| e.to_string())?;
+    postcard::from_bytes(buf)
+        .map(Some)
+        .map_err(|e| format!("undecodable frame: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair() -> (
+        Transport<String>,
+        mpsc::Receiver<(u32, String)>,
+        Transport<String>,
+        mpsc::Receiver<(u32, String)>,
+        Arc<FaultSwitch>,
+        watch::Sender<bool>,
+    ) {
+        let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peers: BTreeMap<u32, SocketAddr> =
+            [(1, l1.local_addr().unwrap()), (2, l2.local_addr().unwrap())].into();
+        let (stop, shutdown) = watch::channel(false);
+        let f1 = Arc::new(FaultSwitch::default());
+        let cfg = |id| TransportConfig {
+            id,
+            peers: peers.clone(),
+            secret: "s".into(),
+            frame_bytes_max: 1 << 20,
+        };
+        let (t1, r1) = Transport::start(
+            cfg(1),
+            l1,
+            f1.clone(),
+            TransportMetrics::default(),
+            shutdown.clone(),
+        );
+        let (t2, r2) = Transport::start(
+            cfg(2),
+            l2,
+            Default::default(),
+            TransportMetrics::default(),
+            shutdown,
+        );
+        (t1, r1, t2, r2, f1, stop)
+    }
+
+    async fn recv(r: &mut mpsc::Receiver<(u32, String)>) -> Option<(u32, String)> {
+        tokio::time::timeout(Duration::from_secs(5), r.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    #[tokio::test]
+    async fn messages_flow_both_ways_in_order() {
+        let (t1, _r1, t2, mut r2, _f, _stop) = pair().await;
+        for i in 0..100 {
+            assert!(t1.send(2, format!("m{i}")));
+        }
+        for i in 0..100 {
+            assert_eq!(recv(&mut r2).await, Some((1, format!("m{i}"))));
+        }
+        assert!(!t2.send(3, "nobody".into()), "unknown peer");
+    }
+
+    #[tokio::test]
+    async fn blocking_a_peer_cuts_both_directions_and_clearing_restores() {
+        let (t1, mut r1, t2, mut r2, f1, _stop) = pair().await;
+        assert!(t1.send(2, "before".into()));
+        assert_eq!(recv(&mut r2).await, Some((1, "before".into())));
+        f1.set(crate::faults::Faults {
+            block_peers: [2].into(),
+            ..Default::default()
+        });
+        assert!(!t1.send(2, "blocked out".into()));
+        t2.send(1, "blocked in".into());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), r1.recv())
+                .await
+                .is_err(),
+            "a blocked peer's message arrived"
+        );
+        f1.set(Default::default());
+        t2.send(1, "after".into());
+        assert_eq!(recv(&mut r1).await, Some((2, "after".into())));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_is_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (_stop, shutdown) = watch::channel(false);
+        let peers: BTreeMap<u32, SocketAddr> = [(1, addr), (2, addr)].into();
+        let (_t, mut r) = Transport::<String>::start(
+            TransportConfig {
+                id: 1,
+                peers,
+                secret: "right".into(),
+                frame_bytes_max: 1 << 20,
+            },
+            l,
+            Default::default(),
+            TransportMetrics::default(),
+            shutdown,
+        );
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let hello: Wire<String> = Wire::Hello {
+            from: 2,
+            secret: "wrong".into(),
+            version: WIRE_VERSION,
+        };
+        let bytes = postcard::to_stdvec(&hello).unwrap();
+        s.write_all(&(bytes.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        s.write_all(&bytes).await.unwrap();
+        let msg = postcard::to_stdvec(&Wire::Message("sneaky".to_string())).unwrap();
+        let _ = s.write_all(&(msg.len() as u32).to_be_bytes()).await;
+        let _ = s.write_all(&msg).await;
+        assert!(tokio::time::timeout(Duration::from_millis(300), r.recv())
+            .await
+            .is_err());
+    }
+}
