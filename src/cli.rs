@@ -81,8 +81,8 @@ pub struct ClusterUpArgs {
     /// Mail domain. Default: as stored in DIR, else example.test.
     #[arg(long)]
     pub domain: Option<String>,
-    /// Fixed ports: node i listens on BASE+4(i-1) (SMTP), +1 (POP3), +2 (IMAP), +3 (admin).
-    /// Default: free ports chosen at start.
+    /// Fixed ports: node i listens on BASE+5(i-1) (SMTP), +1 (POP3), +2 (IMAP), +3 (admin),
+    /// +4 (peer). Default: free ports chosen at start.
     #[arg(long)]
     pub base_port: Option<u16>,
     /// Address nodes listen on.

@@ -21,8 +21,9 @@ use tokio::sync::mpsc;
 use crate::cli::ClusterUpArgs;
 use crate::node_cmd::{StopSignals, READY_PREFIX};
 
-/// Nodes one `cluster up` will start at most (each is a process with four listeners).
-pub const NODES_MAX: u32 = 64;
+/// Nodes one `cluster up` will start at most (each is a process with five listeners); node ids
+/// must fit the cluster's id range.
+pub const NODES_MAX: u32 = cluster::config::NODE_ID_MAX;
 /// How long a node may take to open its store and bind its listeners.
 pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long nodes get to stop after SIGTERM before they are killed.
@@ -53,6 +54,9 @@ pub struct NodeInfo {
     pub pop3: SocketAddr,
     pub imap: SocketAddr,
     pub admin: SocketAddr,
+    /// Node-to-node address (absent for a one-node cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
 }
@@ -120,6 +124,7 @@ async fn up(args: ClusterUpArgs) -> anyhow::Result<()> {
     };
 
     let mut signals = StopSignals::install()?;
+    let peers = peer_addresses(args.host, args.base_port, args.nodes)?;
     let (exits_tx, mut exits) = mpsc::channel::<(u32, String)>(NODES_MAX as usize);
     let mut nodes = Vec::new();
     for id in 1..=args.nodes {
@@ -130,6 +135,10 @@ async fn up(args: ClusterUpArgs) -> anyhow::Result<()> {
         config.admin_token = admin_token.clone();
         config.users = users.clone();
         config.listen = listen_for(args.host, args.base_port, id)?;
+        if let Some(peer) = peers.iter().find(|p| p.id == id) {
+            config.listen.peer = peer.addr;
+        }
+        config.cluster.peers = peers.clone();
         config
             .validate()
             .map_err(|e| anyhow::anyhow!("node {id}: invalid configuration: {e}"))?;
@@ -193,6 +202,50 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Ports per node with `--base-port`: SMTP, POP3, IMAP, admin, peer.
+const PORTS_PER_NODE: u32 = 5;
+
+/// The peer address of every node. Nodes must know each other's before any starts, so with free
+/// ports they are picked here (bound, noted, released) rather than by the nodes.
+fn peer_addresses(
+    host: IpAddr,
+    base_port: Option<u16>,
+    nodes: u32,
+) -> anyhow::Result<Vec<cluster::config::Peer>> {
+    if nodes < 2 {
+        return Ok(Vec::new());
+    }
+    if let Some(base) = base_port {
+        return (1..=nodes)
+            .map(|id| {
+                let p =
+                    u16::try_from(base as u32 + PORTS_PER_NODE * (id - 1) + 4).map_err(|_| {
+                        anyhow::anyhow!("--base-port {base} leaves no room for node {id}'s ports")
+                    })?;
+                Ok(cluster::config::Peer {
+                    id,
+                    addr: SocketAddr::new(host, p),
+                })
+            })
+            .collect();
+    }
+    // Hold every listener until all are chosen, so no two nodes get the same port.
+    let listeners = (0..nodes)
+        .map(|_| std::net::TcpListener::bind(SocketAddr::new(host, 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("finding free peer ports on {host}"))?;
+    listeners
+        .iter()
+        .zip(1..)
+        .map(|(l, id)| {
+            Ok(cluster::config::Peer {
+                id,
+                addr: l.local_addr()?,
+            })
+        })
+        .collect()
+}
+
 fn listen_for(
     host: IpAddr,
     base_port: Option<u16>,
@@ -202,7 +255,7 @@ fn listen_for(
         match base_port {
             None => Ok(0),
             Some(base) => {
-                let p = base as u32 + 4 * (id - 1) + k;
+                let p = base as u32 + PORTS_PER_NODE * (id - 1) + k;
                 u16::try_from(p).map_err(|_| {
                     anyhow::anyhow!("--base-port {base} leaves no room for node {id}'s ports")
                 })
@@ -214,6 +267,7 @@ fn listen_for(
         pop3: SocketAddr::new(host, port(1)?),
         imap: SocketAddr::new(host, port(2)?),
         admin: SocketAddr::new(host, port(3)?),
+        peer: SocketAddr::new(host, port(4)?),
     })
 }
 
@@ -297,6 +351,7 @@ async fn start_node(
         pop3: endpoints.pop3,
         imap: endpoints.imap,
         admin: endpoints.admin,
+        peer: endpoints.peer,
         data_dir: config.data_dir.clone(),
         log: log_path,
     })

@@ -2,32 +2,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-
-use common::{Client, Cluster};
-
-/// One HTTP/1.1 GET; returns (status code, body).
-fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(common::WAIT)).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let code = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
+use common::{http, Client, Cluster};
 
 #[test]
 fn status_and_metrics_need_the_token_and_report_the_node() {
@@ -36,9 +11,9 @@ fn status_and_metrics_need_the_token_and_report_the_node() {
     let admin = cluster.addr("admin");
     let token = cluster.token();
 
-    assert_eq!(get(admin, "/status", None).0, 401);
-    assert_eq!(get(admin, "/status", Some("wrong")).0, 401);
-    assert_eq!(get(admin, "/metrics", None).0, 401);
+    assert_eq!(http("GET", admin, "/status", None, "").0, 401);
+    assert_eq!(http("GET", admin, "/status", Some("wrong"), "").0, 401);
+    assert_eq!(http("GET", admin, "/metrics", None, "").0, 401);
 
     // Deliver one message so the figures move.
     let mut c = Client::connect(cluster.addr("smtp"));
@@ -55,7 +30,7 @@ fn status_and_metrics_need_the_token_and_report_the_node() {
     assert!(c.cmd("Subject: x\r\n\r\ny\r\n.").starts_with("250"));
     c.cmd("QUIT");
 
-    let (code, body) = get(admin, "/status", Some(&token));
+    let (code, body) = http("GET", admin, "/status", Some(&token), "");
     assert_eq!(code, 200, "{body}");
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["id"], 1);
@@ -66,7 +41,7 @@ fn status_and_metrics_need_the_token_and_report_the_node() {
     assert_eq!(status["disk"]["model"], "real");
     assert_eq!(status["endpoints"]["smtp"], cluster.node(0)["smtp"]);
 
-    let (code, metrics) = get(admin, "/metrics", Some(&token));
+    let (code, metrics) = http("GET", admin, "/metrics", Some(&token), "");
     assert_eq!(code, 200);
     for needle in [
         "clusterbench_messages_stored_total 1",
@@ -96,7 +71,13 @@ fn status_says_which_disk_model_a_node_uses() {
         &dir.path().join("c"),
         &["--node-config", config.to_str().unwrap()],
     );
-    let (code, body) = get(cluster.addr("admin"), "/status", Some(&cluster.token()));
+    let (code, body) = http(
+        "GET",
+        cluster.addr("admin"),
+        "/status",
+        Some(&cluster.token()),
+        "",
+    );
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["disk"]["model"], "modelled");

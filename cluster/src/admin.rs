@@ -1,8 +1,12 @@
 //! The node's admin API: HTTP/JSON, bearer-token protected, bound to loopback unless configured
 //! otherwise.
 //!
-//! - `GET /status`: id, membership view, endpoints, load figures, disk model.
+//! - `GET /status`: id, membership view, buckets managed, endpoints, load figures, disk model,
+//!   active faults.
 //! - `GET /metrics`: Prometheus text format.
+//! - `POST /faults`: set any of `block_peers`, `delay_ms`, `loss`, `disk_slowdown`,
+//!   `clock_skew_ms` (the fields given replace the current values); `DELETE /faults` clears all.
+//!   Both answer with the faults now active.
 //!
 //! Every request must carry `Authorization: Bearer <admin_token>`; anything else gets 401. The API
 //! only reads node state; it never blocks a mail session.
@@ -13,12 +17,13 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::config::DiskConfig;
+use crate::faults::{Faults, FaultsPatch};
 use crate::metrics::Metrics;
 use crate::node::{Context, Endpoints};
 use crate::store::StoreStats;
@@ -34,6 +39,10 @@ struct AppState {
 pub struct Status {
     pub id: u32,
     pub view: View,
+    /// User-map buckets this node manages in the current view.
+    pub buckets_managed: u32,
+    pub buckets: u32,
+    pub faults: Faults,
     pub endpoints: Endpoints,
     pub domain: String,
     pub uptime_s: f64,
@@ -41,12 +50,16 @@ pub struct Status {
     pub disk: Disk,
 }
 
-/// The membership view this node is in. A single node is its own leader in epoch 1.
+/// The membership view this node is in.
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct View {
     pub epoch: u64,
     pub leader: u32,
     pub members: Vec<u32>,
+    /// Views this node has installed since it started.
+    pub changes: u64,
+    /// Unix milliseconds when the current view was installed.
+    pub installed_at_ms: i64,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -77,6 +90,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoints: Endpoint
     let app = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route(
+            "/faults",
+            post(set_faults).delete(clear_faults).get(get_faults),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);
     let result = axum::serve(listener, app)
@@ -119,13 +136,19 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
                 .get()
         })
         .sum();
+    let info = ctx.view.borrow().clone();
     Json(Status {
         id: ctx.config.id,
         view: View {
-            epoch: 1,
-            leader: ctx.config.id,
-            members: vec![ctx.config.id],
+            epoch: info.view.epoch,
+            leader: info.view.leader,
+            members: info.view.members.iter().copied().collect(),
+            changes: info.changes,
+            installed_at_ms: info.installed_at_ms,
         },
+        buckets_managed: info.usermap.buckets_of(ctx.config.id).len() as u32,
+        buckets: ctx.config.cluster.buckets,
+        faults: ctx.faults.get(),
         endpoints: state.endpoints,
         domain: ctx.config.domain.clone(),
         uptime_s: ctx.started.elapsed().as_secs_f64(),
@@ -162,4 +185,41 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.ctx.metrics.encode(),
     )
+}
+
+async fn get_faults(State(state): State<AppState>) -> Json<Faults> {
+    Json(state.ctx.faults.get())
+}
+
+async fn set_faults(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let patch: FaultsPatch = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return bad_request(format!("invalid faults body: {e}")),
+    };
+    match state.ctx.faults.get().patched(&patch) {
+        Ok(next) => {
+            apply_faults(&state.ctx, next.clone());
+            Json(next).into_response()
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn clear_faults(State(state): State<AppState>) -> Json<Faults> {
+    apply_faults(&state.ctx, Faults::default());
+    Json(Faults::default())
+}
+
+fn apply_faults(ctx: &Context, faults: Faults) {
+    tracing::info!(?faults, "faults changed");
+    ctx.store.set_disk_slowdown(faults.disk_slowdown);
+    ctx.faults.set(faults);
+}
+
+fn bad_request(error: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": error })),
+    )
+        .into_response()
 }

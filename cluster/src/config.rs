@@ -29,6 +29,7 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// How the mail log reaches stable storage.
     pub disk: DiskConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// The disk a node's mail log is acknowledged against.
@@ -148,6 +149,76 @@ pub struct Listen {
     pub imap: SocketAddr,
     /// The admin API. Loopback unless told otherwise: it controls faults and shows internals.
     pub admin: SocketAddr,
+    /// Node-to-node traffic (membership, and later replication).
+    pub peer: SocketAddr,
+}
+
+/// How this node finds and forms a cluster with the others.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Every node of the cluster, this one included, with its peer address. Empty: a cluster of
+    /// this node alone.
+    pub peers: Vec<Peer>,
+    /// Buckets of the user map.
+    pub buckets: u32,
+    /// Timers of the membership protocol.
+    pub membership: crate::membership::Config,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub id: u32,
+    pub addr: SocketAddr,
+}
+
+/// Node ids are limited so that a node id fits in the low bits of a cluster-wide UID.
+pub const NODE_ID_MAX: u32 = 63;
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            peers: Vec::new(),
+            buckets: crate::usermap::BUCKETS_DEFAULT,
+            membership: Default::default(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Every node id of the cluster (just `own` when no peers are configured).
+    pub fn ids(&self, own: u32) -> std::collections::BTreeSet<u32> {
+        let mut ids: std::collections::BTreeSet<u32> = self.peers.iter().map(|p| p.id).collect();
+        ids.insert(own);
+        ids
+    }
+
+    fn validate(&self, own: u32) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.peers {
+            if p.id == 0 || p.id > NODE_ID_MAX {
+                return Err(format!(
+                    "cluster.peers: node id {} is outside 1..={NODE_ID_MAX}",
+                    p.id
+                ));
+            }
+            if !seen.insert(p.id) {
+                return Err(format!("cluster.peers: node id {} is listed twice", p.id));
+            }
+        }
+        if !self.peers.is_empty() && !seen.contains(&own) {
+            return Err(format!("cluster.peers: does not list this node (id {own})"));
+        }
+        if self.buckets == 0 || self.buckets > crate::usermap::BUCKETS_MAX {
+            return Err(format!(
+                "cluster.buckets: must be between 1 and {}, got {}",
+                crate::usermap::BUCKETS_MAX,
+                self.buckets
+            ));
+        }
+        self.membership.validate().map_err(|e| e.to_string())
+    }
 }
 
 /// The provisioned user population: `pattern` with `{n}` replaced by `first..first+count`, all
@@ -196,6 +267,7 @@ impl Default for NodeConfig {
             users: Users::default(),
             limits: Limits::default(),
             disk: DiskConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -208,6 +280,7 @@ impl Default for Listen {
             pop3: any,
             imap: any,
             admin: any,
+            peer: any,
         }
     }
 }
@@ -248,9 +321,13 @@ impl NodeConfig {
 
     /// Checks values serde cannot: ranges, patterns, and relations between limits.
     pub fn validate(&self) -> Result<(), String> {
-        if self.id == 0 {
-            return Err("id: node ids start at 1".into());
+        if self.id == 0 || self.id > NODE_ID_MAX {
+            return Err(format!(
+                "id: node ids run from 1 to {NODE_ID_MAX}, got {}",
+                self.id
+            ));
         }
+        self.cluster.validate(self.id)?;
         if self.domain.is_empty() || self.domain.contains(['@', ' ']) {
             return Err(format!("domain: {:?} is not a mail domain", self.domain));
         }

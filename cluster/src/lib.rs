@@ -13,6 +13,7 @@ pub mod imap;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod peering;
 pub mod pop3;
 pub mod smtp;
 pub mod store;

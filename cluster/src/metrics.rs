@@ -31,6 +31,9 @@ pub struct Metrics {
     pub fsyncs_total: Counter,
     pub modelled_syncs_total: Counter,
     pub store_errors_total: Counter,
+    pub peer_messages_sent_total: Counter,
+    pub peer_messages_received_total: Counter,
+    pub peer_messages_dropped_total: Counter,
 }
 
 impl Metrics {
@@ -50,7 +53,25 @@ impl Metrics {
             fsyncs_total: Counter::default(),
             modelled_syncs_total: Counter::default(),
             store_errors_total: Counter::default(),
+            peer_messages_sent_total: Counter::default(),
+            peer_messages_received_total: Counter::default(),
+            peer_messages_dropped_total: Counter::default(),
         };
+        registry.register(
+            "peer_messages_sent",
+            "Messages sent to other nodes",
+            m.peer_messages_sent_total.clone(),
+        );
+        registry.register(
+            "peer_messages_received",
+            "Messages received from other nodes",
+            m.peer_messages_received_total.clone(),
+        );
+        registry.register(
+            "peer_messages_dropped",
+            "Peer messages dropped: queue full, link down, or an injected fault",
+            m.peer_messages_dropped_total.clone(),
+        );
         registry.register(
             "connections",
             "Client connections accepted",
@@ -130,6 +151,15 @@ impl Metrics {
         // Writing into a String cannot fail.
         encode(&mut out, &self.registry).expect("encoding metrics into a String");
         out
+    }
+
+    /// The transport's counters, shared with this registry.
+    pub fn transport(&self) -> crate::transport::TransportMetrics {
+        crate::transport::TransportMetrics {
+            sent: self.peer_messages_sent_total.clone(),
+            received: self.peer_messages_received_total.clone(),
+            dropped: self.peer_messages_dropped_total.clone(),
+        }
     }
 
     pub fn protocol(protocol: &'static str) -> ProtocolLabel {

@@ -18,7 +18,9 @@ use tokio::task::JoinSet;
 
 use crate::config::NodeConfig;
 use crate::directory::Directory;
+use crate::faults::FaultSwitch;
 use crate::metrics::Metrics;
+use crate::peering::{self, ViewInfo};
 use crate::store::Store;
 use crate::{admin, imap, pop3, smtp};
 
@@ -33,6 +35,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
+    pub faults: Arc<FaultSwitch>,
+    /// The membership view this node is in, kept current by the peering driver.
+    pub view: watch::Receiver<ViewInfo>,
 }
 
 /// The addresses a running node listens on.
@@ -42,6 +47,9 @@ pub struct Endpoints {
     pub pop3: SocketAddr,
     pub imap: SocketAddr,
     pub admin: SocketAddr,
+    /// Node-to-node address; absent for a node with no peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,14 +107,30 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let pop3_l = bind(config.listen.pop3, "POP3").await?;
     let imap_l = bind(config.listen.imap, "IMAP").await?;
     let admin_l = bind(config.listen.admin, "admin").await?;
+    let peer_l = if config.cluster.peers.is_empty() {
+        None
+    } else {
+        Some(bind(config.listen.peer, "peer").await?)
+    };
     let endpoints = Endpoints {
         smtp: smtp_l.local_addr()?,
         pop3: pop3_l.local_addr()?,
         imap: imap_l.local_addr()?,
         admin: admin_l.local_addr()?,
+        peer: peer_l.as_ref().map(|l| l.local_addr()).transpose()?,
     };
     let (stop, shutdown) = watch::channel(false);
+    let faults = Arc::new(FaultSwitch::default());
+    let peering = peering::start(
+        &config,
+        peer_l,
+        faults.clone(),
+        metrics.transport(),
+        shutdown.clone(),
+    );
     let context = Arc::new(Context {
+        faults,
+        view: peering.view,
         directory: Directory::new(&config.domain, config.users.clone()),
         config,
         store,

@@ -80,7 +80,10 @@ impl Config {
             // An hour is far beyond any sensible membership timer; the cap keeps every deadline
             // sum (`now + base + rank * step`) far from overflowing a u64.
             if value > HOUR_MS {
-                return Err(error(field, format!("must be at most {HOUR_MS} (one hour)")));
+                return Err(error(
+                    field,
+                    format!("must be at most {HOUR_MS} (one hour)"),
+                ));
             }
         }
         if self.beacon_fast_duration_ms > HOUR_MS {

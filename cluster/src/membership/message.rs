@@ -60,9 +60,11 @@ impl View {
     }
 
     /// Whether this view could have been sent by a correct leader of a cluster whose configured
-    /// ids are `all_ids`. Anything else is dropped on receipt.
+    /// ids are `all_ids` (leaders only send views they made, so epoch 0 is never sent). Anything
+    /// else is dropped on receipt.
     pub fn is_well_formed(&self, all_ids: &BTreeSet<u32>) -> bool {
-        self.members.first() == Some(&self.leader)
+        self.epoch > 0
+            && self.members.first() == Some(&self.leader)
             && self.members.len() <= all_ids.len()
             && self.members.is_subset(all_ids)
     }
@@ -74,16 +76,23 @@ pub enum Message {
     /// The leader's view, broadcast to every configured node (members or not, so that rejoining
     /// nodes and the other side of a healed partition hear it), and also sent to a single leader
     /// to make it merge or step down.
-    Beacon { view: View },
+    Beacon {
+        view: View,
+    },
     /// "Are you alive?", from a node to its predecessor.
     Ping,
     PingAck,
     /// "I'm here too": the sender is alive and wants to be in the leader's view. `epoch` is the
     /// sender's current epoch, so a leader whose epoch is behind bumps past it and its next view
     /// is one the sender can adopt.
-    ImHere { epoch: u64 },
+    ImHere {
+        epoch: u64,
+    },
     /// "Node `node` has failed", from its successor to the leader, about the view of `epoch`.
-    Failed { node: u32, epoch: u64 },
+    Failed {
+        node: u32,
+        epoch: u64,
+    },
 }
 
 impl Message {
@@ -101,7 +110,11 @@ impl Message {
 
 impl std::fmt::Display for View {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "epoch {} leader {} members {:?}", self.epoch, self.leader, self.members)
+        write!(
+            f,
+            "epoch {} leader {} members {:?}",
+            self.epoch, self.leader, self.members
+        )
     }
 }
 
@@ -147,6 +160,7 @@ mod tests {
         };
         assert!(!wrong_leader.is_well_formed(&all));
         assert!(!view(1, &[1, 9]).is_well_formed(&all));
+        assert!(!View::singleton(1).is_well_formed(&all));
         let empty = View {
             epoch: 1,
             leader: 1,

@@ -153,6 +153,17 @@ struct Shared {
     segments: RwLock<HashMap<u32, Arc<File>>>,
     metrics: Arc<Metrics>,
     pending_ops: std::sync::atomic::AtomicU64,
+    /// Injected disk slowdown factor (f64 bits; 1.0 = none).
+    disk_slowdown_bits: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    fn disk_slowdown(&self) -> f64 {
+        f64::from_bits(
+            self.disk_slowdown_bits
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
 }
 
 /// Owned by every handle together: when the last one goes, the writer is stopped and joined, and
@@ -209,6 +220,7 @@ impl Store {
             segments: RwLock::new(files),
             metrics,
             pending_ops: Default::default(),
+            disk_slowdown_bits: std::sync::atomic::AtomicU64::new(1.0f64.to_bits()),
         });
         let (tx, rx) = mpsc::channel(QUEUE_OPS_MAX);
         let writer = writer::spawn(shared.clone(), recovered.head, disk, rx)?;
@@ -369,6 +381,14 @@ impl Store {
                 .pending_ops
                 .load(std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    /// Stretches every sync by `factor` (an injected slow-disk fault; 1.0 clears it).
+    pub fn set_disk_slowdown(&self, factor: f64) {
+        assert!(factor >= 1.0, "a slowdown factor is at least 1");
+        self.shared
+            .disk_slowdown_bits
+            .store(factor.to_bits(), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn dir(&self) -> &Path {

@@ -305,12 +305,18 @@ impl Writer {
     }
 
     /// Makes the batch just written durable: a real fsync, or the modelled device's time for
-    /// `records` syncs.
+    /// `records` syncs. An injected disk slowdown stretches either by its factor.
     fn sync(&self, records: usize) -> std::io::Result<()> {
+        let slowdown = self.shared.disk_slowdown();
         match self.disk {
             DiskConfig::Real => {
                 self.shared.metrics.fsyncs_total.inc();
-                self.head.file.sync_data()
+                let start = std::time::Instant::now();
+                self.head.file.sync_data()?;
+                if slowdown > 1.0 {
+                    std::thread::sleep(start.elapsed().mul_f64(slowdown - 1.0));
+                }
+                Ok(())
             }
             DiskConfig::Modelled {
                 syncs_per_s,
@@ -321,7 +327,7 @@ impl Writer {
                     .metrics
                     .modelled_syncs_total
                     .inc_by(records as u64);
-                std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+                std::thread::sleep(std::time::Duration::from_secs_f64(seconds * slowdown));
                 Ok(())
             }
         }

@@ -1,0 +1,227 @@
+//! Wombat membership across real node processes: `cluster up --nodes 4` forms one view; `kill -9`
+//! of a follower and of the leader make the survivors converge on a new view (the time is
+//! measured and printed); a restarted node rejoins; a partition made through the fault API forms
+//! two views and heals into one.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{http, status, wait_gone, Cluster, BIN, WAIT};
+use serde_json::Value;
+
+fn admins(cluster: &Cluster) -> Vec<(u32, SocketAddr)> {
+    cluster.info["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_u64().unwrap() as u32,
+                n["admin"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn view_of(status: &Value) -> (u64, u64, BTreeSet<u32>) {
+    let v = &status["view"];
+    (
+        v["epoch"].as_u64().unwrap(),
+        v["leader"].as_u64().unwrap(),
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_u64().unwrap() as u32)
+            .collect(),
+    )
+}
+
+/// Polls until every node of `group` reports the same view with exactly `members` and `leader`;
+/// returns that view's epoch and how long it took.
+fn converge(
+    token: &str,
+    group: &[(u32, SocketAddr)],
+    members: &[u32],
+    leader: u32,
+) -> (u64, Duration) {
+    let want: BTreeSet<u32> = members.iter().copied().collect();
+    let start = Instant::now();
+    loop {
+        let last = group
+            .iter()
+            .map(|(id, admin)| (*id, status(*admin, token).map(|s| view_of(&s))))
+            .collect::<Vec<_>>();
+        let views: BTreeSet<_> = last.iter().map(|(_, v)| v.clone()).collect();
+        if views.len() == 1 {
+            if let Some(Some((epoch, l, m))) = views.into_iter().next() {
+                if m == want && l == leader as u64 {
+                    return (epoch, start.elapsed());
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no agreement on {want:?} led by {leader}; last views: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill9(pid: i32) {
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    wait_gone(pid);
+}
+
+/// Starts one node again from its configuration, as an operator (or `run`) would.
+fn restart_node(cluster: &Cluster, id: u32) -> (std::process::Child, SocketAddr) {
+    let config = cluster.dir.join(format!("node{id}/node.toml"));
+    let mut child = Command::new(BIN)
+        .args(["node", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let endpoints: Value = serde_json::from_str(line.strip_prefix("READY ").unwrap()).unwrap();
+    (child, endpoints["admin"].as_str().unwrap().parse().unwrap())
+}
+
+#[test]
+fn four_nodes_agree_and_survive_a_follower_and_a_leader_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &["--nodes", "4"]);
+    let token = cluster.token();
+    let all = admins(&cluster);
+    let (epoch, _) = converge(&token, &all, &[1, 2, 3, 4], 1);
+    let s = status(all[0].1, &token).unwrap();
+    assert_eq!(s["buckets"], 256);
+    let managed: u64 = all
+        .iter()
+        .map(|(_, a)| {
+            status(*a, &token).unwrap()["buckets_managed"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(managed, 256, "every bucket has exactly one manager");
+
+    // A follower dies.
+    kill9(cluster.node_pid(2));
+    let survivors: Vec<_> = all.iter().copied().filter(|(id, _)| *id != 3).collect();
+    let (after_follower, took) = converge(&token, &survivors, &[1, 2, 4], 1);
+    println!(
+        "follower failure: survivors converged in {} ms",
+        took.as_millis()
+    );
+    assert!(after_follower > epoch);
+
+    // It comes back and rejoins.
+    let (mut node3, admin3) = restart_node(&cluster, 3);
+    let mut rejoined = survivors.clone();
+    rejoined.push((3, admin3));
+    let (after_rejoin, took) = converge(&token, &rejoined, &[1, 2, 3, 4], 1);
+    println!("restarted follower: rejoined in {} ms", took.as_millis());
+    assert!(after_rejoin > after_follower);
+
+    // The leader dies: node 2, the best-ranked survivor, takes over.
+    kill9(cluster.node_pid(0));
+    let survivors: Vec<_> = rejoined
+        .iter()
+        .copied()
+        .filter(|(id, _)| *id != 1)
+        .collect();
+    let (after_leader, took) = converge(&token, &survivors, &[2, 3, 4], 2);
+    println!(
+        "leader failure: survivors converged in {} ms",
+        took.as_millis()
+    );
+    assert!(after_leader > after_rejoin);
+
+    let _ = node3.kill();
+    let _ = node3.wait();
+}
+
+#[test]
+fn a_partition_through_the_fault_api_forms_two_views_and_heals_into_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &["--nodes", "4"]);
+    let token = cluster.token();
+    let all = admins(&cluster);
+    converge(&token, &all, &[1, 2, 3, 4], 1);
+
+    // A bad fault request is refused with an error naming the field, and changes nothing.
+    let (code, body) = http(
+        "POST",
+        all[0].1,
+        "/faults",
+        Some(&token),
+        r#"{"loss": 2.0}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("loss"), "{body}");
+    let (code, body) = http(
+        "POST",
+        all[0].1,
+        "/faults",
+        Some(&token),
+        r#"{"block": [3]}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("block"), "{body}");
+
+    let side_a = [all[0], all[1]];
+    let side_b = [all[2], all[3]];
+    for (_, admin) in side_a {
+        let (code, body) = http(
+            "POST",
+            admin,
+            "/faults",
+            Some(&token),
+            r#"{"block_peers": [3, 4]}"#,
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    for (_, admin) in side_b {
+        http(
+            "POST",
+            admin,
+            "/faults",
+            Some(&token),
+            r#"{"block_peers": [1, 2]}"#,
+        );
+    }
+    let (epoch_a, took_a) = converge(&token, &side_a, &[1, 2], 1);
+    let (epoch_b, took_b) = converge(&token, &side_b, &[3, 4], 3);
+    println!(
+        "partition: side {{1,2}} converged in {} ms, side {{3,4}} in {} ms",
+        took_a.as_millis(),
+        took_b.as_millis()
+    );
+    let s = status(all[2].1, &token).unwrap();
+    assert_eq!(s["faults"]["block_peers"], serde_json::json!([1, 2]));
+
+    for (_, admin) in &all {
+        let (code, _) = http("DELETE", *admin, "/faults", Some(&token), "");
+        assert_eq!(code, 200);
+    }
+    let (healed, took) = converge(&token, &all, &[1, 2, 3, 4], 1);
+    println!("heal: one view again in {} ms", took.as_millis());
+    assert!(healed > epoch_a && healed > epoch_b);
+    assert_eq!(
+        status(all[2].1, &token).unwrap()["faults"]["block_peers"],
+        serde_json::json!([])
+    );
+}
