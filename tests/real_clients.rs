@@ -121,7 +121,7 @@ fn swaks_sends_and_curl_reads_over_pop3_and_imap() {
     assert!(first.starts_with("Received: "), "{first}");
 
     let imap = cluster.addr("imap");
-    let second = curl(format!("imap://{imap}/INBOX;UID=2"), &[]);
+    let second = curl(format!("imap://{imap}/INBOX;MAILINDEX=2"), &[]);
     assert!(second.contains("curl body line"), "{second}");
     let exists = curl(format!("imap://{imap}/INBOX"), &["-X", "SEARCH ALL"]);
     assert!(exists.contains("SEARCH 1 2"), "{exists}");

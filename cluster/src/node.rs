@@ -95,9 +95,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let data_dir = config.data_dir.clone();
     let store_metrics = metrics.clone();
     let disk = config.disk.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, disk, store_metrics))
-        .await?
-        .with_context(|| format!("opening the mail store in {}", config.data_dir.display()))?;
+    let node_id = config.id;
+    let store =
+        tokio::task::spawn_blocking(move || Store::open(&data_dir, node_id, disk, store_metrics))
+            .await?
+            .with_context(|| format!("opening the mail store in {}", config.data_dir.display()))?;
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr)
             .await

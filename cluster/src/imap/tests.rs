@@ -173,7 +173,7 @@ async fn a_client_session_end_to_end() {
         "* 0 RECENT",
         "[UNSEEN 1]",
         "[UIDVALIDITY ",
-        "[UIDNEXT 4]",
+        "[UIDNEXT 256]",
         "[PERMANENTFLAGS (",
     ] {
         assert!(out.contains(want), "SELECT lacks {want}: {out}");
@@ -183,7 +183,7 @@ async fn a_client_session_end_to_end() {
     let list = c.ok("a6", "LIST \"\" \"\"").await;
     assert_eq!(list, "* LIST (\\Noselect) \"/\" \"\"\r\n");
     let status = c.ok("a7", "STATUS inbox (MESSAGES UNSEEN UIDNEXT)").await;
-    assert_eq!(status, "* STATUS INBOX (MESSAGES 3 UNSEEN 3 UIDNEXT 4)\r\n");
+    assert_eq!(status, "* STATUS INBOX (MESSAGES 3 UNSEEN 3 UIDNEXT 256)\r\n");
     let (_, tagged) = c.cmd("a8", "SELECT Sent").await;
     assert!(tagged.starts_with("a8 NO [NONEXISTENT]"), "{tagged}");
     c.ok("a9", "SELECT INBOX").await;
@@ -195,7 +195,7 @@ async fn a_client_session_end_to_end() {
     assert_eq!(lines.len(), 3, "{out}");
     let size = message(2).len();
     assert!(
-        lines[1].starts_with("* 2 FETCH (FLAGS () UID 2 RFC822.SIZE "),
+        lines[1].starts_with("* 2 FETCH (FLAGS () UID 129 RFC822.SIZE "),
         "{out}"
     );
     assert!(lines[1].contains(&format!("RFC822.SIZE {size} ")), "{out}");
@@ -206,10 +206,10 @@ async fn a_client_session_end_to_end() {
     );
 
     // UID FETCH of a body: the literal is the stored bytes, and \Seen gets set.
-    let (untagged, tagged) = c.cmd("b2", "UID FETCH 2 BODY[]").await;
+    let (untagged, tagged) = c.cmd("b2", "UID FETCH 129 BODY[]").await;
     assert!(tagged.starts_with("b2 OK"), "{tagged}");
     assert_eq!(untagged.len(), 1);
-    let mut want = format!("* 2 FETCH (UID 2 BODY[] {{{size}}}\r\n").into_bytes();
+    let mut want = format!("* 2 FETCH (UID 129 BODY[] {{{size}}}\r\n").into_bytes();
     want.extend_from_slice(&message(2));
     want.extend_from_slice(b" FLAGS (\\Seen))\r\n");
     assert_eq!(show(&untagged[0]), show(&want));
@@ -230,7 +230,7 @@ async fn a_client_session_end_to_end() {
     assert_eq!(c.ok("c1", "SEARCH UNSEEN").await, "* SEARCH 1 3\r\n");
     assert_eq!(
         c.ok("c2", "UID SEARCH SUBJECT \"message 3\"").await,
-        "* SEARCH 3\r\n"
+        "* SEARCH 193\r\n"
     );
     assert_eq!(
         c.ok("c3", "SEARCH OR 1 SEEN NOT DELETED").await,
@@ -240,7 +240,7 @@ async fn a_client_session_end_to_end() {
     let out = c.ok("d1", "STORE 1 +FLAGS (\\Deleted)").await;
     assert_eq!(out, "* 1 FETCH (FLAGS (\\Deleted))\r\n");
     assert_eq!(
-        c.ok("d2", "UID STORE 3 +FLAGS.SILENT (\\Flagged)").await,
+        c.ok("d2", "UID STORE 193 +FLAGS.SILENT (\\Flagged)").await,
         ""
     );
     assert_eq!(c.ok("d3", "SEARCH FLAGGED").await, "* SEARCH 3\r\n");
@@ -252,7 +252,7 @@ async fn a_client_session_end_to_end() {
     // FETCH must not report the expunge; the message it names is simply gone.
     assert_eq!(other.ok("e3", "FETCH 1 UID").await, "");
     assert_eq!(other.ok("e4", "NOOP").await, "* 1 EXPUNGE\r\n");
-    assert_eq!(other.ok("e5", "FETCH 1 UID").await, "* 1 FETCH (UID 2)\r\n");
+    assert_eq!(other.ok("e5", "FETCH 1 UID").await, "* 1 FETCH (UID 129)\r\n");
 
     // APPEND with a literal; the other session learns of it as EXISTS.
     let appended = b"Subject: appended\r\n\r\nappended body\r\n";

@@ -63,6 +63,10 @@ pub struct SimConfig {
     /// At the start of the quiet phase each crashed node is restarted with this probability (at
     /// least one node is always up).
     pub restart_probability: f64,
+    /// At the start of the quiet phase each live node crashes for good with this probability (at
+    /// least one node stays up): the last fault of the chaos phase, so that the quiet phase
+    /// always has to detect failures.
+    pub final_crash_probability: f64,
     /// A run that processes more events than this fails (a message storm or a timer loop).
     pub events_max: u64,
 }
@@ -114,6 +118,7 @@ impl Default for SimConfig {
             fault_gap_ms_max: 1_500,
             faults: FaultWeights::default(),
             restart_probability: 0.5,
+            final_crash_probability: 0.15,
             events_max: 5_000_000,
         }
     }
@@ -134,6 +139,9 @@ impl SimConfig {
         }
         if !(0.0..=1.0).contains(&self.restart_probability) {
             return Err("sim: `restart_probability` must be within 0..=1".to_string());
+        }
+        if !(0.0..=1.0).contains(&self.final_crash_probability) {
+            return Err("sim: `final_crash_probability` must be within 0..=1".to_string());
         }
         if self.delay_ms_min > self.delay_ms_max {
             return Err("sim: `delay_ms_min` must not exceed `delay_ms_max`".to_string());
@@ -561,7 +569,11 @@ impl Sim {
 
     /// Restarts a crashed node `id` with a fresh state machine (no-op if it is up).
     pub fn restart(&mut self, id: u32) {
-        if self.nodes.get(&id).is_some_and(|node| node.machine.is_none()) {
+        if self
+            .nodes
+            .get(&id)
+            .is_some_and(|node| node.machine.is_none())
+        {
             self.start(id);
         }
     }
@@ -629,10 +641,7 @@ impl Sim {
                 .iter()
                 .map(|(&id, node)| NodeSnapshot {
                     id,
-                    state: node
-                        .machine
-                        .as_ref()
-                        .map(|m| (m.role(), m.view().clone())),
+                    state: node.machine.as_ref().map(|m| (m.role(), m.view().clone())),
                 })
                 .collect(),
             recent_view_changes: self.history.iter().cloned().collect(),
@@ -757,7 +766,13 @@ impl Sim {
         if node.tick_at != Some(deadline) {
             node.tick_at = Some(deadline);
             let incarnation = node.incarnation;
-            self.schedule(deadline, Event::Tick { node: id, incarnation });
+            self.schedule(
+                deadline,
+                Event::Tick {
+                    node: id,
+                    incarnation,
+                },
+            );
         }
         Ok(())
     }
@@ -815,14 +830,23 @@ impl Sim {
         Ok(())
     }
 
-    /// The quiet phase: heal, stop dropping, and restart each crashed node or leave it dead.
+    /// The quiet phase: heal, stop dropping, crash a few more nodes for good, and restart each
+    /// node that was already crashed or leave it dead.
     fn begin_quiet(&mut self) {
         self.heal();
         self.drop_probability = 0.0;
+        let live: Vec<u32> = self.live().into_iter().collect();
+        let mut crashed_now = Vec::new();
+        for id in live {
+            if self.fault_rng.chance(self.config.final_crash_probability) && self.live().len() > 1 {
+                self.crash(id);
+                crashed_now.push(id);
+            }
+        }
         let down: Vec<u32> = self
             .nodes
             .iter()
-            .filter(|(_, node)| node.machine.is_none())
+            .filter(|(id, node)| node.machine.is_none() && !crashed_now.contains(id))
             .map(|(&id, _)| id)
             .collect();
         for id in down {
@@ -896,7 +920,9 @@ impl Sim {
                 }
             }
             4 => {
-                let count = 2 + self.fault_rng.below(u64::from(self.config.nodes / 2).max(1));
+                let count = 2 + self
+                    .fault_rng
+                    .below(u64::from(self.config.nodes / 2).max(1));
                 if self.fault_rng.chance(0.5) {
                     if let Some(&best) = live.first() {
                         if let Some(leader) = self.view(best).map(|view| view.leader) {
@@ -1012,7 +1038,11 @@ mod tests {
             .unwrap()
             .unwrap_or_else(|| panic!("{}", sim.failure("no agreement".to_string())));
         sim.run_until(at + 2_000).unwrap();
-        assert_eq!(sim.agreement().as_ref(), Some(&view), "agreement did not last");
+        assert_eq!(
+            sim.agreement().as_ref(),
+            Some(&view),
+            "agreement did not last"
+        );
         (at, view)
     }
 
@@ -1075,8 +1105,10 @@ mod tests {
         let mut sides = None;
         while sim.now() < deadline {
             sim.run_until(sim.now() + 10).unwrap();
-            if let (Some(a), Some(b)) = (sim.agreement_among(&[1, 2]), sim.agreement_among(&[3, 4, 5]))
-            {
+            if let (Some(a), Some(b)) = (
+                sim.agreement_among(&[1, 2]),
+                sim.agreement_among(&[3, 4, 5]),
+            ) {
                 sides = Some((a, b));
                 break;
             }
@@ -1088,7 +1120,10 @@ mod tests {
         let (_, view) = settle(&mut sim, 4_000);
         assert_eq!(view.members, ids(&[1, 2, 3, 4, 5]));
         assert_eq!(view.leader, 1);
-        assert!(view.epoch > a.epoch.max(b.epoch), "{view} after {a} and {b}");
+        assert!(
+            view.epoch > a.epoch.max(b.epoch),
+            "{view} after {a} and {b}"
+        );
     }
 
     #[test]
@@ -1174,4 +1209,34 @@ mod tests {
     }
 
     const SWEEP_SEEDS: u64 = 300;
+
+    /// A longer soak with knobs from the environment, for release builds:
+    /// `MEMBERSHIP_SOAK_SEEDS=10000 MEMBERSHIP_SOAK_NODES=9 MEMBERSHIP_SOAK_DROP=0.2
+    /// cargo test --release -p cluster membership_sim_soak -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "long; run by hand in release builds"]
+    fn membership_sim_soak() {
+        let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok());
+        let mut cfg = SimConfig::default();
+        if let Some(nodes) = knob("MEMBERSHIP_SOAK_NODES") {
+            cfg.nodes = nodes as u32;
+        }
+        if let Some(drop) = knob("MEMBERSHIP_SOAK_DROP") {
+            cfg.drop_probability = drop;
+        }
+        let start = knob("MEMBERSHIP_SOAK_START").unwrap_or(0.0) as u64;
+        let seeds = knob("MEMBERSHIP_SOAK_SEEDS").unwrap_or(2_000.0) as u64;
+        let started = std::time::Instant::now();
+        let soak = soak(start, seeds, &cfg);
+        println!(
+            "{} nodes, drop {}: {soak} in {:?}",
+            cfg.nodes,
+            cfg.drop_probability,
+            started.elapsed()
+        );
+        for failure in soak.failures.iter().take(5) {
+            println!("{failure}\n");
+        }
+        assert!(soak.failures.is_empty());
+    }
 }

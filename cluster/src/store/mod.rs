@@ -14,7 +14,7 @@ pub mod record;
 mod segment;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -30,7 +30,9 @@ pub use writer::FlagMode;
 pub const QUEUE_OPS_MAX: usize = 4096;
 
 /// IMAP system flags, as a bit set (the only flags this store keeps; no keywords).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Flags(u8);
 
 impl Flags {
@@ -81,8 +83,26 @@ impl Flags {
     }
 }
 
+/// Low bits of a UID that name the node that assigned it. UIDs are `seq << 6 | node`: nodes
+/// never hand out the same UID for one user, even on two sides of a partition, and a node
+/// assigns `seq` above every UID it has seen for the user, so new mail gets higher UIDs.
+pub const UID_NODE_BITS: u32 = 6;
+/// Largest per-user sequence number (the UID must fit in 32 bits).
+pub const UID_SEQ_MAX: u32 = (1 << (32 - UID_NODE_BITS)) - 1;
+
+/// The UID for sequence number `seq` assigned by `node`.
+pub fn uid_of(seq: u32, node: u32) -> u32 {
+    assert!(seq <= UID_SEQ_MAX && node < (1 << UID_NODE_BITS));
+    (seq << UID_NODE_BITS) | node
+}
+
+/// The sequence number part of a UID.
+pub fn seq_of(uid: u32) -> u32 {
+    uid >> UID_NODE_BITS
+}
+
 /// What the index knows about one stored message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MessageMeta {
     pub uid: u32,
     /// Size in bytes of the stored message (what POP3 LIST and IMAP RFC822.SIZE report).
@@ -90,7 +110,44 @@ pub struct MessageMeta {
     /// Unix seconds when the message was accepted.
     pub internal_date: i64,
     pub flags: Flags,
-    location: Location,
+    /// When the flags were last set (unix ms): the newest setting wins across replicas.
+    pub flags_ts: i64,
+    /// Where the body is in this node's log; `None` for a message another node holds.
+    #[serde(skip)]
+    location: Option<Location>,
+}
+
+impl MessageMeta {
+    /// Whether this node's store holds the body.
+    pub fn is_local(&self) -> bool {
+        self.location.is_some()
+    }
+}
+
+/// A message the store should take in.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub user: String,
+    pub body: Arc<[u8]>,
+    pub flags: Flags,
+    /// Unix seconds; `None` means now.
+    pub internal_date: Option<i64>,
+    /// `Some` for a replica of a message another node assigned a UID to; `None` to assign one.
+    pub uid: Option<u32>,
+    /// Assign a sequence number at least this (the highest the cluster is known to have used).
+    pub seq_hint: u32,
+    /// When the flags were set (unix ms).
+    pub ts_ms: i64,
+    /// Replicas this node must push the message to; logged with it, retried until acknowledged.
+    pub targets: Vec<u32>,
+}
+
+/// A message this node still has to push to some replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingPush {
+    pub user: String,
+    pub uid: u32,
+    pub targets: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,8 +191,11 @@ pub enum StoreError {
 
 #[derive(Debug, Default)]
 struct Mailbox {
-    uid_next: u32,
+    /// Highest UID sequence number seen for this user, on any node.
+    max_seq: u32,
     messages: BTreeMap<u32, MessageMeta>,
+    /// Expunged UIDs: a replica push that arrives after the expunge must not bring them back.
+    expunged: HashSet<u32>,
 }
 
 #[derive(Default)]
@@ -143,10 +203,14 @@ struct Index {
     mailboxes: HashMap<String, Mailbox>,
     messages: u64,
     bytes: u64,
+    /// (user, uid) → replicas still to push to.
+    pending: BTreeMap<(String, u32), Vec<u32>>,
 }
 
 struct Shared {
     dir: PathBuf,
+    /// This node's id: the low bits of every UID it assigns.
+    node_id: u32,
     uid_validity: u32,
     index: Mutex<Index>,
     /// Open segment files for reading message bodies.
@@ -195,7 +259,16 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir`, replays the log, and starts the writer thread.
     /// Blocking: call at start-up, before serving.
-    pub fn open(dir: &Path, disk: DiskConfig, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+    pub fn open(
+        dir: &Path,
+        node_id: u32,
+        disk: DiskConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store, StoreError> {
+        assert!(
+            node_id > 0 && node_id < (1 << UID_NODE_BITS),
+            "node id out of UID range"
+        );
         std::fs::create_dir_all(dir)?;
         let lock = segment::lock_dir(dir)?;
         let uid_validity = segment::load_or_create_uid_validity(dir)?;
@@ -215,6 +288,7 @@ impl Store {
         }
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
+            node_id,
             uid_validity,
             index: Mutex::new(index),
             segments: RwLock::new(files),
@@ -236,8 +310,9 @@ impl Store {
         self.shared.uid_validity
     }
 
-    /// Stores one copy of `body` in each mailbox of `users`; returns once all are durable, with
-    /// the UID each got. `internal_date` (unix seconds) defaults to now.
+    /// Stores one copy of `body` in each mailbox of `users` (UIDs assigned here, no replicas);
+    /// returns once all are durable, with the UID each got. `internal_date` (unix seconds)
+    /// defaults to now.
     pub async fn deliver(
         &self,
         users: Vec<String>,
@@ -245,21 +320,111 @@ impl Store {
         flags: Flags,
         internal_date: Option<i64>,
     ) -> Result<Vec<u32>, StoreError> {
-        let internal_date = internal_date.unwrap_or_else(|| chrono::Utc::now().timestamp());
+        let mut uids = Vec::with_capacity(users.len());
+        for user in users {
+            uids.push(
+                self.store(NewMessage {
+                    user,
+                    body: body.clone(),
+                    flags,
+                    internal_date,
+                    uid: None,
+                    seq_hint: 0,
+                    ts_ms: chrono::Utc::now().timestamp_millis(),
+                    targets: Vec::new(),
+                })
+                .await?,
+            );
+        }
+        Ok(uids)
+    }
+
+    /// Takes in one message (a new one, or a replica of one with its UID); returns its UID once
+    /// it is durable. A replica already present, or already expunged, is not stored again.
+    pub async fn store(&self, message: NewMessage) -> Result<u32, StoreError> {
+        let internal_date = message
+            .internal_date
+            .unwrap_or_else(|| chrono::Utc::now().timestamp());
         match self
             .submit(|reply| writer::Op::Deliver {
-                users,
-                body,
-                flags,
-                internal_date,
+                message: NewMessage {
+                    internal_date: Some(internal_date),
+                    ..message
+                },
                 reply,
             })
             .await?
         {
-            writer::Reply::Uids(uids) => Ok(uids),
+            writer::Reply::Uids(uids) => Ok(uids[0]),
             writer::Reply::Failed(e) => Err(StoreError::Failed(e)),
             writer::Reply::Flags(_) => unreachable!("deliver op answered with flags"),
         }
+    }
+
+    /// Records that replica `node` has `uid`, so it is not pushed there again.
+    pub async fn acked(&self, user: &str, uid: u32, node: u32) -> Result<(), StoreError> {
+        match self
+            .submit(|reply| writer::Op::Acked {
+                user: user.to_string(),
+                uid,
+                node,
+                reply,
+            })
+            .await?
+        {
+            writer::Reply::Failed(e) => Err(StoreError::Failed(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Up to `limit` messages still to be pushed to replicas, oldest first.
+    pub fn pending_pushes(&self, limit: usize) -> Vec<PendingPush> {
+        let index = self.shared.index.lock().unwrap();
+        index
+            .pending
+            .iter()
+            .take(limit)
+            .map(|((user, uid), targets)| PendingPush {
+                user: user.clone(),
+                uid: *uid,
+                targets: targets.clone(),
+            })
+            .collect()
+    }
+
+    /// Replica pushes not yet acknowledged (one per message and target).
+    pub fn push_backlog(&self) -> u64 {
+        let index = self.shared.index.lock().unwrap();
+        index.pending.values().map(|t| t.len() as u64).sum()
+    }
+
+    /// Every user with a mailbox fragment on this node.
+    pub fn users(&self) -> Vec<String> {
+        let index = self.shared.index.lock().unwrap();
+        let mut users: Vec<String> = index
+            .mailboxes
+            .iter()
+            .filter(|(_, mb)| !mb.messages.is_empty())
+            .map(|(u, _)| u.clone())
+            .collect();
+        users.sort();
+        users
+    }
+
+    /// The highest UID sequence number this node has seen for `user`.
+    pub fn max_seq(&self, user: &str) -> u32 {
+        let index = self.shared.index.lock().unwrap();
+        index.mailboxes.get(user).map_or(0, |mb| mb.max_seq)
+    }
+
+    /// This node's copy of one message's metadata, if it holds it.
+    pub fn message(&self, user: &str, uid: u32) -> Option<MessageMeta> {
+        let index = self.shared.index.lock().unwrap();
+        index
+            .mailboxes
+            .get(user)
+            .and_then(|mb| mb.messages.get(&uid))
+            .cloned()
     }
 
     /// Changes flags of `uids` (those still present) and returns their new flags.
@@ -270,12 +435,27 @@ impl Store {
         mode: FlagMode,
         flags: Flags,
     ) -> Result<Vec<(u32, Flags)>, StoreError> {
+        let ts_ms = chrono::Utc::now().timestamp_millis();
+        self.set_flags_at(user, uids, mode, flags, ts_ms).await
+    }
+
+    /// Like [`Store::set_flags`], as of `ts_ms`: a `Replace` older than the flags a message has
+    /// is ignored (last writer wins across replicas).
+    pub async fn set_flags_at(
+        &self,
+        user: &str,
+        uids: Vec<u32>,
+        mode: FlagMode,
+        flags: Flags,
+        ts_ms: i64,
+    ) -> Result<Vec<(u32, Flags)>, StoreError> {
         match self
             .submit(|reply| writer::Op::Flags {
                 user: user.to_string(),
                 uids,
                 mode,
                 flags,
+                ts_ms,
                 reply,
             })
             .await?
@@ -334,12 +514,12 @@ impl Store {
         match index.mailboxes.get(user) {
             Some(mb) => MailboxSnapshot {
                 uid_validity: self.shared.uid_validity,
-                uid_next: mb.uid_next.max(1),
+                uid_next: uid_of(mb.max_seq.min(UID_SEQ_MAX - 1) + 1, 0),
                 messages: mb.messages.values().cloned().collect(),
             },
             None => MailboxSnapshot {
                 uid_validity: self.shared.uid_validity,
-                uid_next: 1,
+                uid_next: uid_of(1, 0),
                 messages: Vec::new(),
             },
         }
@@ -347,16 +527,17 @@ impl Store {
 
     /// Reads a stored message's bytes.
     pub async fn read(&self, message: &MessageMeta) -> Result<Vec<u8>, StoreError> {
+        let location = message.location.ok_or(StoreError::NotFound)?;
         let file = self
             .shared
             .segments
             .read()
             .unwrap()
-            .get(&message.location.segment)
+            .get(&location.segment)
             .cloned()
             .ok_or(StoreError::NotFound)?;
         let len = message.size as usize;
-        let offset = message.location.offset;
+        let offset = location.offset;
         let metrics = self.shared.metrics.clone();
         tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
@@ -405,43 +586,69 @@ fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) 
             uid,
             internal_date,
             flags,
+            ts_ms,
+            targets,
             body,
         } => {
-            let body_offset =
-                offset + (record::FRAME_HEADER_BYTES + record::deliver_body_offset(user)) as u64;
+            let body_offset = offset
+                + (record::FRAME_HEADER_BYTES + record::deliver_body_offset(user, targets.len()))
+                    as u64;
             let mb = index.mailboxes.entry(user.clone()).or_default();
+            mb.max_seq = mb.max_seq.max(seq_of(*uid));
+            if mb.expunged.contains(uid) {
+                return;
+            }
             let meta = MessageMeta {
                 uid: *uid,
                 size: body.len() as u64,
                 internal_date: *internal_date,
                 flags: *flags,
-                location: Location {
+                flags_ts: *ts_ms,
+                location: Some(Location {
                     segment,
                     offset: body_offset,
-                },
+                }),
             };
-            mb.uid_next = mb.uid_next.max(uid + 1);
             if mb.messages.insert(*uid, meta).is_none() {
                 index.messages += 1;
                 index.bytes += body.len() as u64;
             }
+            if !targets.is_empty() {
+                index.pending.insert((user.clone(), *uid), targets.clone());
+            }
         }
-        Record::Flags { user, uid, flags } => {
+        Record::Flags {
+            user,
+            uid,
+            flags,
+            ts_ms,
+        } => {
             if let Some(m) = index
                 .mailboxes
                 .get_mut(user)
                 .and_then(|mb| mb.messages.get_mut(uid))
             {
                 m.flags = *flags;
+                m.flags_ts = *ts_ms;
             }
         }
         Record::Expunge { user, uids } => {
-            if let Some(mb) = index.mailboxes.get_mut(user) {
-                for uid in uids {
-                    if let Some(m) = mb.messages.remove(uid) {
-                        index.messages -= 1;
-                        index.bytes -= m.size;
-                    }
+            let mb = index.mailboxes.entry(user.clone()).or_default();
+            for uid in uids {
+                mb.expunged.insert(*uid);
+                if let Some(m) = mb.messages.remove(uid) {
+                    index.messages -= 1;
+                    index.bytes -= m.size;
+                }
+                index.pending.remove(&(user.clone(), *uid));
+            }
+        }
+        Record::Acked { user, uid, node } => {
+            let key = (user.clone(), *uid);
+            if let Some(targets) = index.pending.get_mut(&key) {
+                targets.retain(|t| t != node);
+                if targets.is_empty() {
+                    index.pending.remove(&key);
                 }
             }
         }

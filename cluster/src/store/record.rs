@@ -12,30 +12,40 @@ use super::Flags;
 pub const FRAME_HEADER_BYTES: usize = 8;
 /// Largest payload a record may have: the message limit's ceiling plus room for the header.
 pub const PAYLOAD_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Most replica targets one message can have.
+pub const TARGETS_MAX: usize = 255;
 
 const KIND_DELIVER: u8 = 1;
 const KIND_FLAGS: u8 = 2;
 const KIND_EXPUNGE: u8 = 3;
+const KIND_ACKED: u8 = 4;
 
 /// One durable change to a mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    /// A message added to `user`'s mailbox with `uid`.
+    /// A message added to `user`'s mailbox with `uid`. `targets` are the other replicas this
+    /// node still has to push the message to (empty on a replica).
     Deliver {
         user: String,
         uid: u32,
         internal_date: i64,
         flags: Flags,
+        /// When the flags were set (unix ms, the setting node's clock): last writer wins.
+        ts_ms: i64,
+        targets: Vec<u32>,
         body: Arc<[u8]>,
     },
-    /// `uid`'s flags are now exactly `flags`.
+    /// `uid`'s flags are now exactly `flags`, as of `ts_ms`.
     Flags {
         user: String,
         uid: u32,
         flags: Flags,
+        ts_ms: i64,
     },
-    /// These messages are gone.
+    /// These messages are gone (and must not come back from a late replica push).
     Expunge { user: String, uids: Vec<u32> },
+    /// Replica `node` has acknowledged `uid`: one fewer target to push it to.
+    Acked { user: String, uid: u32, node: u32 },
 }
 
 /// Why a frame could not be decoded.
@@ -48,8 +58,8 @@ pub enum FrameError {
 }
 
 /// Where, inside an encoded Deliver payload, the body starts (so readers can `pread` it later).
-pub fn deliver_body_offset(user: &str) -> usize {
-    1 + 2 + user.len() + 4 + 8 + 1
+pub fn deliver_body_offset(user: &str, targets: usize) -> usize {
+    1 + 2 + user.len() + 4 + 8 + 1 + 8 + 1 + 4 * targets
 }
 
 /// Appends the framed encoding of `record` to `out`.
@@ -62,20 +72,34 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             uid,
             internal_date,
             flags,
+            ts_ms,
+            targets,
             body,
         } => {
+            assert!(targets.len() <= TARGETS_MAX);
             out.push(KIND_DELIVER);
             put_str(out, user);
             out.extend_from_slice(&uid.to_le_bytes());
             out.extend_from_slice(&internal_date.to_le_bytes());
             out.push(flags.bits());
+            out.extend_from_slice(&ts_ms.to_le_bytes());
+            out.push(targets.len() as u8);
+            for t in targets {
+                out.extend_from_slice(&t.to_le_bytes());
+            }
             out.extend_from_slice(body);
         }
-        Record::Flags { user, uid, flags } => {
+        Record::Flags {
+            user,
+            uid,
+            flags,
+            ts_ms,
+        } => {
             out.push(KIND_FLAGS);
             put_str(out, user);
             out.extend_from_slice(&uid.to_le_bytes());
             out.push(flags.bits());
+            out.extend_from_slice(&ts_ms.to_le_bytes());
         }
         Record::Expunge { user, uids } => {
             out.push(KIND_EXPUNGE);
@@ -84,6 +108,12 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             for uid in uids {
                 out.extend_from_slice(&uid.to_le_bytes());
             }
+        }
+        Record::Acked { user, uid, node } => {
+            out.push(KIND_ACKED);
+            put_str(out, user);
+            out.extend_from_slice(&uid.to_le_bytes());
+            out.extend_from_slice(&node.to_le_bytes());
         }
     }
     let payload_len = out.len() - start - FRAME_HEADER_BYTES;
@@ -116,19 +146,33 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
             let uid = r.u32()?;
             let internal_date = r.i64()?;
             let flags = Flags::from_bits(r.u8()?);
+            let ts_ms = r.i64()?;
+            let n = r.u8()? as usize;
+            let mut targets = Vec::with_capacity(n);
+            for _ in 0..n {
+                targets.push(r.u32()?);
+            }
             let body = Arc::from(&payload[r.pos..]);
             Record::Deliver {
                 user,
                 uid,
                 internal_date,
                 flags,
+                ts_ms,
+                targets,
                 body,
             }
         }
         KIND_FLAGS => {
             let uid = r.u32()?;
             let flags = Flags::from_bits(r.u8()?);
-            Record::Flags { user, uid, flags }
+            let ts_ms = r.i64()?;
+            Record::Flags {
+                user,
+                uid,
+                flags,
+                ts_ms,
+            }
         }
         KIND_EXPUNGE => {
             let n = r.u32()? as usize;
@@ -140,6 +184,11 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
                 uids.push(r.u32()?);
             }
             Record::Expunge { user, uids }
+        }
+        KIND_ACKED => {
+            let uid = r.u32()?;
+            let node = r.u32()?;
+            Record::Acked { user, uid, node }
         }
         _ => return Err(FrameError::Corrupt("unknown record kind")),
     };
@@ -217,16 +266,24 @@ mod tests {
                 uid: 7,
                 internal_date: 1_700_000_000,
                 flags: Flags::SEEN,
+                ts_ms: 1_700_000_000_123,
+                targets: vec![2, 3],
                 body: Arc::from(&b"Subject: hi\r\n\r\nbody\r\n"[..]),
             },
             Record::Flags {
                 user: "user1".into(),
                 uid: 7,
                 flags: Flags::from_bits(Flags::SEEN.bits() | Flags::DELETED.bits()),
+                ts_ms: 5,
             },
             Record::Expunge {
                 user: "user1".into(),
                 uids: vec![7, 9],
+            },
+            Record::Acked {
+                user: "user1".into(),
+                uid: 7,
+                node: 3,
             },
         ]
     }
@@ -251,7 +308,7 @@ mod tests {
         let mut buf = Vec::new();
         let r = &samples()[0];
         encode(r, &mut buf);
-        let off = FRAME_HEADER_BYTES + deliver_body_offset("user1");
+        let off = FRAME_HEADER_BYTES + deliver_body_offset("user1", 2);
         assert_eq!(&buf[off..], b"Subject: hi\r\n\r\nbody\r\n");
     }
 

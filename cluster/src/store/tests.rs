@@ -4,7 +4,7 @@ use std::sync::Arc;
 use super::*;
 
 fn open(dir: &Path) -> Store {
-    Store::open(dir, DiskConfig::Real, Arc::new(Metrics::new())).unwrap()
+    Store::open(dir, 1, DiskConfig::Real, Arc::new(Metrics::new())).unwrap()
 }
 
 fn body(text: &str) -> Arc<[u8]> {
@@ -27,35 +27,38 @@ async fn delivered_messages_survive_reopen_with_stable_uids() {
             )
             .await
             .unwrap();
-        assert_eq!(uids, vec![1, 1]);
+        assert_eq!(uids, vec![uid_of(1, 1), uid_of(1, 1)]);
         let uids = store
             .deliver(vec!["a".into()], body("two\r\n"), Flags::empty(), None)
             .await
             .unwrap();
-        assert_eq!(uids, vec![2]);
+        assert_eq!(uids, vec![uid_of(2, 1)]);
         store
-            .set_flags("a", vec![1], FlagMode::Add, Flags::SEEN)
+            .set_flags("a", vec![uid_of(1, 1)], FlagMode::Add, Flags::SEEN)
             .await
             .unwrap();
-        assert_eq!(store.expunge("b", vec![1, 99]).await.unwrap(), vec![1]);
+        assert_eq!(
+            store.expunge("b", vec![uid_of(1, 1), 99]).await.unwrap(),
+            vec![uid_of(1, 1)]
+        );
     }
     let store = open(dir.path());
     assert_eq!(store.uid_validity(), uidvalidity);
     let a = store.snapshot("a");
     assert_eq!(
         a.messages.iter().map(|m| m.uid).collect::<Vec<_>>(),
-        vec![1, 2]
+        vec![uid_of(1, 1), uid_of(2, 1)]
     );
     assert!(a.messages[0].flags.contains(Flags::SEEN));
     assert_eq!(store.read(&a.messages[1]).await.unwrap(), b"two\r\n");
     assert!(store.snapshot("b").messages.is_empty());
     // UIDs are never reused, even after the newest message is expunged.
-    store.expunge("a", vec![2]).await.unwrap();
+    store.expunge("a", vec![uid_of(2, 1)]).await.unwrap();
     let uids = store
         .deliver(vec!["a".into()], body("three\r\n"), Flags::empty(), None)
         .await
         .unwrap();
-    assert_eq!(uids, vec![3]);
+    assert_eq!(uids, vec![uid_of(3, 1)]);
 }
 
 #[tokio::test]
@@ -75,9 +78,11 @@ async fn torn_tail_is_discarded_and_earlier_records_kept() {
     record::encode(
         &record::Record::Deliver {
             user: "a".into(),
-            uid: 2,
+            uid: uid_of(2, 1),
             internal_date: 0,
             flags: Flags::empty(),
+            ts_ms: 0,
+            targets: Vec::new(),
             body: body("lost in the crash\r\n"),
         },
         &mut torn,
@@ -96,7 +101,7 @@ async fn torn_tail_is_discarded_and_earlier_records_kept() {
         .deliver(vec!["a".into()], body("after\r\n"), Flags::empty(), None)
         .await
         .unwrap();
-    assert_eq!(uids, vec![2]);
+    assert_eq!(uids, vec![uid_of(2, 1)]);
 }
 
 #[tokio::test]
@@ -123,7 +128,7 @@ async fn concurrent_deliveries_get_distinct_ascending_uids() {
         uids.push(t.await.unwrap());
     }
     uids.sort_unstable();
-    assert_eq!(uids, (1..=200).collect::<Vec<u32>>());
+    assert_eq!(uids, (1..=200).map(|s| uid_of(s, 1)).collect::<Vec<u32>>());
     assert_eq!(store.stats().messages, 200);
 }
 
@@ -136,27 +141,32 @@ async fn flag_modes_compose() {
         .await
         .unwrap();
     let r = store
-        .set_flags("a", vec![1], FlagMode::Add, Flags::SEEN)
+        .set_flags("a", vec![uid_of(1, 1)], FlagMode::Add, Flags::SEEN)
         .await
         .unwrap();
-    assert_eq!(r, vec![(1, Flags::DRAFT.union(Flags::SEEN))]);
+    assert_eq!(r, vec![(uid_of(1, 1), Flags::DRAFT.union(Flags::SEEN))]);
     let r = store
-        .set_flags("a", vec![1], FlagMode::Remove, Flags::DRAFT)
+        .set_flags("a", vec![uid_of(1, 1)], FlagMode::Remove, Flags::DRAFT)
         .await
         .unwrap();
-    assert_eq!(r, vec![(1, Flags::SEEN)]);
+    assert_eq!(r, vec![(uid_of(1, 1), Flags::SEEN)]);
     let r = store
-        .set_flags("a", vec![1, 5], FlagMode::Replace, Flags::FLAGGED)
+        .set_flags(
+            "a",
+            vec![uid_of(1, 1), 5],
+            FlagMode::Replace,
+            Flags::FLAGGED,
+        )
         .await
         .unwrap();
-    assert_eq!(r, vec![(1, Flags::FLAGGED)]);
+    assert_eq!(r, vec![(uid_of(1, 1), Flags::FLAGGED)]);
 }
 
 #[test]
 fn a_second_store_on_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _first = open(dir.path());
-    match Store::open(dir.path(), DiskConfig::Real, Arc::new(Metrics::new())) {
+    match Store::open(dir.path(), 1, DiskConfig::Real, Arc::new(Metrics::new())) {
         Err(StoreError::Locked(_)) => {}
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("second store opened the same directory"),
@@ -170,7 +180,7 @@ async fn modelled_disk_charges_one_sync_per_record() {
         syncs_per_s: 100.0,
         latency_ms: 0.0,
     };
-    let store = Store::open(dir.path(), disk, Arc::new(Metrics::new())).unwrap();
+    let store = Store::open(dir.path(), 1, disk, Arc::new(Metrics::new())).unwrap();
     let start = std::time::Instant::now();
     // 20 records, one after another: at 100 syncs/s that is at least 200 ms of device time.
     for i in 0..20 {
@@ -189,4 +199,95 @@ async fn modelled_disk_charges_one_sync_per_record() {
     drop(store);
     let store = open(dir.path());
     assert_eq!(store.snapshot("a").messages.len(), 20);
+}
+
+fn replica(user: &str, uid: u32, text: &str) -> NewMessage {
+    NewMessage {
+        user: user.into(),
+        body: body(text),
+        flags: Flags::empty(),
+        internal_date: None,
+        uid: Some(uid),
+        seq_hint: 0,
+        ts_ms: 1,
+        targets: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn replicas_are_stored_once_and_never_after_an_expunge() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let uid = uid_of(7, 2);
+    assert_eq!(store.store(replica("a", uid, "r\r\n")).await.unwrap(), uid);
+    assert_eq!(store.store(replica("a", uid, "r\r\n")).await.unwrap(), uid);
+    assert_eq!(store.snapshot("a").messages.len(), 1);
+    // This node's next own UID for the user is above the replica's.
+    let own = store
+        .deliver(vec!["a".into()], body("x\r\n"), Flags::empty(), None)
+        .await
+        .unwrap()[0];
+    assert_eq!(own, uid_of(8, 1));
+    store.expunge("a", vec![uid]).await.unwrap();
+    store.store(replica("a", uid, "r\r\n")).await.unwrap();
+    assert_eq!(
+        store.snapshot("a").messages.len(),
+        1,
+        "an expunged replica came back"
+    );
+    drop(store);
+    let store = open(dir.path());
+    store.store(replica("a", uid, "r\r\n")).await.unwrap();
+    assert_eq!(
+        store.snapshot("a").messages.len(),
+        1,
+        "the tombstone did not survive a restart"
+    );
+}
+
+#[tokio::test]
+async fn pending_pushes_are_logged_and_retired_by_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let uid = store
+        .store(NewMessage {
+            targets: vec![2, 3],
+            uid: None,
+            ..replica("a", 0, "m\r\n")
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.push_backlog(), 2);
+    store.acked("a", uid, 2).await.unwrap();
+    drop(store);
+    // The remaining target survives a crash, and is retired by its ack.
+    let store = open(dir.path());
+    assert_eq!(
+        store.pending_pushes(10),
+        vec![PendingPush {
+            user: "a".into(),
+            uid,
+            targets: vec![3]
+        }]
+    );
+    store.acked("a", uid, 3).await.unwrap();
+    assert_eq!(store.push_backlog(), 0);
+}
+
+#[tokio::test]
+async fn older_flag_replacements_lose_to_newer_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let uid = uid_of(1, 2);
+    store.store(replica("a", uid, "m\r\n")).await.unwrap();
+    store
+        .set_flags_at("a", vec![uid], FlagMode::Replace, Flags::SEEN, 100)
+        .await
+        .unwrap();
+    let r = store
+        .set_flags_at("a", vec![uid], FlagMode::Replace, Flags::FLAGGED, 50)
+        .await
+        .unwrap();
+    assert_eq!(r, vec![(uid, Flags::SEEN)]);
+    assert_eq!(store.message("a", uid).unwrap().flags, Flags::SEEN);
 }

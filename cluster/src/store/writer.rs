@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::record::{self, Record};
 use super::segment::{self, Head, SEGMENT_BYTES_TARGET};
-use super::{apply, Flags, Shared};
+use super::{apply, seq_of, uid_of, Flags, Index, NewMessage, Shared, UID_SEQ_MAX};
 use crate::config::DiskConfig;
 
 /// Changes taken into one batch at most (one fsync covers them all).
@@ -32,10 +32,7 @@ pub enum FlagMode {
 
 pub enum Op {
     Deliver {
-        users: Vec<String>,
-        body: Arc<[u8]>,
-        flags: Flags,
-        internal_date: i64,
+        message: NewMessage,
         reply: oneshot::Sender<Reply>,
     },
     Flags {
@@ -43,11 +40,18 @@ pub enum Op {
         uids: Vec<u32>,
         mode: FlagMode,
         flags: Flags,
+        ts_ms: i64,
         reply: oneshot::Sender<Reply>,
     },
     Expunge {
         user: String,
         uids: Vec<u32>,
+        reply: oneshot::Sender<Reply>,
+    },
+    Acked {
+        user: String,
+        uid: u32,
+        node: u32,
         reply: oneshot::Sender<Reply>,
     },
 }
@@ -125,132 +129,29 @@ impl Writer {
         let mut carry: Vec<Op> = Vec::new();
         {
             // Sequence the batch against the index as it will be once earlier ops are applied:
-            // UIDs handed out in this batch, and flags changed in it, are tracked here.
+            // what this batch delivers, flags, expunges and acknowledges is tracked here.
             let index = self.shared.index.lock().unwrap();
-            let mut next_uid: HashMap<String, u32> = HashMap::new();
-            let mut flags_now: HashMap<(String, u32), Flags> = HashMap::new();
-            let mut gone: HashSet<(String, u32)> = HashSet::new();
+            let mut overlay = Overlay::default();
             for op in batch {
                 if buf.len() >= BATCH_BYTES_MAX {
                     carry.push(op);
                     continue;
                 }
-                let base = self.head.len;
-                match op {
-                    Op::Deliver {
-                        users,
-                        body,
-                        flags,
-                        internal_date,
-                        reply,
-                    } => {
-                        let mut uids = Vec::with_capacity(users.len());
-                        let mut records = Vec::with_capacity(users.len());
-                        for user in users {
-                            let uid = match next_uid.get(&user) {
-                                Some(&n) => n,
-                                None => index
-                                    .mailboxes
-                                    .get(&user)
-                                    .map(|m| m.uid_next.max(1))
-                                    .unwrap_or(1),
-                            };
-                            let r = Record::Deliver {
-                                user: user.clone(),
-                                uid,
-                                internal_date,
-                                flags,
-                                body: body.clone(),
-                            };
-                            let at = base + buf.len() as u64;
-                            record::encode(&r, &mut buf);
-                            records.push((at, r));
-                            uids.push(uid);
-                            next_uid.insert(user, uid + 1);
-                        }
-                        pending.push(Pending {
-                            reply,
-                            answer: Reply::Uids(uids),
-                            records,
-                        });
-                    }
-                    Op::Flags {
-                        user,
-                        uids,
-                        mode,
-                        flags,
-                        reply,
-                    } => {
-                        let mut changed = Vec::new();
-                        let mut records = Vec::new();
-                        for uid in uids {
-                            let key = (user.clone(), uid);
-                            if gone.contains(&key) {
-                                continue;
-                            }
-                            let current = match flags_now.get(&key) {
-                                Some(f) => *f,
-                                None => match index
-                                    .mailboxes
-                                    .get(&user)
-                                    .and_then(|m| m.messages.get(&uid))
-                                {
-                                    Some(m) => m.flags,
-                                    None => continue,
-                                },
-                            };
-                            let new = match mode {
-                                FlagMode::Replace => flags,
-                                FlagMode::Add => current.union(flags),
-                                FlagMode::Remove => current.difference(flags),
-                            };
-                            changed.push((uid, new));
-                            if new != current {
-                                let r = Record::Flags {
-                                    user: user.clone(),
-                                    uid,
-                                    flags: new,
-                                };
-                                let at = base + buf.len() as u64;
-                                record::encode(&r, &mut buf);
-                                records.push((at, r));
-                                flags_now.insert(key, new);
-                            }
-                        }
-                        pending.push(Pending {
-                            reply,
-                            answer: Reply::Flags(changed),
-                            records,
-                        });
-                    }
-                    Op::Expunge { user, uids, reply } => {
-                        let mut removed = Vec::new();
-                        if let Some(mb) = index.mailboxes.get(&user) {
-                            for uid in uids {
-                                let key = (user.clone(), uid);
-                                if mb.messages.contains_key(&uid) && !gone.contains(&key) {
-                                    gone.insert(key);
-                                    removed.push(uid);
-                                }
-                            }
-                        }
-                        let mut records = Vec::new();
-                        if !removed.is_empty() {
-                            let r = Record::Expunge {
-                                user,
-                                uids: removed.clone(),
-                            };
-                            let at = base + buf.len() as u64;
-                            record::encode(&r, &mut buf);
-                            records.push((at, r));
-                        }
-                        pending.push(Pending {
-                            reply,
-                            answer: Reply::Uids(removed),
-                            records,
-                        });
-                    }
+                let base = self.head.len + buf.len() as u64;
+                let (reply, answer, records) = self.sequence(&index, &mut overlay, op);
+                let mut at = base;
+                let mut placed = Vec::with_capacity(records.len());
+                for r in records {
+                    let before = buf.len();
+                    record::encode(&r, &mut buf);
+                    placed.push((at, r));
+                    at += (buf.len() - before) as u64;
                 }
+                pending.push(Pending {
+                    reply,
+                    answer,
+                    records: placed,
+                });
             }
         }
         if !buf.is_empty() {
@@ -333,6 +234,153 @@ impl Writer {
         }
     }
 
+    /// Decides what one op writes, given the index and what earlier ops of the batch did.
+    fn sequence(
+        &self,
+        index: &Index,
+        overlay: &mut Overlay,
+        op: Op,
+    ) -> (oneshot::Sender<Reply>, Reply, Vec<Record>) {
+        match op {
+            Op::Deliver { message, reply } => {
+                let mb = index.mailboxes.get(&message.user);
+                let key = |uid| (message.user.clone(), uid);
+                let uid = match message.uid {
+                    Some(uid) => {
+                        // A replica: store it once, and never after an expunge.
+                        let present = mb.is_some_and(|m| {
+                            m.messages.contains_key(&uid) || m.expunged.contains(&uid)
+                        }) || overlay.delivered.contains(&key(uid))
+                            || overlay.gone.contains(&key(uid));
+                        if present {
+                            return (reply, Reply::Uids(vec![uid]), Vec::new());
+                        }
+                        uid
+                    }
+                    None => {
+                        let seen = overlay
+                            .max_seq
+                            .get(&message.user)
+                            .copied()
+                            .unwrap_or_else(|| mb.map_or(0, |m| m.max_seq));
+                        let seq = seen.max(message.seq_hint) + 1;
+                        if seq > UID_SEQ_MAX {
+                            return (
+                                reply,
+                                Reply::Failed(format!(
+                                    "mailbox {} has used every UID",
+                                    message.user
+                                )),
+                                Vec::new(),
+                            );
+                        }
+                        uid_of(seq, self.shared.node_id)
+                    }
+                };
+                let max_seq = overlay
+                    .max_seq
+                    .entry(message.user.clone())
+                    .or_insert_with(|| mb.map_or(0, |m| m.max_seq));
+                *max_seq = (*max_seq).max(seq_of(uid));
+                overlay.delivered.insert(key(uid));
+                let record = Record::Deliver {
+                    user: message.user,
+                    uid,
+                    internal_date: message.internal_date.unwrap_or(0),
+                    flags: message.flags,
+                    ts_ms: message.ts_ms,
+                    targets: message.targets,
+                    body: message.body,
+                };
+                (reply, Reply::Uids(vec![uid]), vec![record])
+            }
+            Op::Flags {
+                user,
+                uids,
+                mode,
+                flags,
+                ts_ms,
+                reply,
+            } => {
+                let mut changed = Vec::new();
+                let mut records = Vec::new();
+                for uid in uids {
+                    let key = (user.clone(), uid);
+                    if overlay.gone.contains(&key) {
+                        continue;
+                    }
+                    let (current, current_ts) = match overlay.flags.get(&key) {
+                        Some(f) => *f,
+                        None => match index
+                            .mailboxes
+                            .get(&user)
+                            .and_then(|m| m.messages.get(&uid))
+                        {
+                            Some(m) => (m.flags, m.flags_ts),
+                            None => continue,
+                        },
+                    };
+                    let new = match mode {
+                        // An older replace (a late replica push) loses to a newer setting.
+                        FlagMode::Replace if ts_ms < current_ts => current,
+                        FlagMode::Replace => flags,
+                        FlagMode::Add => current.union(flags),
+                        FlagMode::Remove => current.difference(flags),
+                    };
+                    changed.push((uid, new));
+                    if new != current {
+                        let ts_ms = ts_ms.max(current_ts);
+                        records.push(Record::Flags {
+                            user: user.clone(),
+                            uid,
+                            flags: new,
+                            ts_ms,
+                        });
+                        overlay.flags.insert(key, (new, ts_ms));
+                    }
+                }
+                (reply, Reply::Flags(changed), records)
+            }
+            Op::Expunge { user, uids, reply } => {
+                let mut removed = Vec::new();
+                let mb = index.mailboxes.get(&user);
+                for uid in uids {
+                    let key = (user.clone(), uid);
+                    let present = mb.is_some_and(|m| m.messages.contains_key(&uid))
+                        || overlay.delivered.contains(&key);
+                    if present && overlay.gone.insert(key) {
+                        removed.push(uid);
+                    }
+                }
+                let records = if removed.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![Record::Expunge {
+                        user,
+                        uids: removed.clone(),
+                    }]
+                };
+                (reply, Reply::Uids(removed), records)
+            }
+            Op::Acked {
+                user,
+                uid,
+                node,
+                reply,
+            } => {
+                let key = (user.clone(), uid);
+                let waiting = index.pending.get(&key).is_some_and(|t| t.contains(&node))
+                    && overlay.acked.insert((user.clone(), uid, node));
+                let records = if waiting {
+                    vec![Record::Acked { user, uid, node }]
+                } else {
+                    Vec::new()
+                };
+                (reply, Reply::Uids(Vec::new()), records)
+            }
+        }
+    }
+
     fn roll(&mut self) -> std::io::Result<()> {
         let next = segment::create_segment(&self.shared.dir, self.head.id + 1)?;
         self.shared
@@ -352,6 +400,19 @@ impl Writer {
 
 fn reply_of(op: Op) -> oneshot::Sender<Reply> {
     match op {
-        Op::Deliver { reply, .. } | Op::Flags { reply, .. } | Op::Expunge { reply, .. } => reply,
+        Op::Deliver { reply, .. }
+        | Op::Flags { reply, .. }
+        | Op::Expunge { reply, .. }
+        | Op::Acked { reply, .. } => reply,
     }
+}
+
+/// What earlier ops of the batch being sequenced did, before the index shows it.
+#[derive(Default)]
+struct Overlay {
+    max_seq: HashMap<String, u32>,
+    delivered: HashSet<(String, u32)>,
+    flags: HashMap<(String, u32), (Flags, i64)>,
+    gone: HashSet<(String, u32)>,
+    acked: HashSet<(String, u32, u32)>,
 }
