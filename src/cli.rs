@@ -91,4 +91,31 @@ pub struct ClusterUpArgs {
     /// A node configuration file (TOML) whose limits and settings every node starts from.
     #[arg(long)]
     pub node_config: Option<PathBuf>,
+    /// Copies of every message, on distinct nodes (1..=nodes). Default: as in --node-config, else 1.
+    #[arg(long)]
+    pub replication: Option<u32>,
+    /// Soft limit on the nodes one mailbox spreads over (dynamic placement). Default 2.
+    #[arg(long)]
+    pub spread: Option<u32>,
+    /// Where new messages go: dynamic, random or static. Default dynamic.
+    #[arg(long, value_enum)]
+    pub placement: Option<PlacementArg>,
+}
+
+/// The placement policies, as the command line names them.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PlacementArg {
+    Dynamic,
+    Random,
+    Static,
+}
+
+impl From<PlacementArg> for cluster::mail::Placement {
+    fn from(p: PlacementArg) -> Self {
+        match p {
+            PlacementArg::Dynamic => cluster::mail::Placement::Dynamic,
+            PlacementArg::Random => cluster::mail::Placement::Random,
+            PlacementArg::Static => cluster::mail::Placement::Static,
+        }
+    }
 }

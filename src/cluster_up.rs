@@ -35,6 +35,12 @@ pub struct ClusterFile {
     pub domain: String,
     pub admin_token: String,
     pub users: UsersInfo,
+    /// UIDVALIDITY of every mailbox on every node; kept across restarts of the cluster.
+    #[serde(default)]
+    pub uid_validity: u32,
+    pub replication: u32,
+    pub spread: u32,
+    pub placement: cluster::mail::Placement,
     pub nodes: Vec<NodeInfo>,
 }
 
@@ -125,6 +131,29 @@ async fn up(args: ClusterUpArgs) -> anyhow::Result<()> {
 
     let mut signals = StopSignals::install()?;
     let peers = peer_addresses(args.host, args.base_port, args.nodes)?;
+    let uid_validity = previous
+        .as_ref()
+        .map(|p| p.uid_validity)
+        .filter(|&v| v != 0)
+        .unwrap_or_else(|| (chrono_now_s() as u32).max(1));
+    let mut cluster_settings = template.cluster.clone();
+    if let Some(r) = args.replication {
+        cluster_settings.replication = r;
+    }
+    if let Some(s) = args.spread {
+        cluster_settings.spread = s;
+    }
+    if let Some(p) = args.placement {
+        cluster_settings.placement = p.into();
+    }
+    cluster_settings.uid_validity = uid_validity;
+    if cluster_settings.replication == 0 || cluster_settings.replication > args.nodes {
+        bail!(
+            "--replication must be between 1 and the number of nodes ({}), got {}",
+            args.nodes,
+            cluster_settings.replication
+        );
+    }
     let (exits_tx, mut exits) = mpsc::channel::<(u32, String)>(NODES_MAX as usize);
     let mut nodes = Vec::new();
     for id in 1..=args.nodes {
@@ -134,6 +163,7 @@ async fn up(args: ClusterUpArgs) -> anyhow::Result<()> {
         config.domain = domain.clone();
         config.admin_token = admin_token.clone();
         config.users = users.clone();
+        config.cluster = cluster_settings.clone();
         config.listen = listen_for(args.host, args.base_port, id)?;
         if let Some(peer) = peers.iter().find(|p| p.id == id) {
             config.listen.peer = peer.addr;
@@ -160,6 +190,10 @@ async fn up(args: ClusterUpArgs) -> anyhow::Result<()> {
             first: users.first,
             password: users.password.clone(),
         },
+        uid_validity,
+        replication: cluster_settings.replication,
+        spread: cluster_settings.spread,
+        placement: cluster_settings.placement,
         nodes: nodes.clone(),
     };
     write_atomically(
@@ -195,6 +229,12 @@ fn read_previous(path: &Path) -> anyhow::Result<Option<ClusterFile>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+fn chrono_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs())
 }
 
 fn random_token() -> String {
@@ -398,8 +438,11 @@ fn signal(pid: u32, sig: libc::c_int) {
 fn print_summary(file: &ClusterFile, path: &Path) {
     let u = &file.users;
     println!(
-        "clusterbench cluster: {} node(s), domain {}, users {}..{} (password {:?})",
+        "clusterbench cluster: {} node(s), replication {}, {} placement (spread {}), domain {}, users {}..{} (password {:?})",
         file.nodes.len(),
+        file.replication,
+        file.placement.name(),
+        file.spread,
         file.domain,
         u.pattern.replace("{n}", &u.first.to_string()),
         u.pattern

@@ -43,6 +43,9 @@ pub struct Status {
     pub buckets_managed: u32,
     pub buckets: u32,
     pub faults: Faults,
+    pub replication: Replication,
+    pub placement: String,
+    pub spread: u32,
     pub endpoints: Endpoints,
     pub domain: String,
     pub uptime_s: f64,
@@ -60,6 +63,13 @@ pub struct View {
     pub changes: u64,
     /// Unix milliseconds when the current view was installed.
     pub installed_at_ms: i64,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Replication {
+    pub factor: u32,
+    /// Replica pushes this node has logged and not yet had acknowledged.
+    pub backlog: u64,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -94,6 +104,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoints: Endpoint
             "/faults",
             post(set_faults).delete(clear_faults).get(get_faults),
         )
+        .route("/mailboxes/{user}", get(mailbox))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);
     let result = axum::serve(listener, app)
@@ -149,6 +160,12 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
         buckets_managed: info.usermap.buckets_of(ctx.config.id).len() as u32,
         buckets: ctx.config.cluster.buckets,
         faults: ctx.faults.get(),
+        replication: Replication {
+            factor: ctx.config.cluster.replication,
+            backlog: ctx.store.push_backlog(),
+        },
+        placement: ctx.config.cluster.placement.name().to_string(),
+        spread: ctx.config.cluster.spread,
         endpoints: state.endpoints,
         domain: ctx.config.domain.clone(),
         uptime_s: ctx.started.elapsed().as_secs_f64(),
@@ -222,4 +239,19 @@ fn bad_request(error: String) -> Response {
         Json(serde_json::json!({ "error": error })),
     )
         .into_response()
+}
+
+/// This node's own fragment of one user's mailbox (not the merged mailbox clients see).
+async fn mailbox(
+    State(state): State<AppState>,
+    axum::extract::Path(user): axum::extract::Path<String>,
+) -> Json<serde_json::Value> {
+    let user = user.to_ascii_lowercase();
+    let snapshot = state.ctx.store.snapshot(&user);
+    let uids: Vec<u32> = snapshot.messages.iter().map(|m| m.uid).collect();
+    Json(serde_json::json!({
+        "user": user,
+        "messages": uids.len(),
+        "uids": uids,
+    }))
 }

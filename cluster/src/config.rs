@@ -162,6 +162,15 @@ pub struct ClusterConfig {
     pub peers: Vec<Peer>,
     /// Buckets of the user map.
     pub buckets: u32,
+    /// Copies of every message, on distinct nodes.
+    pub replication: u32,
+    /// Soft limit on the nodes one mailbox spreads over (dynamic placement).
+    pub spread: u32,
+    /// Where new messages go: dynamic (spread and load), random, or static (home node).
+    pub placement: crate::mail::Placement,
+    /// UIDVALIDITY every node reports, so a mailbox looks the same through any node. 0: this
+    /// node's own (from its data directory), which suits a node alone.
+    pub uid_validity: u32,
     /// Timers of the membership protocol.
     pub membership: crate::membership::Config,
 }
@@ -181,6 +190,10 @@ impl Default for ClusterConfig {
         ClusterConfig {
             peers: Vec::new(),
             buckets: crate::usermap::BUCKETS_DEFAULT,
+            replication: 1,
+            spread: 2,
+            placement: Default::default(),
+            uid_validity: 0,
             membership: Default::default(),
         }
     }
@@ -216,6 +229,16 @@ impl ClusterConfig {
                 crate::usermap::BUCKETS_MAX,
                 self.buckets
             ));
+        }
+        let nodes = self.peers.len().max(1) as u32;
+        if self.replication == 0 || self.replication > nodes {
+            return Err(format!(
+                "cluster.replication: must be between 1 and the number of nodes ({nodes}), got {}",
+                self.replication
+            ));
+        }
+        if self.spread == 0 {
+            return Err("cluster.spread: must be at least 1".into());
         }
         self.membership.validate().map_err(|e| e.to_string())
     }

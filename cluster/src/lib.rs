@@ -10,6 +10,7 @@ pub mod conn;
 pub mod directory;
 pub mod faults;
 pub mod imap;
+pub mod mail;
 pub mod membership;
 pub mod metrics;
 pub mod node;

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use crate::config::NodeConfig;
 use crate::directory::Directory;
 use crate::faults::FaultSwitch;
+use crate::mail::{MailConfig, MailService};
 use crate::metrics::Metrics;
 use crate::peering::{self, ViewInfo};
 use crate::store::Store;
@@ -38,6 +39,8 @@ pub struct Context {
     pub faults: Arc<FaultSwitch>,
     /// The membership view this node is in, kept current by the peering driver.
     pub view: watch::Receiver<ViewInfo>,
+    /// The cluster-wide mailboxes the front ends serve (this node's store is one fragment).
+    pub mail: Arc<MailService>,
 }
 
 /// The addresses a running node listens on.
@@ -123,15 +126,37 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     };
     let (stop, shutdown) = watch::channel(false);
     let faults = Arc::new(FaultSwitch::default());
+    let (mail_tx, mail_rx) = tokio::sync::mpsc::channel(peering::MAIL_INBOUND_MAX);
     let peering = peering::start(
         &config,
         peer_l,
         faults.clone(),
         metrics.transport(),
+        mail_tx,
+        shutdown.clone(),
+    );
+    let mail = MailService::start(
+        store.clone(),
+        peering.view.clone(),
+        peering.transport.clone(),
+        MailConfig {
+            id: config.id,
+            replication: config.cluster.replication as usize,
+            spread: config.cluster.spread as usize,
+            placement: config.cluster.placement,
+            all: config.cluster.ids(config.id),
+            uid_validity: match config.cluster.uid_validity {
+                0 => store.uid_validity(),
+                v => v,
+            },
+        },
+        faults.clone(),
+        mail_rx,
         shutdown.clone(),
     );
     let context = Arc::new(Context {
         faults,
+        mail,
         view: peering.view,
         directory: Directory::new(&config.domain, config.users.clone()),
         config,

@@ -24,7 +24,12 @@ use crate::usermap::UserMap;
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerMessage {
     Membership(membership::Message),
+    /// Everything else belongs to the mail service (requests, responses, reports, load).
+    Mail(crate::mail::wire::MailMessage),
 }
+
+/// Messages for the mail service waiting to be handled, at most.
+pub const MAIL_INBOUND_MAX: usize = 4096;
 
 /// The view this node is in, with what follows from it.
 #[derive(Debug, Clone)]
@@ -49,6 +54,7 @@ pub fn start(
     listener: Option<TcpListener>,
     faults: Arc<FaultSwitch>,
     metrics: TransportMetrics,
+    mail_inbound: mpsc::Sender<(u32, crate::mail::wire::MailMessage)>,
     shutdown: watch::Receiver<bool>,
 ) -> Peering {
     let id = config.id;
@@ -88,11 +94,14 @@ pub fn start(
         _ => (None, None),
     };
     tokio::spawn(drive(
-        machine,
-        origin,
-        buckets,
+        Driver {
+            machine,
+            origin,
+            buckets,
+        },
         transport.clone(),
         inbound,
+        mail_inbound,
         view_tx,
         shutdown,
     ));
@@ -102,16 +111,27 @@ pub fn start(
     }
 }
 
-/// Runs the state machine until shutdown: messages and timer ticks in, sends and views out.
-async fn drive(
-    mut machine: Membership,
+/// The state machine with the clock origin its times count from.
+struct Driver {
+    machine: Membership,
     origin: Instant,
     buckets: u32,
+}
+
+/// Runs the state machine until shutdown: messages and timer ticks in, sends and views out.
+async fn drive(
+    driver: Driver,
     transport: Option<Transport<PeerMessage>>,
     mut inbound: Option<mpsc::Receiver<(u32, PeerMessage)>>,
+    mail_inbound: mpsc::Sender<(u32, crate::mail::wire::MailMessage)>,
     view_tx: watch::Sender<ViewInfo>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Driver {
+        mut machine,
+        origin,
+        buckets,
+    } = driver;
     let now_ms = move || origin.elapsed().as_millis() as u64;
     loop {
         for (to, msg) in machine.poll_outgoing() {
@@ -139,6 +159,12 @@ async fn drive(
             _ = tokio::time::sleep_until(deadline) => machine.tick(now_ms()),
             Some((from, msg)) = recv(&mut inbound) => match msg {
                 PeerMessage::Membership(m) => machine.step(from, m, now_ms()),
+                // Never wait on the mail service: membership must keep its timing under load.
+                PeerMessage::Mail(m) => {
+                    if mail_inbound.try_send((from, m)).is_err() {
+                        tracing::debug!(from, "mail service inbound queue full; message dropped");
+                    }
+                }
             },
             _ = shutdown.wait_for(|s| *s) => return,
         }

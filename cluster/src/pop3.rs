@@ -171,7 +171,7 @@ async fn command(
                 let Some(user) = ctx.directory.authenticate(&login, arg) else {
                     return Ok(Reply::Err(b"-ERR [AUTH] invalid user name or password\r\n"));
                 };
-                let snapshot = ctx.store.snapshot(&user);
+                let snapshot = ctx.mail.snapshot(&user).await;
                 let drop = Maildrop {
                     user,
                     uid_validity: snapshot.uid_validity,
@@ -253,7 +253,7 @@ async fn command(
                     Ok((_, m)) => m.clone(),
                     Err(e) => return Ok(Reply::Err(e)),
                 };
-                let body = match ctx.store.read(&meta).await {
+                let body = match ctx.mail.read(&drop.user, &meta).await {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::error!(user = %drop.user, uid = meta.uid, "reading a message failed: {e}");
@@ -289,7 +289,7 @@ async fn command(
                     conn.write(b"+OK bye\r\n").await?;
                     return Ok(Reply::Quit);
                 }
-                match ctx.store.expunge(&drop.user, uids).await {
+                match ctx.mail.expunge(&drop.user, uids).await {
                     Ok(removed) => {
                         conn.write(
                             format!("+OK bye ({} messages deleted)\r\n", removed.len()).as_bytes(),

@@ -349,7 +349,7 @@ impl Session {
         drop(body);
         match self
             .ctx
-            .store
+            .mail
             .deliver(recipients, Arc::from(message), Flags::empty(), None)
             .await
         {

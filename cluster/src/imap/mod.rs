@@ -551,7 +551,7 @@ impl Session {
                 "[NONEXISTENT] No such mailbox; only INBOX exists",
             ));
         }
-        let snapshot = self.ctx.store.snapshot(self.user());
+        let snapshot = self.ctx.mail.snapshot(self.user()).await;
         let messages: Vec<Known> = self
             .visible(&snapshot)
             .iter()
@@ -610,7 +610,7 @@ impl Session {
                 "[NONEXISTENT] No such mailbox; only INBOX exists",
             ));
         }
-        let snapshot = self.ctx.store.snapshot(self.user());
+        let snapshot = self.ctx.mail.snapshot(self.user()).await;
         let visible = self.visible(&snapshot);
         let values: Vec<String> = items
             .iter()
@@ -650,14 +650,14 @@ impl Session {
         let user = self.user().to_string();
         match self
             .ctx
-            .store
+            .mail
             .deliver(vec![user], Arc::from(&*message), flags, date)
             .await
         {
             Ok(uids) => match uids.first() {
                 Some(uid) => Reply::ok(format!(
                     "[APPENDUID {} {uid}] APPEND completed",
-                    self.ctx.store.uid_validity()
+                    self.ctx.mail.uid_validity()
                 )),
                 None => Reply::ok("APPEND completed"),
             },
@@ -689,13 +689,13 @@ impl Session {
 
     /// Removes those of `uids` that have `\Deleted` now.
     async fn expunge_deleted(&self, uids: Vec<u32>) -> Result<(), StoreError> {
-        let snapshot = self.ctx.store.snapshot(self.user());
+        let snapshot = self.ctx.mail.snapshot(self.user()).await;
         let deleted: Vec<u32> = uids
             .into_iter()
             .filter(|&uid| find(&snapshot, uid).is_some_and(|m| m.flags.contains(Flags::DELETED)))
             .collect();
         if !deleted.is_empty() {
-            self.ctx.store.expunge(self.user(), deleted).await?;
+            self.ctx.mail.expunge(self.user(), deleted).await?;
         }
         Ok(())
     }
@@ -704,7 +704,7 @@ impl Session {
     /// messages gone (only when `expunges`; highest sequence number first, so no response
     /// renumbers one still to come), `FETCH (FLAGS ..)` for changed flags, `EXISTS` for new mail.
     async fn sync(&mut self, expunges: bool) -> io::Result<()> {
-        let snapshot = self.ctx.store.snapshot(self.user());
+        let snapshot = self.ctx.mail.snapshot(self.user()).await;
         let cap = self.ctx.config.limits.mailbox_messages_max;
         let Some(selected) = self.selected.as_mut() else {
             return Ok(());
@@ -795,7 +795,7 @@ impl Session {
             Err(reply) => return Ok(reply),
         };
         let read_only = self.selected.as_ref().map_or(true, |s| s.read_only);
-        let snapshot = self.ctx.store.snapshot(self.user());
+        let snapshot = self.ctx.mail.snapshot(self.user()).await;
         // Fetching a body without PEEK sets \Seen first, in one store change for the whole set.
         let mut seen_now: HashMap<u32, Flags> = HashMap::new();
         if !read_only && atts.iter().any(FetchAtt::sets_seen) {
@@ -809,7 +809,7 @@ impl Session {
             if !unseen.is_empty() {
                 match self
                     .ctx
-                    .store
+                    .mail
                     .set_flags(self.user(), unseen, FlagMode::Add, Flags::SEEN)
                     .await
                 {
@@ -829,7 +829,7 @@ impl Session {
             let changed = seen_now.get(&u).copied();
             let flags = changed.unwrap_or(meta.flags);
             let bytes = if needs_body {
-                match self.ctx.store.read(meta).await {
+                match self.ctx.mail.read(self.user(), meta).await {
                     Ok(b) => Some(b),
                     Err(StoreError::NotFound) => continue,
                     Err(e) => return Ok(Reply::store_failed(e)),
@@ -888,7 +888,7 @@ impl Session {
         let uids: Vec<u32> = targets.iter().map(|(_, u)| *u).collect();
         let changed: HashMap<u32, Flags> = match self
             .ctx
-            .store
+            .mail
             .set_flags(self.user(), uids, mode, flags)
             .await
         {
@@ -942,7 +942,7 @@ impl Session {
             }
         }
         self.sync(false).await?;
-        let snapshot = self.ctx.store.snapshot(self.user());
+        let snapshot = self.ctx.mail.snapshot(self.user()).await;
         let Some(selected) = &self.selected else {
             return Ok(Reply::bad("No mailbox selected"));
         };
@@ -958,7 +958,7 @@ impl Session {
                 continue;
             };
             let bytes = if needs_body {
-                match self.ctx.store.read(meta).await {
+                match self.ctx.mail.read(self.user(), meta).await {
                     Ok(b) => Some(b),
                     Err(StoreError::NotFound) => continue,
                     Err(e) => return Ok(Reply::store_failed(e)),
@@ -995,13 +995,13 @@ impl Session {
             Ok(t) => t,
             Err(reply) => return Ok(reply),
         };
-        let snapshot = self.ctx.store.snapshot(self.user());
+        let snapshot = self.ctx.mail.snapshot(self.user()).await;
         let (mut from, mut to) = (Vec::new(), Vec::new());
         for (_, u) in targets {
             let Some(meta) = find(&snapshot, u) else {
                 continue;
             };
-            let bytes = match self.ctx.store.read(meta).await {
+            let bytes = match self.ctx.mail.read(self.user(), meta).await {
                 Ok(b) => b,
                 Err(StoreError::NotFound) => continue,
                 Err(e) => return Ok(Reply::store_failed(e)),
@@ -1009,7 +1009,7 @@ impl Session {
             let user = self.user().to_string();
             match self
                 .ctx
-                .store
+                .mail
                 .deliver(
                     vec![user],
                     Arc::from(bytes),
@@ -1037,7 +1037,7 @@ impl Session {
         } else {
             format!(
                 "[COPYUID {} {} {}] {done}",
-                self.ctx.store.uid_validity(),
+                self.ctx.mail.uid_validity(),
                 from.join(","),
                 to.join(",")
             )

@@ -183,7 +183,10 @@ async fn a_client_session_end_to_end() {
     let list = c.ok("a6", "LIST \"\" \"\"").await;
     assert_eq!(list, "* LIST (\\Noselect) \"/\" \"\"\r\n");
     let status = c.ok("a7", "STATUS inbox (MESSAGES UNSEEN UIDNEXT)").await;
-    assert_eq!(status, "* STATUS INBOX (MESSAGES 3 UNSEEN 3 UIDNEXT 256)\r\n");
+    assert_eq!(
+        status,
+        "* STATUS INBOX (MESSAGES 3 UNSEEN 3 UIDNEXT 256)\r\n"
+    );
     let (_, tagged) = c.cmd("a8", "SELECT Sent").await;
     assert!(tagged.starts_with("a8 NO [NONEXISTENT]"), "{tagged}");
     c.ok("a9", "SELECT INBOX").await;
@@ -252,7 +255,10 @@ async fn a_client_session_end_to_end() {
     // FETCH must not report the expunge; the message it names is simply gone.
     assert_eq!(other.ok("e3", "FETCH 1 UID").await, "");
     assert_eq!(other.ok("e4", "NOOP").await, "* 1 EXPUNGE\r\n");
-    assert_eq!(other.ok("e5", "FETCH 1 UID").await, "* 1 FETCH (UID 129)\r\n");
+    assert_eq!(
+        other.ok("e5", "FETCH 1 UID").await,
+        "* 1 FETCH (UID 129)\r\n"
+    );
 
     // APPEND with a literal; the other session learns of it as EXISTS.
     let appended = b"Subject: appended\r\n\r\nappended body\r\n";

@@ -411,6 +411,15 @@ impl Store {
         users
     }
 
+    /// UIDs of `user` this node knows were expunged.
+    pub fn expunged(&self, user: &str) -> Vec<u32> {
+        let index = self.shared.index.lock().unwrap();
+        index
+            .mailboxes
+            .get(user)
+            .map_or_else(Vec::new, |mb| mb.expunged.iter().copied().collect())
+    }
+
     /// The highest UID sequence number this node has seen for `user`.
     pub fn max_seq(&self, user: &str) -> u32 {
         let index = self.shared.index.lock().unwrap();

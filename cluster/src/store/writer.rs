@@ -23,7 +23,7 @@ const BATCH_OPS_MAX: usize = 512;
 const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// How a flags change combines with the flags a message has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FlagMode {
     Replace,
     Add,
