@@ -1,0 +1,27 @@
+//! The README's documented node configuration is complete and valid: it parses with every key
+//! the node knows, so the documentation cannot drift from the code unnoticed.
+
+#[test]
+fn the_readme_configuration_example_parses() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Configuration")
+        .nth(1)
+        .expect("README has a Configuration section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the Configuration section has a TOML example");
+    let config = cluster::config::NodeConfig::from_toml(block)
+        .unwrap_or_else(|e| panic!("README configuration example does not parse: {e}"));
+    // The example shows the defaults.
+    let defaults = cluster::config::NodeConfig::default();
+    assert_eq!(
+        config.limits.message_bytes_max,
+        defaults.limits.message_bytes_max
+    );
+    assert_eq!(config.cluster.membership, defaults.cluster.membership);
+    assert_eq!(config.disk, defaults.disk);
+}
