@@ -25,6 +25,34 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Run the deterministic simulations of the cluster's protocols.
+    Sim {
+        #[command(subcommand)]
+        command: SimCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Soak the Wombat membership protocol: many seeded runs of drops, delays, partitions and
+    /// crashes; every failure prints the seed that replays it. Exits non-zero on any failure.
+    Membership(SimMembershipArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimMembershipArgs {
+    /// Number of seeds to run.
+    #[arg(long, default_value_t = 10_000)]
+    pub seeds: u64,
+    /// First seed (replay one failure with --start SEED --seeds 1).
+    #[arg(long, default_value_t = 0)]
+    pub start: u64,
+    /// Nodes in each simulated cluster.
+    #[arg(long, default_value_t = 5)]
+    pub nodes: u32,
+    /// Probability that a message sent during the chaos phase is lost.
+    #[arg(long)]
+    pub drop_probability: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,8 +4,9 @@
 pub mod cli;
 pub mod cluster_up;
 pub mod node_cmd;
+pub mod sim_cmd;
 
-use cli::{Cli, ClusterCommand, Command};
+use cli::{Cli, ClusterCommand, Command, SimCommand};
 
 /// Runs one parsed command line to completion.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -15,6 +16,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster {
             command: ClusterCommand::Up(args),
         } => cluster_up::run(args),
+        Command::Sim {
+            command: SimCommand::Membership(args),
+        } => sim_cmd::membership(args),
     }
 }
 

@@ -26,6 +26,13 @@
 //! * Leader meets better leader: step down and adopt if its view is not older; otherwise send it
 //!   our view, which makes it broadcast the union with a newer epoch.
 //! * Every new view a node makes has epoch max(every epoch it has seen)+1.
+//! * Leader on "I'm here": adds the sender with a new epoch; if the sender is already a member
+//!   but holds a newer epoch (from some other leader), bumps past it with the same members.
+//! * Takeover: the takeover timer (`takeover_base_ms + rank_index * takeover_step_ms`, the rank
+//!   index counted among all configured ids) runs from the last adopted beacon. When it fires the
+//!   node leads the members of its view that it outranks: the better-ranked ones are presumed
+//!   dead, and if one is not, it merges us back as a worse leader. The leader's successor does not
+//!   wait for its timer: it takes over as soon as its pings to the leader time out.
 //! * A node that starts is "joining": silent, holding {itself} at epoch 0, until it hears a
 //!   beacon or its takeover timer fires. A joiner that outranks the beacon's leader takes over at
 //!   once with the union, since the best live node must lead.

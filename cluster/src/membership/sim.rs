@@ -531,7 +531,7 @@ impl Sim {
         agreed.then(|| first.clone())
     }
 
-    /// The view changes kept so far (the latest [`HISTORY_MAX`]), oldest first.
+    /// The view changes kept so far (the latest 64), oldest first.
     pub fn view_history(&self) -> impl Iterator<Item = &(u64, u32, View)> {
         self.history.iter()
     }
