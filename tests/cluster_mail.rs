@@ -1113,3 +1113,73 @@ fn a_partition_accepts_mail_on_both_sides_and_loses_nothing_after_healing() {
         took.as_millis()
     );
 }
+
+#[test]
+fn flags_and_expunges_made_while_a_holder_is_down_reach_it_when_it_returns() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    // Three copies on three nodes: every node holds every message.
+    let cluster = Cluster::up(dir.path(), &["--nodes", "3", "--replication", "3"]);
+    let (token, password, domain) = (cluster.token(), cluster.password(), domain(&cluster));
+    let all = nodes(&cluster);
+    converge(&token, &admins(&all), &[1, 2, 3], 1);
+    let user = "user21";
+    let mut expected = BTreeMap::new();
+    send_spread(&all, &domain, &[user], "held", 0..3, &mut expected);
+    settle(&token, &all, &expected, 3);
+    let uids: Vec<u64> = fragment(&all[2], &token, user).unwrap()["uids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_u64().unwrap())
+        .collect();
+    assert_eq!(uids.len(), 3);
+
+    // Node 3 goes down; through node 1 a message is flagged and another expunged.
+    kill9(cluster.node_pid(2));
+    let survivors = [all[0], all[1]];
+    converge(&token, &admins(&survivors), &[1, 2], 1);
+    let (mut c, _) = imap_login(all[0].imap, user, &password).unwrap();
+    imap_tagged(
+        &mut c,
+        "f",
+        &format!("UID STORE {} +FLAGS (\\Flagged)", uids[0]),
+    )
+    .unwrap();
+    let _ = c.cmd("z LOGOUT");
+    imap_delete(all[0].imap, user, &password, uids[1] as u32).unwrap();
+
+    // It comes back: the survivors owe it both changes and retry until it has them.
+    let node3 = restart_node(&cluster, 3);
+    let rejoined = [all[0], all[1], node3.node];
+    converge(&token, &admins(&rejoined), &[1, 2, 3], 1);
+    let start = Instant::now();
+    loop {
+        let f = fragment(&node3.node, &token, user).unwrap();
+        let local: Vec<u64> = f["uids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_u64().unwrap())
+            .collect();
+        let flagged = f["flags"][uids[0].to_string()]
+            .as_array()
+            .is_some_and(|fl| fl.iter().any(|x| x == "\\Flagged"));
+        let backlog_zero = rejoined.iter().all(|n| {
+            status(n.admin, &token).and_then(|s| s["replication"]["backlog"].as_u64()) == Some(0)
+        });
+        if !local.contains(&uids[1]) && flagged && backlog_zero {
+            println!(
+                "node 3 caught up on a flag and an expunge {} ms after rejoining",
+                start.elapsed().as_millis()
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "node 3 never caught up: its fragment is {f}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(node3);
+}

@@ -249,9 +249,21 @@ async fn mailbox(
     let user = user.to_ascii_lowercase();
     let snapshot = state.ctx.store.snapshot(&user);
     let uids: Vec<u32> = snapshot.messages.iter().map(|m| m.uid).collect();
+    let flags: serde_json::Map<String, serde_json::Value> = snapshot
+        .messages
+        .iter()
+        .map(|m| {
+            (
+                m.uid.to_string(),
+                m.flags.names().collect::<Vec<_>>().into(),
+            )
+        })
+        .collect();
     Json(serde_json::json!({
         "user": user,
         "messages": uids.len(),
         "uids": uids,
+        "flags": flags,
+        "expunged": state.ctx.store.expunged(&user).len(),
     }))
 }

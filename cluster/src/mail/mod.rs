@@ -46,6 +46,16 @@ pub const LOAD_BEACON_INTERVAL: Duration = Duration::from_millis(200);
 /// Users per mail-map report message.
 pub const REPORT_CHUNK_USERS: usize = 5_000;
 
+/// One push in flight: (user, uid, target, what).
+type PushKey = (String, u32, u32, Owed);
+
+/// What a push carries: a message to a replica, or a message's new state to another holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Owed {
+    Message,
+    State,
+}
+
 /// The cluster settings the mail service follows.
 #[derive(Debug, Clone)]
 pub struct MailConfig {
@@ -224,6 +234,7 @@ impl MailService {
                 seq_hint: max_seq,
                 ts_ms: self.now_ms(),
                 targets: targets[1..].to_vec(),
+                replicas: targets.clone(),
             };
             match self.call(primary, Request::Store(message)).await {
                 Ok(Response::Stored { uid }) => {
@@ -331,7 +342,9 @@ impl MailService {
         Err(StoreError::NotFound)
     }
 
-    /// Changes flags on every holder; returns the new flags of the messages that exist.
+    /// Changes flags on every holder; returns the new flags of the messages that exist. Every
+    /// holder that applies it also owes it to the message's other replicas (logged, retried
+    /// until acknowledged), so a replica that is down gets it when it returns.
     pub async fn set_flags(
         &self,
         user: &str,
@@ -346,53 +359,68 @@ impl MailService {
             mode,
             flags,
             ts_ms,
+            owe: true,
         };
-        let mut result: BTreeMap<u32, Flags> = BTreeMap::new();
-        let mut answered = false;
-        for response in self.to_holders(user, request).await {
-            if let Ok(Response::Flags(changed)) = response {
-                answered = true;
-                result.extend(changed);
+        let mut result: BTreeMap<u32, (Flags, bool)> = BTreeMap::new();
+        for (node, response) in self.to_holders(user, request).await? {
+            if let Response::Flags(changed) = response {
+                // This node's answer, if it holds the message, is the one to report.
+                for (uid, f) in changed {
+                    let mine = node == self.id;
+                    match result.get(&uid) {
+                        Some((_, true)) if !mine => {}
+                        _ => {
+                            result.insert(uid, (f, mine));
+                        }
+                    }
+                }
             }
         }
-        if !answered {
-            return Err(StoreError::Failed(
-                "no node holding the mailbox answered".into(),
-            ));
-        }
-        Ok(result.into_iter().collect())
+        Ok(result.into_iter().map(|(uid, (f, _))| (uid, f)).collect())
     }
 
-    /// Expunges on every holder; returns the UIDs removed anywhere.
+    /// Expunges on every holder (each owes it to the other replicas); returns the UIDs removed
+    /// anywhere.
     pub async fn expunge(&self, user: &str, uids: Vec<u32>) -> Result<Vec<u32>, StoreError> {
         let request = Request::Expunge {
             user: user.to_string(),
             uids,
+            owe: true,
         };
         let mut removed = BTreeSet::new();
-        let mut answered = false;
-        for response in self.to_holders(user, request).await {
-            if let Ok(Response::Removed(gone)) = response {
-                answered = true;
+        for (_, response) in self.to_holders(user, request).await? {
+            if let Response::Removed(gone) = response {
                 removed.extend(gone);
             }
-        }
-        if !answered {
-            return Err(StoreError::Failed(
-                "no node holding the mailbox answered".into(),
-            ));
         }
         Ok(removed.into_iter().collect())
     }
 
-    async fn to_holders(&self, user: &str, request: Request) -> Vec<Result<Response, MailError>> {
+    /// Sends a change to every live holder of `user`'s mailbox; returns the answers of those
+    /// that applied it, or an error if none did.
+    async fn to_holders(
+        &self,
+        user: &str,
+        request: Request,
+    ) -> Result<Vec<(u32, Response)>, StoreError> {
         let view = self.current_view();
         let (holders, _) = self.locate(user, &view).await;
-        let mut out = Vec::new();
+        let mut answers = Vec::new();
         for node in holders {
-            out.push(self.call(node, request.clone()).await);
+            match self.call(node, request.clone()).await {
+                Ok(Response::Failed(e)) => {
+                    tracing::debug!(node, "a holder refused a mailbox change: {e}")
+                }
+                Ok(r) => answers.push((node, r)),
+                Err(e) => tracing::debug!(node, "a holder did not take a mailbox change: {e}"),
+            }
         }
-        out
+        if answers.is_empty() {
+            return Err(StoreError::Failed(
+                "no node holding the mailbox answered".into(),
+            ));
+        }
+        Ok(answers)
     }
 
     // ----- The mail map -----
@@ -491,16 +519,22 @@ impl MailService {
     /// Pushes every logged replica target until it acknowledges; retried while the target is
     /// down or unreachable, and after a restart (the targets are in the log).
     async fn push_replicas(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let in_flight: Arc<Mutex<HashSet<(String, u32, u32)>>> = Default::default();
+        let in_flight: Arc<Mutex<HashSet<PushKey>>> = Default::default();
         let limit = Arc::new(Semaphore::new(PUSHES_IN_FLIGHT_MAX));
         loop {
             let live = self.current_view().view.members;
-            for push in self.store.pending_pushes(4 * PUSHES_IN_FLIGHT_MAX) {
+            let messages = self.store.pending_pushes(4 * PUSHES_IN_FLIGHT_MAX);
+            let states = self.store.owed_changes(4 * PUSHES_IN_FLIGHT_MAX);
+            let work = messages
+                .into_iter()
+                .map(|p| (p, Owed::Message))
+                .chain(states.into_iter().map(|p| (p, Owed::State)));
+            for (push, owed) in work {
                 for target in push.targets {
                     if !live.contains(&target) {
                         continue;
                     }
-                    let key = (push.user.clone(), push.uid, target);
+                    let key = (push.user.clone(), push.uid, target, owed);
                     if !in_flight.lock().unwrap().insert(key.clone()) {
                         continue;
                     }
@@ -510,8 +544,12 @@ impl MailService {
                     let service = self.clone();
                     let in_flight = in_flight.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = service.push_one(&key.0, key.1, key.2).await {
-                            tracing::debug!(user = %key.0, uid = key.1, target = key.2, "replica push failed: {e}");
+                        let result = match owed {
+                            Owed::Message => service.push_one(&key.0, key.1, key.2).await,
+                            Owed::State => service.push_state(&key.0, key.1, key.2).await,
+                        };
+                        if let Err(e) = result {
+                            tracing::debug!(user = %key.0, uid = key.1, target = key.2, "push failed: {e}");
                         }
                         in_flight.lock().unwrap().remove(&key);
                         drop(permit);
@@ -541,10 +579,42 @@ impl MailService {
             seq_hint: 0,
             ts_ms: meta.flags_ts,
             targets: Vec::new(),
+            replicas: meta.replicas.clone(),
         };
         match self.call(target, Request::Store(message)).await? {
             Response::Stored { .. } => {
                 self.store.acked(user, uid, target).await?;
+                Ok(())
+            }
+            other => Err(MailError::Remote(target, format!("{other:?}"))),
+        }
+    }
+
+    /// Tells `target` the state of `uid` this node owes it: expunged, or its current flags.
+    async fn push_state(&self, user: &str, uid: u32, target: u32) -> Result<(), MailError> {
+        let request = if self.store.is_expunged(user, uid) {
+            Request::Expunge {
+                user: user.to_string(),
+                uids: vec![uid],
+                owe: false,
+            }
+        } else if let Some(meta) = self.store.message(user, uid) {
+            Request::SetFlags {
+                user: user.to_string(),
+                uids: vec![uid],
+                mode: FlagMode::Replace,
+                flags: meta.flags,
+                ts_ms: meta.flags_ts,
+                owe: false,
+            }
+        } else {
+            // Nothing left to tell.
+            self.store.settled(user, uid, target).await?;
+            return Ok(());
+        };
+        match self.call(target, request).await? {
+            Response::Flags(_) | Response::Removed(_) => {
+                self.store.settled(user, uid, target).await?;
                 Ok(())
             }
             other => Err(MailError::Remote(target, format!("{other:?}"))),
@@ -680,6 +750,7 @@ impl MailService {
                         seq_hint: m.seq_hint,
                         ts_ms: m.ts_ms,
                         targets: m.targets,
+                        replicas: m.replicas,
                     })
                     .await;
                 match result {
@@ -713,18 +784,33 @@ impl MailService {
                 mode,
                 flags,
                 ts_ms,
-            } => match self
-                .store
-                .set_flags_at(&user, uids, mode, flags, ts_ms)
-                .await
-            {
-                Ok(changed) => Response::Flags(changed),
-                Err(e) => Response::Failed(e.to_string()),
-            },
-            Request::Expunge { user, uids } => match self.store.expunge(&user, uids).await {
-                Ok(removed) => Response::Removed(removed),
-                Err(e) => Response::Failed(e.to_string()),
-            },
+                owe,
+            } => {
+                match self
+                    .store
+                    .set_flags_at(&user, uids, mode, flags, ts_ms, owe)
+                    .await
+                {
+                    Ok(changed) => {
+                        if owe {
+                            self.push_now.notify_one();
+                        }
+                        Response::Flags(changed)
+                    }
+                    Err(e) => Response::Failed(e.to_string()),
+                }
+            }
+            Request::Expunge { user, uids, owe } => {
+                match self.store.expunge_owing(&user, uids, owe).await {
+                    Ok(removed) => {
+                        if owe {
+                            self.push_now.notify_one();
+                        }
+                        Response::Removed(removed)
+                    }
+                    Err(e) => Response::Failed(e.to_string()),
+                }
+            }
         }
     }
 }

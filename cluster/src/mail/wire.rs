@@ -47,6 +47,8 @@ pub struct StoreMessage {
     pub seq_hint: u32,
     pub ts_ms: i64,
     pub targets: Vec<u32>,
+    /// Every node meant to hold a copy.
+    pub replicas: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,16 +61,23 @@ pub enum Request {
     List { user: String },
     /// One message body.
     Fetch { user: String, uid: u32 },
-    /// Change flags of the messages of `uids` this node holds.
+    /// Change flags of the messages of `uids` this node holds; with `owe`, the result is owed
+    /// to each message's other replicas until they acknowledge it.
     SetFlags {
         user: String,
         uids: Vec<u32>,
         mode: FlagMode,
         flags: Flags,
         ts_ms: i64,
+        owe: bool,
     },
-    /// Remove the messages of `uids` this node holds (and remember they are gone).
-    Expunge { user: String, uids: Vec<u32> },
+    /// Remove the messages of `uids` this node holds (and remember they are gone); with `owe`,
+    /// each removal is owed to the message's other replicas until they acknowledge it.
+    Expunge {
+        user: String,
+        uids: Vec<u32>,
+        owe: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

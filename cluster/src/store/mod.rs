@@ -14,7 +14,7 @@ pub mod record;
 mod segment;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -112,6 +112,8 @@ pub struct MessageMeta {
     pub flags: Flags,
     /// When the flags were last set (unix ms): the newest setting wins across replicas.
     pub flags_ts: i64,
+    /// Every node meant to hold a copy.
+    pub replicas: Vec<u32>,
     /// Where the body is in this node's log; `None` for a message another node holds.
     #[serde(skip)]
     location: Option<Location>,
@@ -140,6 +142,8 @@ pub struct NewMessage {
     pub ts_ms: i64,
     /// Replicas this node must push the message to; logged with it, retried until acknowledged.
     pub targets: Vec<u32>,
+    /// Every node meant to hold a copy (flag changes and expunges are owed to them).
+    pub replicas: Vec<u32>,
 }
 
 /// A message this node still has to push to some replicas.
@@ -205,6 +209,8 @@ struct Index {
     bytes: u64,
     /// (user, uid) → replicas still to push to.
     pending: BTreeMap<(String, u32), Vec<u32>>,
+    /// (user, uid) → holders still to tell about the message's new state (flags or expunged).
+    owed: BTreeMap<(String, u32), BTreeSet<u32>>,
 }
 
 struct Shared {
@@ -332,6 +338,7 @@ impl Store {
                     seq_hint: 0,
                     ts_ms: chrono::Utc::now().timestamp_millis(),
                     targets: Vec::new(),
+                    replicas: Vec::new(),
                 })
                 .await?,
             );
@@ -392,10 +399,51 @@ impl Store {
             .collect()
     }
 
-    /// Replica pushes not yet acknowledged (one per message and target).
+    /// Replica pushes and owed state changes not yet acknowledged (one per message and target).
     pub fn push_backlog(&self) -> u64 {
         let index = self.shared.index.lock().unwrap();
-        index.pending.values().map(|t| t.len() as u64).sum()
+        index.pending.values().map(|t| t.len() as u64).sum::<u64>()
+            + index.owed.values().map(|t| t.len() as u64).sum::<u64>()
+    }
+
+    /// Up to `limit` state changes (flags or expunges) still owed to other holders.
+    pub fn owed_changes(&self, limit: usize) -> Vec<PendingPush> {
+        let index = self.shared.index.lock().unwrap();
+        index
+            .owed
+            .iter()
+            .take(limit)
+            .map(|((user, uid), targets)| PendingPush {
+                user: user.clone(),
+                uid: *uid,
+                targets: targets.iter().copied().collect(),
+            })
+            .collect()
+    }
+
+    /// Whether `uid` of `user` is known here to be expunged.
+    pub fn is_expunged(&self, user: &str, uid: u32) -> bool {
+        let index = self.shared.index.lock().unwrap();
+        index
+            .mailboxes
+            .get(user)
+            .is_some_and(|mb| mb.expunged.contains(&uid))
+    }
+
+    /// Records that `node` has the state of `uid` this node owed it.
+    pub async fn settled(&self, user: &str, uid: u32, node: u32) -> Result<(), StoreError> {
+        match self
+            .submit(|reply| writer::Op::Settled {
+                user: user.to_string(),
+                uid,
+                node,
+                reply,
+            })
+            .await?
+        {
+            writer::Reply::Failed(e) => Err(StoreError::Failed(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Every user with a mailbox fragment on this node.
@@ -445,11 +493,13 @@ impl Store {
         flags: Flags,
     ) -> Result<Vec<(u32, Flags)>, StoreError> {
         let ts_ms = chrono::Utc::now().timestamp_millis();
-        self.set_flags_at(user, uids, mode, flags, ts_ms).await
+        self.set_flags_at(user, uids, mode, flags, ts_ms, false)
+            .await
     }
 
     /// Like [`Store::set_flags`], as of `ts_ms`: a `Replace` older than the flags a message has
-    /// is ignored (last writer wins across replicas).
+    /// is ignored (last writer wins across replicas). With `owe`, the resulting flags are owed
+    /// to the message's other replicas (logged with the change, retried until settled).
     pub async fn set_flags_at(
         &self,
         user: &str,
@@ -457,6 +507,7 @@ impl Store {
         mode: FlagMode,
         flags: Flags,
         ts_ms: i64,
+        owe: bool,
     ) -> Result<Vec<(u32, Flags)>, StoreError> {
         match self
             .submit(|reply| writer::Op::Flags {
@@ -465,6 +516,7 @@ impl Store {
                 mode,
                 flags,
                 ts_ms,
+                owe,
                 reply,
             })
             .await?
@@ -477,10 +529,23 @@ impl Store {
 
     /// Removes `uids` (those still present); returns the UIDs actually removed.
     pub async fn expunge(&self, user: &str, uids: Vec<u32>) -> Result<Vec<u32>, StoreError> {
+        self.expunge_owing(user, uids, false).await
+    }
+
+    /// Like [`Store::expunge`]; with `owe`, each removal is owed to the message's other replicas
+    /// (logged, retried until settled). UIDs not held here are remembered as expunged all the
+    /// same, so a late replica cannot bring them back.
+    pub async fn expunge_owing(
+        &self,
+        user: &str,
+        uids: Vec<u32>,
+        owe: bool,
+    ) -> Result<Vec<u32>, StoreError> {
         match self
             .submit(|reply| writer::Op::Expunge {
                 user: user.to_string(),
                 uids,
+                owe,
                 reply,
             })
             .await?
@@ -597,10 +662,12 @@ fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) 
             flags,
             ts_ms,
             targets,
+            replicas,
             body,
         } => {
             let body_offset = offset
-                + (record::FRAME_HEADER_BYTES + record::deliver_body_offset(user, targets.len()))
+                + (record::FRAME_HEADER_BYTES
+                    + record::deliver_body_offset(user, targets.len(), replicas.len()))
                     as u64;
             let mb = index.mailboxes.entry(user.clone()).or_default();
             mb.max_seq = mb.max_seq.max(seq_of(*uid));
@@ -613,6 +680,7 @@ fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) 
                 internal_date: *internal_date,
                 flags: *flags,
                 flags_ts: *ts_ms,
+                replicas: replicas.clone(),
                 location: Some(Location {
                     segment,
                     offset: body_offset,
@@ -658,6 +726,28 @@ fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) 
                 targets.retain(|t| t != node);
                 if targets.is_empty() {
                     index.pending.remove(&key);
+                }
+            }
+        }
+        Record::Owe {
+            user,
+            uids,
+            targets,
+        } => {
+            for uid in uids {
+                index
+                    .owed
+                    .entry((user.clone(), *uid))
+                    .or_default()
+                    .extend(targets.iter().copied());
+            }
+        }
+        Record::Settled { user, uid, node } => {
+            let key = (user.clone(), *uid);
+            if let Some(targets) = index.owed.get_mut(&key) {
+                targets.remove(node);
+                if targets.is_empty() {
+                    index.owed.remove(&key);
                 }
             }
         }

@@ -19,6 +19,8 @@ const KIND_DELIVER: u8 = 1;
 const KIND_FLAGS: u8 = 2;
 const KIND_EXPUNGE: u8 = 3;
 const KIND_ACKED: u8 = 4;
+const KIND_OWE: u8 = 5;
+const KIND_SETTLED: u8 = 6;
 
 /// One durable change to a mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,8 @@ pub enum Record {
         /// When the flags were set (unix ms, the setting node's clock): last writer wins.
         ts_ms: i64,
         targets: Vec<u32>,
+        /// Every node meant to hold a copy (this one included), so changes can reach them all.
+        replicas: Vec<u32>,
         body: Arc<[u8]>,
     },
     /// `uid`'s flags are now exactly `flags`, as of `ts_ms`.
@@ -46,6 +50,16 @@ pub enum Record {
     Expunge { user: String, uids: Vec<u32> },
     /// Replica `node` has acknowledged `uid`: one fewer target to push it to.
     Acked { user: String, uid: u32, node: u32 },
+    /// `targets` must learn the current state (flags, or expunged) of these messages: a client
+    /// changed them here, and this node owes the change to the other holders until they
+    /// acknowledge it.
+    Owe {
+        user: String,
+        uids: Vec<u32>,
+        targets: Vec<u32>,
+    },
+    /// `node` has acknowledged the state of `uid` this node owed it.
+    Settled { user: String, uid: u32, node: u32 },
 }
 
 /// Why a frame could not be decoded.
@@ -58,8 +72,8 @@ pub enum FrameError {
 }
 
 /// Where, inside an encoded Deliver payload, the body starts (so readers can `pread` it later).
-pub fn deliver_body_offset(user: &str, targets: usize) -> usize {
-    1 + 2 + user.len() + 4 + 8 + 1 + 8 + 1 + 4 * targets
+pub fn deliver_body_offset(user: &str, targets: usize, replicas: usize) -> usize {
+    1 + 2 + user.len() + 4 + 8 + 1 + 8 + 1 + 4 * targets + 1 + 4 * replicas
 }
 
 /// Appends the framed encoding of `record` to `out`.
@@ -74,19 +88,18 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             flags,
             ts_ms,
             targets,
+            replicas,
             body,
         } => {
-            assert!(targets.len() <= TARGETS_MAX);
+            assert!(targets.len() <= TARGETS_MAX && replicas.len() <= TARGETS_MAX);
             out.push(KIND_DELIVER);
             put_str(out, user);
             out.extend_from_slice(&uid.to_le_bytes());
             out.extend_from_slice(&internal_date.to_le_bytes());
             out.push(flags.bits());
             out.extend_from_slice(&ts_ms.to_le_bytes());
-            out.push(targets.len() as u8);
-            for t in targets {
-                out.extend_from_slice(&t.to_le_bytes());
-            }
+            put_ids(out, targets);
+            put_ids(out, replicas);
             out.extend_from_slice(body);
         }
         Record::Flags {
@@ -111,6 +124,29 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
         }
         Record::Acked { user, uid, node } => {
             out.push(KIND_ACKED);
+            put_str(out, user);
+            out.extend_from_slice(&uid.to_le_bytes());
+            out.extend_from_slice(&node.to_le_bytes());
+        }
+        Record::Owe {
+            user,
+            uids,
+            targets,
+        } => {
+            assert!(targets.len() <= TARGETS_MAX);
+            out.push(KIND_OWE);
+            put_str(out, user);
+            out.push(targets.len() as u8);
+            for t in targets {
+                out.extend_from_slice(&t.to_le_bytes());
+            }
+            out.extend_from_slice(&(uids.len() as u32).to_le_bytes());
+            for uid in uids {
+                out.extend_from_slice(&uid.to_le_bytes());
+            }
+        }
+        Record::Settled { user, uid, node } => {
+            out.push(KIND_SETTLED);
             put_str(out, user);
             out.extend_from_slice(&uid.to_le_bytes());
             out.extend_from_slice(&node.to_le_bytes());
@@ -147,11 +183,8 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
             let internal_date = r.i64()?;
             let flags = Flags::from_bits(r.u8()?);
             let ts_ms = r.i64()?;
-            let n = r.u8()? as usize;
-            let mut targets = Vec::with_capacity(n);
-            for _ in 0..n {
-                targets.push(r.u32()?);
-            }
+            let targets = r.ids()?;
+            let replicas = r.ids()?;
             let body = Arc::from(&payload[r.pos..]);
             Record::Deliver {
                 user,
@@ -160,6 +193,7 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
                 flags,
                 ts_ms,
                 targets,
+                replicas,
                 body,
             }
         }
@@ -190,6 +224,31 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
             let node = r.u32()?;
             Record::Acked { user, uid, node }
         }
+        KIND_OWE => {
+            let n = r.u8()? as usize;
+            let mut targets = Vec::with_capacity(n);
+            for _ in 0..n {
+                targets.push(r.u32()?);
+            }
+            let count = r.u32()? as usize;
+            if count > payload.len() / 4 {
+                return Err(FrameError::Corrupt("owed count exceeds payload"));
+            }
+            let mut uids = Vec::with_capacity(count);
+            for _ in 0..count {
+                uids.push(r.u32()?);
+            }
+            Record::Owe {
+                user,
+                uids,
+                targets,
+            }
+        }
+        KIND_SETTLED => {
+            let uid = r.u32()?;
+            let node = r.u32()?;
+            Record::Settled { user, uid, node }
+        }
         _ => return Err(FrameError::Corrupt("unknown record kind")),
     };
     Ok(record)
@@ -210,6 +269,14 @@ pub fn decode(buf: &[u8]) -> Result<(Record, usize), FrameError> {
         return Err(FrameError::Corrupt("checksum mismatch"));
     }
     Ok((decode_payload(payload)?, end))
+}
+
+/// A short list of node ids: a count byte, then the ids.
+fn put_ids(out: &mut Vec<u8>, ids: &[u32]) {
+    out.push(ids.len() as u8);
+    for id in ids {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -248,6 +315,10 @@ impl Reader<'_> {
     fn i64(&mut self) -> Result<i64, FrameError> {
         Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
+    fn ids(&mut self) -> Result<Vec<u32>, FrameError> {
+        let n = self.u8()? as usize;
+        (0..n).map(|_| self.u32()).collect()
+    }
     fn string(&mut self) -> Result<String, FrameError> {
         let n = u16::from_le_bytes(self.take(2)?.try_into().unwrap()) as usize;
         String::from_utf8(self.take(n)?.to_vec())
@@ -268,6 +339,7 @@ mod tests {
                 flags: Flags::SEEN,
                 ts_ms: 1_700_000_000_123,
                 targets: vec![2, 3],
+                replicas: vec![1, 2, 3],
                 body: Arc::from(&b"Subject: hi\r\n\r\nbody\r\n"[..]),
             },
             Record::Flags {
@@ -284,6 +356,16 @@ mod tests {
                 user: "user1".into(),
                 uid: 7,
                 node: 3,
+            },
+            Record::Owe {
+                user: "user1".into(),
+                uids: vec![7, 9],
+                targets: vec![2, 4],
+            },
+            Record::Settled {
+                user: "user1".into(),
+                uid: 9,
+                node: 4,
             },
         ]
     }
@@ -308,7 +390,7 @@ mod tests {
         let mut buf = Vec::new();
         let r = &samples()[0];
         encode(r, &mut buf);
-        let off = FRAME_HEADER_BYTES + deliver_body_offset("user1", 2);
+        let off = FRAME_HEADER_BYTES + deliver_body_offset("user1", 2, 3);
         assert_eq!(&buf[off..], b"Subject: hi\r\n\r\nbody\r\n");
     }
 

@@ -83,6 +83,7 @@ async fn torn_tail_is_discarded_and_earlier_records_kept() {
             flags: Flags::empty(),
             ts_ms: 0,
             targets: Vec::new(),
+            replicas: Vec::new(),
             body: body("lost in the crash\r\n"),
         },
         &mut torn,
@@ -211,6 +212,7 @@ fn replica(user: &str, uid: u32, text: &str) -> NewMessage {
         seq_hint: 0,
         ts_ms: 1,
         targets: Vec::new(),
+        replicas: Vec::new(),
     }
 }
 
@@ -281,13 +283,70 @@ async fn older_flag_replacements_lose_to_newer_ones() {
     let uid = uid_of(1, 2);
     store.store(replica("a", uid, "m\r\n")).await.unwrap();
     store
-        .set_flags_at("a", vec![uid], FlagMode::Replace, Flags::SEEN, 100)
+        .set_flags_at("a", vec![uid], FlagMode::Replace, Flags::SEEN, 100, false)
         .await
         .unwrap();
     let r = store
-        .set_flags_at("a", vec![uid], FlagMode::Replace, Flags::FLAGGED, 50)
+        .set_flags_at("a", vec![uid], FlagMode::Replace, Flags::FLAGGED, 50, false)
         .await
         .unwrap();
     assert_eq!(r, vec![(uid, Flags::SEEN)]);
     assert_eq!(store.message("a", uid).unwrap().flags, Flags::SEEN);
+}
+
+#[tokio::test]
+async fn owed_state_changes_are_logged_with_the_change_and_settled_by_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let uid = store
+        .store(NewMessage {
+            uid: None,
+            replicas: vec![1, 2, 3],
+            ..replica("a", 0, "m\r\n")
+        })
+        .await
+        .unwrap();
+    let other = store
+        .store(NewMessage {
+            uid: None,
+            replicas: vec![1, 2],
+            ..replica("a", 0, "n\r\n")
+        })
+        .await
+        .unwrap();
+    store
+        .set_flags_at("a", vec![uid], FlagMode::Add, Flags::SEEN, 10, true)
+        .await
+        .unwrap();
+    store.expunge_owing("a", vec![other], true).await.unwrap();
+    // Expunging a UID this node never held still leaves a tombstone (nothing to owe).
+    let never_held = uid_of(5, 2);
+    assert!(store
+        .expunge_owing("a", vec![never_held], true)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.is_expunged("a", never_held));
+    assert_eq!(store.push_backlog(), 3);
+    store.settled("a", uid, 2).await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(
+        store.owed_changes(10),
+        vec![
+            PendingPush {
+                user: "a".into(),
+                uid,
+                targets: vec![3]
+            },
+            PendingPush {
+                user: "a".into(),
+                uid: other,
+                targets: vec![2]
+            }
+        ]
+    );
+    store.settled("a", uid, 3).await.unwrap();
+    store.settled("a", other, 2).await.unwrap();
+    assert_eq!(store.push_backlog(), 0);
 }

@@ -41,11 +41,19 @@ pub enum Op {
         mode: FlagMode,
         flags: Flags,
         ts_ms: i64,
+        owe: bool,
         reply: oneshot::Sender<Reply>,
     },
     Expunge {
         user: String,
         uids: Vec<u32>,
+        owe: bool,
+        reply: oneshot::Sender<Reply>,
+    },
+    Settled {
+        user: String,
+        uid: u32,
+        node: u32,
         reply: oneshot::Sender<Reply>,
     },
     Acked {
@@ -290,6 +298,7 @@ impl Writer {
                     flags: message.flags,
                     ts_ms: message.ts_ms,
                     targets: message.targets,
+                    replicas: message.replicas,
                     body: message.body,
                 };
                 (reply, Reply::Uids(vec![uid]), vec![record])
@@ -300,6 +309,7 @@ impl Writer {
                 mode,
                 flags,
                 ts_ms,
+                owe,
                 reply,
             } => {
                 let mut changed = Vec::new();
@@ -339,28 +349,64 @@ impl Writer {
                         overlay.flags.insert(key, (new, ts_ms));
                     }
                 }
+                if owe {
+                    let uids: Vec<u32> = changed.iter().map(|(uid, _)| *uid).collect();
+                    records.extend(self.owe_records(index, &user, &uids));
+                }
                 (reply, Reply::Flags(changed), records)
             }
-            Op::Expunge { user, uids, reply } => {
+            Op::Expunge {
+                user,
+                uids,
+                owe,
+                reply,
+            } => {
                 let mut removed = Vec::new();
+                let mut tombstones = Vec::new();
                 let mb = index.mailboxes.get(&user);
                 for uid in uids {
                     let key = (user.clone(), uid);
                     let present = mb.is_some_and(|m| m.messages.contains_key(&uid))
                         || overlay.delivered.contains(&key);
-                    if present && overlay.gone.insert(key) {
-                        removed.push(uid);
+                    let known_gone = mb.is_some_and(|m| m.expunged.contains(&uid));
+                    if overlay.gone.insert(key) {
+                        if present {
+                            removed.push(uid);
+                        }
+                        // Remembered even if not held here: a replica still on its way must
+                        // not bring it back.
+                        if !known_gone {
+                            tombstones.push(uid);
+                        }
                     }
                 }
-                let records = if removed.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![Record::Expunge {
-                        user,
-                        uids: removed.clone(),
-                    }]
-                };
+                let mut records = Vec::new();
+                if !tombstones.is_empty() {
+                    records.push(Record::Expunge {
+                        user: user.clone(),
+                        uids: tombstones.clone(),
+                    });
+                }
+                if owe {
+                    records.extend(self.owe_records(index, &user, &removed));
+                }
                 (reply, Reply::Uids(removed), records)
+            }
+            Op::Settled {
+                user,
+                uid,
+                node,
+                reply,
+            } => {
+                let key = (user.clone(), uid);
+                let waiting = index.owed.get(&key).is_some_and(|t| t.contains(&node))
+                    && overlay.settled.insert((user.clone(), uid, node));
+                let records = if waiting {
+                    vec![Record::Settled { user, uid, node }]
+                } else {
+                    Vec::new()
+                };
+                (reply, Reply::Uids(Vec::new()), records)
             }
             Op::Acked {
                 user,
@@ -379,6 +425,31 @@ impl Writer {
                 (reply, Reply::Uids(Vec::new()), records)
             }
         }
+    }
+
+    /// One `Owe` record per message of `uids` held here: its new state is owed to its other
+    /// replicas.
+    fn owe_records(&self, index: &Index, user: &str, uids: &[u32]) -> Vec<Record> {
+        let Some(mb) = index.mailboxes.get(user) else {
+            return Vec::new();
+        };
+        uids.iter()
+            .filter_map(|uid| {
+                let targets: Vec<u32> = mb
+                    .messages
+                    .get(uid)?
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|&r| r != self.shared.node_id)
+                    .collect();
+                (!targets.is_empty()).then(|| Record::Owe {
+                    user: user.to_string(),
+                    uids: vec![*uid],
+                    targets,
+                })
+            })
+            .collect()
     }
 
     fn roll(&mut self) -> std::io::Result<()> {
@@ -403,7 +474,8 @@ fn reply_of(op: Op) -> oneshot::Sender<Reply> {
         Op::Deliver { reply, .. }
         | Op::Flags { reply, .. }
         | Op::Expunge { reply, .. }
-        | Op::Acked { reply, .. } => reply,
+        | Op::Acked { reply, .. }
+        | Op::Settled { reply, .. } => reply,
     }
 }
 
@@ -415,4 +487,5 @@ struct Overlay {
     flags: HashMap<(String, u32), (Flags, i64)>,
     gone: HashSet<(String, u32)>,
     acked: HashSet<(String, u32, u32)>,
+    settled: HashSet<(String, u32, u32)>,
 }
