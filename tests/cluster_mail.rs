@@ -1183,3 +1183,102 @@ fn flags_and_expunges_made_while_a_holder_is_down_reach_it_when_it_returns() {
     }
     drop(node3);
 }
+
+#[test]
+fn user_profiles_reach_every_node_including_one_that_was_down() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &["--nodes", "3"]);
+    let (token, password, domain) = (cluster.token(), cluster.password(), domain(&cluster));
+    let all = nodes(&cluster);
+    converge(&token, &admins(&all), &[1, 2, 3], 1);
+
+    // Bad profiles are refused, naming what is wrong.
+    let (code, body) = http(
+        "PUT",
+        all[0].admin,
+        "/users/bad%20name",
+        Some(&token),
+        r#"{"password": "x"}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = http(
+        "PUT",
+        all[0].admin,
+        "/users/alice",
+        Some(&token),
+        r#"{"pass": "x"}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("pass"), "{body}");
+
+    kill9(cluster.node_pid(2));
+    let survivors = [all[0], all[1]];
+    converge(&token, &admins(&survivors), &[1, 2], 1);
+    // A new user and a changed password, made on node 1 while node 3 is down.
+    let (code, body) = http(
+        "PUT",
+        all[0].admin,
+        "/users/alice",
+        Some(&token),
+        r#"{"password": "pw-a"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http(
+        "PUT",
+        all[0].admin,
+        "/users/user5",
+        Some(&token),
+        r#"{"password": "changed"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+
+    let wait_for = |what: &str, check: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !check() {
+            assert!(start.elapsed() < WAIT, "{what} never happened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!("{what} after {} ms", start.elapsed().as_millis());
+    };
+    let has_profile = |node: &Node, user: &str| {
+        let (_, body) = http(
+            "GET",
+            node.admin,
+            &format!("/users/{user}"),
+            Some(&token),
+            "",
+        );
+        body.contains("\"profile\"")
+    };
+    wait_for("node 2 knows alice", &|| has_profile(&all[1], "alice"));
+    // Mail for the new user is accepted through node 2 and read with her password on node 1.
+    smtp_send(&all[1], &domain, "alice", "for-alice").unwrap();
+    let mail = pop3_read(all[0].pop3, "alice", "pw-a").unwrap();
+    assert_eq!(mail.len(), 1);
+    assert!(
+        pop3_login(all[1].pop3, "user5", &password).is_err(),
+        "the old password still works"
+    );
+    assert!(pop3_login(all[1].pop3, "user5", "changed").is_ok());
+
+    // Node 3 comes back and is told both.
+    let node3 = restart_node(&cluster, 3);
+    converge(
+        &token,
+        &admins(&[all[0], all[1], node3.node]),
+        &[1, 2, 3],
+        1,
+    );
+    wait_for("node 3 learned alice's profile", &|| {
+        has_profile(&node3.node, "alice")
+    });
+    wait_for("node 3 learned user5's new password", &|| {
+        pop3_login(node3.node.pop3, "user5", "changed").is_ok()
+    });
+    assert_eq!(
+        pop3_read(node3.node.pop3, "alice", "pw-a").unwrap().len(),
+        1
+    );
+    drop(node3);
+}

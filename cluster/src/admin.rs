@@ -7,6 +7,9 @@
 //! - `POST /faults`: set any of `block_peers`, `delay_ms`, `loss`, `disk_slowdown`,
 //!   `clock_skew_ms` (the fields given replace the current values); `DELETE /faults` clears all.
 //!   Both answer with the faults now active.
+//! - `PUT /users/{user}` with `{"password": "..."}` creates a user or changes its password (a
+//!   replicated profile); `GET /users/{user}` says whether the user exists and how.
+//! - `GET /mailboxes/{user}`: this node's own fragment of a mailbox.
 //!
 //! Every request must carry `Authorization: Bearer <admin_token>`; anything else gets 401. The API
 //! only reads node state; it never blocks a mail session.
@@ -105,6 +108,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoints: Endpoint
             post(set_faults).delete(clear_faults).get(get_faults),
         )
         .route("/mailboxes/{user}", get(mailbox))
+        .route("/users/{user}", get(get_user).put(put_user))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);
     let result = axum::serve(listener, app)
@@ -265,5 +269,61 @@ async fn mailbox(
         "uids": uids,
         "flags": flags,
         "expunged": state.ctx.store.expunged(&user).len(),
+    }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileBody {
+    password: String,
+}
+
+/// Creates a user or changes its password; the profile is replicated to every node.
+async fn put_user(
+    State(state): State<AppState>,
+    axum::extract::Path(user): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let user = user.to_ascii_lowercase();
+    if !crate::directory::valid_user_name(&user) {
+        return bad_request(format!(
+            "user: {user:?} is not a user name (1 to {} of a-z 0-9 . _ -)",
+            crate::directory::USER_BYTES_MAX
+        ));
+    }
+    let profile: ProfileBody = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return bad_request(format!("invalid user body: {e}")),
+    };
+    let password = profile.password;
+    if password.is_empty()
+        || password.len() > crate::store::PASSWORD_BYTES_MAX
+        || password.contains(['\r', '\n', '\0'])
+    {
+        return bad_request(format!(
+            "password: must be 1 to {} bytes without CR, LF or NUL",
+            crate::store::PASSWORD_BYTES_MAX
+        ));
+    }
+    match state.ctx.mail.set_profile(&user, &password).await {
+        Ok(targets) => {
+            Json(serde_json::json!({ "user": user, "replicating_to": targets })).into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn get_user(
+    State(state): State<AppState>,
+    axum::extract::Path(user): axum::extract::Path<String>,
+) -> Json<serde_json::Value> {
+    let user = user.to_ascii_lowercase();
+    Json(serde_json::json!({
+        "user": user,
+        "exists": state.ctx.directory.exists(&user),
     }))
 }

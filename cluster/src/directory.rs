@@ -1,9 +1,24 @@
 //! Who the node's users are: address lookup for SMTP and password checks for POP3 and IMAP.
 //!
-//! Users are the provisioned range from the configuration. User names are case-insensitive and
-//! are canonicalised to lower case; that canonical name is the mailbox key everywhere.
+//! Users are the provisioned range from the configuration, plus the user profiles created or
+//! changed through the admin API (hard state, replicated to every node; a profile's password
+//! overrides the range's). User names are case-insensitive and are canonicalised to lower case;
+//! that canonical name is the mailbox key everywhere.
 
 use crate::config::Users;
+use crate::store::Store;
+
+/// Longest user name (local part) a profile may have.
+pub const USER_BYTES_MAX: usize = 64;
+
+/// Whether `name` can be a user name: lower-case letters, digits, `.`, `_`, `-`.
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= USER_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
 
 /// Result of looking up a recipient address.
 #[derive(Debug, PartialEq, Eq)]
@@ -16,10 +31,12 @@ pub enum Recipient {
     Relay,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Directory {
     domain: String,
     users: Users,
+    /// Where user profiles live, if this directory consults them.
+    profiles: Option<Store>,
 }
 
 impl Directory {
@@ -27,6 +44,31 @@ impl Directory {
         Directory {
             domain: domain.to_ascii_lowercase(),
             users,
+            profiles: None,
+        }
+    }
+
+    /// Also knows the users whose profiles are in `store`.
+    pub fn with_profiles(mut self, store: Store) -> Directory {
+        self.profiles = Some(store);
+        self
+    }
+
+    fn profile_password(&self, user: &str) -> Option<String> {
+        self.profiles
+            .as_ref()
+            .and_then(|s| s.profile(user))
+            .map(|(password, _)| password)
+    }
+
+    /// Whether `user` (canonical) exists: `Some("profile")` or `Some("range")`.
+    pub fn exists(&self, user: &str) -> Option<&'static str> {
+        if self.profile_password(user).is_some() {
+            Some("profile")
+        } else if self.users.contains(user) {
+            Some("range")
+        } else {
+            None
         }
     }
 
@@ -44,7 +86,7 @@ impl Directory {
             return Recipient::Relay;
         }
         let local = local.to_ascii_lowercase();
-        if self.users.contains(&local) {
+        if self.exists(&local).is_some() {
             Recipient::Local(local)
         } else {
             Recipient::UnknownUser
@@ -59,10 +101,13 @@ impl Directory {
             None => login,
         };
         let local = local.to_ascii_lowercase();
+        let expected = match self.profile_password(&local) {
+            Some(p) => p,
+            None if self.users.contains(&local) => self.users.password.clone(),
+            None => return None,
+        };
         // Compare every byte so the time taken does not say how much of the password matched.
-        let ok = self.users.contains(&local)
-            && constant_time_eq(password.as_bytes(), self.users.password.as_bytes());
-        ok.then_some(local)
+        constant_time_eq(password.as_bytes(), expected.as_bytes()).then_some(local)
     }
 }
 

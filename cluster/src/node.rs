@@ -158,7 +158,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         faults,
         mail,
         view: peering.view,
-        directory: Directory::new(&config.domain, config.users.clone()),
+        directory: Directory::new(&config.domain, config.users.clone())
+            .with_profiles(store.clone()),
         config,
         store,
         metrics,

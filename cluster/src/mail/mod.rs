@@ -26,7 +26,9 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
 use crate::faults::FaultSwitch;
 use crate::peering::{PeerMessage, ViewInfo};
-use crate::store::{FlagMode, Flags, MailboxSnapshot, MessageMeta, NewMessage, Store, StoreError};
+use crate::store::{
+    FlagMode, Flags, MailboxSnapshot, MessageMeta, NewMessage, Store, StoreError, PROFILE_UID,
+};
 use crate::transport::Transport;
 use crate::usermap::UserMap;
 use mailmap::MailMap;
@@ -545,6 +547,9 @@ impl MailService {
                     let in_flight = in_flight.clone();
                     tokio::spawn(async move {
                         let result = match owed {
+                            Owed::Message if key.1 == PROFILE_UID => {
+                                service.push_profile(&key.0, key.2).await
+                            }
                             Owed::Message => service.push_one(&key.0, key.1, key.2).await,
                             Owed::State => service.push_state(&key.0, key.1, key.2).await,
                         };
@@ -584,6 +589,41 @@ impl MailService {
         match self.call(target, Request::Store(message)).await? {
             Response::Stored { .. } => {
                 self.store.acked(user, uid, target).await?;
+                Ok(())
+            }
+            other => Err(MailError::Remote(target, format!("{other:?}"))),
+        }
+    }
+
+    /// Creates a user or changes its password: durable here, then pushed to every other node
+    /// (retried until each acknowledges).
+    pub async fn set_profile(&self, user: &str, password: &str) -> Result<Vec<u32>, StoreError> {
+        let targets: Vec<u32> = self
+            .config
+            .all
+            .iter()
+            .copied()
+            .filter(|&n| n != self.id)
+            .collect();
+        self.store
+            .set_profile(user, password, self.now_ms(), targets.clone())
+            .await?;
+        self.push_now.notify_one();
+        Ok(targets)
+    }
+
+    async fn push_profile(&self, user: &str, target: u32) -> Result<(), MailError> {
+        let Some((password, ts_ms)) = self.store.profile(user) else {
+            return Ok(());
+        };
+        let request = Request::Profile {
+            user: user.to_string(),
+            password,
+            ts_ms,
+        };
+        match self.call(target, request).await? {
+            Response::Stored { .. } => {
+                self.store.acked(user, PROFILE_UID, target).await?;
                 Ok(())
             }
             other => Err(MailError::Remote(target, format!("{other:?}"))),
@@ -800,6 +840,18 @@ impl MailService {
                     Err(e) => Response::Failed(e.to_string()),
                 }
             }
+            Request::Profile {
+                user,
+                password,
+                ts_ms,
+            } => match self
+                .store
+                .set_profile(&user, &password, ts_ms, Vec::new())
+                .await
+            {
+                Ok(()) => Response::Stored { uid: PROFILE_UID },
+                Err(e) => Response::Failed(e.to_string()),
+            },
             Request::Expunge { user, uids, owe } => {
                 match self.store.expunge_owing(&user, uids, owe).await {
                     Ok(removed) => {

@@ -71,6 +71,12 @@ pub enum Request {
         ts_ms: i64,
         owe: bool,
     },
+    /// Store a user profile (newest `ts_ms` wins).
+    Profile {
+        user: String,
+        password: String,
+        ts_ms: i64,
+    },
     /// Remove the messages of `uids` this node holds (and remember they are gone); with `owe`,
     /// each removal is owed to the message's other replicas until they acknowledge it.
     Expunge {

@@ -101,6 +101,13 @@ pub fn seq_of(uid: u32) -> u32 {
     uid >> UID_NODE_BITS
 }
 
+/// The UID under which a user profile's pushes are logged and acknowledged: message UIDs are
+/// never 0 (their sequence number starts at 1).
+pub const PROFILE_UID: u32 = 0;
+
+/// Longest password a profile may hold.
+pub const PASSWORD_BYTES_MAX: usize = 1024;
+
 /// What the index knows about one stored message.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MessageMeta {
@@ -211,6 +218,8 @@ struct Index {
     pending: BTreeMap<(String, u32), Vec<u32>>,
     /// (user, uid) → holders still to tell about the message's new state (flags or expunged).
     owed: BTreeMap<(String, u32), BTreeSet<u32>>,
+    /// User profiles: user → (password, ts_ms). The newest setting wins.
+    profiles: HashMap<String, (String, i64)>,
 }
 
 struct Shared {
@@ -457,6 +466,45 @@ impl Store {
             .collect();
         users.sort();
         users
+    }
+
+    /// Stores a user profile (creating the user, or changing the password) as of `ts_ms`, owed
+    /// to `targets` until they acknowledge it. Returns once durable.
+    pub async fn set_profile(
+        &self,
+        user: &str,
+        password: &str,
+        ts_ms: i64,
+        targets: Vec<u32>,
+    ) -> Result<(), StoreError> {
+        match self
+            .submit(|reply| writer::Op::Profile {
+                user: user.to_string(),
+                password: password.to_string(),
+                ts_ms,
+                targets,
+                reply,
+            })
+            .await?
+        {
+            writer::Reply::Failed(e) => Err(StoreError::Failed(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// A user's profile: (password, ts_ms), if one was ever set.
+    pub fn profile(&self, user: &str) -> Option<(String, i64)> {
+        self.shared
+            .index
+            .lock()
+            .unwrap()
+            .profiles
+            .get(user)
+            .cloned()
+    }
+
+    pub fn profiles(&self) -> usize {
+        self.shared.index.lock().unwrap().profiles.len()
     }
 
     /// UIDs of `user` this node knows were expunged.
@@ -749,6 +797,27 @@ fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) 
                 if targets.is_empty() {
                     index.owed.remove(&key);
                 }
+            }
+        }
+        Record::Profile {
+            user,
+            password,
+            ts_ms,
+            targets,
+        } => {
+            let newer = index
+                .profiles
+                .get(user)
+                .is_none_or(|(p, ts)| (*ts_ms, password) > (*ts, p));
+            if newer {
+                index
+                    .profiles
+                    .insert(user.clone(), (password.clone(), *ts_ms));
+            }
+            if !targets.is_empty() {
+                index
+                    .pending
+                    .insert((user.clone(), PROFILE_UID), targets.clone());
             }
         }
     }

@@ -21,6 +21,7 @@ const KIND_EXPUNGE: u8 = 3;
 const KIND_ACKED: u8 = 4;
 const KIND_OWE: u8 = 5;
 const KIND_SETTLED: u8 = 6;
+const KIND_PROFILE: u8 = 7;
 
 /// One durable change to a mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,15 @@ pub enum Record {
     },
     /// `node` has acknowledged the state of `uid` this node owed it.
     Settled { user: String, uid: u32, node: u32 },
+    /// A user profile (hard state): the password, as of `ts_ms` (the newest wins). `targets`
+    /// are the nodes this node still has to push it to (acknowledged with `Acked` for
+    /// [`super::PROFILE_UID`]).
+    Profile {
+        user: String,
+        password: String,
+        ts_ms: i64,
+        targets: Vec<u32>,
+    },
 }
 
 /// Why a frame could not be decoded.
@@ -150,6 +160,18 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             put_str(out, user);
             out.extend_from_slice(&uid.to_le_bytes());
             out.extend_from_slice(&node.to_le_bytes());
+        }
+        Record::Profile {
+            user,
+            password,
+            ts_ms,
+            targets,
+        } => {
+            out.push(KIND_PROFILE);
+            put_str(out, user);
+            put_str(out, password);
+            out.extend_from_slice(&ts_ms.to_le_bytes());
+            put_ids(out, targets);
         }
     }
     let payload_len = out.len() - start - FRAME_HEADER_BYTES;
@@ -248,6 +270,17 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
             let uid = r.u32()?;
             let node = r.u32()?;
             Record::Settled { user, uid, node }
+        }
+        KIND_PROFILE => {
+            let password = r.string()?;
+            let ts_ms = r.i64()?;
+            let targets = r.ids()?;
+            Record::Profile {
+                user,
+                password,
+                ts_ms,
+                targets,
+            }
         }
         _ => return Err(FrameError::Corrupt("unknown record kind")),
     };
@@ -366,6 +399,12 @@ mod tests {
                 user: "user1".into(),
                 uid: 9,
                 node: 4,
+            },
+            Record::Profile {
+                user: "alice".into(),
+                password: "s3cret".into(),
+                ts_ms: 77,
+                targets: vec![2, 3],
             },
         ]
     }

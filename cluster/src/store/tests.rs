@@ -350,3 +350,34 @@ async fn owed_state_changes_are_logged_with_the_change_and_settled_by_acks() {
     store.settled("a", other, 2).await.unwrap();
     assert_eq!(store.push_backlog(), 0);
 }
+
+#[tokio::test]
+async fn profiles_keep_the_newest_password_and_their_pushes_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .set_profile("alice", "new", 20, vec![2, 3])
+        .await
+        .unwrap();
+    store
+        .set_profile("alice", "old", 10, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(store.profile("alice"), Some(("new".to_string(), 20)));
+    store.acked("alice", PROFILE_UID, 2).await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.profile("alice"), Some(("new".to_string(), 20)));
+    assert_eq!(
+        store.pending_pushes(10),
+        vec![PendingPush {
+            user: "alice".into(),
+            uid: PROFILE_UID,
+            targets: vec![3]
+        }]
+    );
+    assert!(
+        store.users().is_empty(),
+        "a profile is not a mailbox fragment"
+    );
+}

@@ -56,6 +56,13 @@ pub enum Op {
         node: u32,
         reply: oneshot::Sender<Reply>,
     },
+    Profile {
+        user: String,
+        password: String,
+        ts_ms: i64,
+        targets: Vec<u32>,
+        reply: oneshot::Sender<Reply>,
+    },
     Acked {
         user: String,
         uid: u32,
@@ -392,6 +399,21 @@ impl Writer {
                 }
                 (reply, Reply::Uids(removed), records)
             }
+            Op::Profile {
+                user,
+                password,
+                ts_ms,
+                targets,
+                reply,
+            } => {
+                let record = Record::Profile {
+                    user,
+                    password,
+                    ts_ms,
+                    targets,
+                };
+                (reply, Reply::Uids(Vec::new()), vec![record])
+            }
             Op::Settled {
                 user,
                 uid,
@@ -475,7 +497,8 @@ fn reply_of(op: Op) -> oneshot::Sender<Reply> {
         | Op::Flags { reply, .. }
         | Op::Expunge { reply, .. }
         | Op::Acked { reply, .. }
-        | Op::Settled { reply, .. } => reply,
+        | Op::Settled { reply, .. }
+        | Op::Profile { reply, .. } => reply,
     }
 }
 
