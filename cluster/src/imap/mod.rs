@@ -678,7 +678,7 @@ impl Session {
             .messages
             .iter()
             .map(|m| m.uid)
-            .filter(|uid| ranges.as_ref().map_or(true, |r| r.contains(*uid)))
+            .filter(|uid| ranges.as_ref().is_none_or(|r| r.contains(*uid)))
             .collect();
         // The EXPUNGE responses come from the sync that follows every command.
         match self.expunge_deleted(candidates).await {
@@ -794,7 +794,7 @@ impl Session {
             Ok(t) => t,
             Err(reply) => return Ok(reply),
         };
-        let read_only = self.selected.as_ref().map_or(true, |s| s.read_only);
+        let read_only = self.selected.as_ref().is_none_or(|s| s.read_only);
         let snapshot = self.ctx.mail.snapshot(self.user()).await;
         // Fetching a body without PEEK sets \Seen first, in one store change for the whole set.
         let mut seen_now: HashMap<u32, Flags> = HashMap::new();
@@ -875,7 +875,7 @@ impl Session {
         flags: Flags,
     ) -> io::Result<Reply> {
         self.sync(false).await?;
-        if self.selected.as_ref().map_or(true, |s| s.read_only) {
+        if self.selected.as_ref().is_none_or(|s| s.read_only) {
             return Ok(Reply::no("[READ-ONLY] Mailbox is read-only"));
         }
         let targets = match self.resolve(set, uid) {
