@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{http, status, wait_gone, Cluster, BIN, WAIT};
+use common::{converge, http, kill9, status, Cluster, BIN};
 use serde_json::Value;
 
 fn admins(cluster: &Cluster) -> Vec<(u32, SocketAddr)> {
@@ -25,58 +23,6 @@ fn admins(cluster: &Cluster) -> Vec<(u32, SocketAddr)> {
             )
         })
         .collect()
-}
-
-fn view_of(status: &Value) -> (u64, u64, BTreeSet<u32>) {
-    let v = &status["view"];
-    (
-        v["epoch"].as_u64().unwrap(),
-        v["leader"].as_u64().unwrap(),
-        v["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m.as_u64().unwrap() as u32)
-            .collect(),
-    )
-}
-
-/// Polls until every node of `group` reports the same view with exactly `members` and `leader`;
-/// returns that view's epoch and how long it took.
-fn converge(
-    token: &str,
-    group: &[(u32, SocketAddr)],
-    members: &[u32],
-    leader: u32,
-) -> (u64, Duration) {
-    let want: BTreeSet<u32> = members.iter().copied().collect();
-    let start = Instant::now();
-    loop {
-        let last = group
-            .iter()
-            .map(|(id, admin)| (*id, status(*admin, token).map(|s| view_of(&s))))
-            .collect::<Vec<_>>();
-        let views: BTreeSet<_> = last.iter().map(|(_, v)| v.clone()).collect();
-        if views.len() == 1 {
-            if let Some(Some((epoch, l, m))) = views.into_iter().next() {
-                if m == want && l == leader as u64 {
-                    return (epoch, start.elapsed());
-                }
-            }
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "no agreement on {want:?} led by {leader}; last views: {last:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn kill9(pid: i32) {
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
-    wait_gone(pid);
 }
 
 /// Starts one node again from its configuration, as an operator (or `run`) would.

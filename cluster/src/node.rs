@@ -43,6 +43,23 @@ pub struct Context {
     pub mail: Arc<MailService>,
 }
 
+/// A client connection as every front end reads and writes it.
+pub type ClientConn =
+    crate::conn::Conn<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>;
+
+/// Wraps an accepted client connection with the node's line limit, idle timeout and shutdown.
+pub fn client_conn(stream: TcpStream, ctx: &Context) -> ClientConn {
+    let limits = &ctx.config.limits;
+    let (r, w) = stream.into_split();
+    crate::conn::Conn::new(
+        r,
+        w,
+        limits.line_bytes_max,
+        Duration::from_secs(limits.idle_timeout_s),
+        ctx.shutdown.clone(),
+    )
+}
+
 /// The addresses a running node listens on.
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Endpoints {

@@ -9,7 +9,6 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 
@@ -66,15 +65,7 @@ impl Maildrop {
 const CAPABILITIES: &[u8] = b"+OK Capability list follows\r\nUSER\r\nUIDL\r\nTOP\r\nPIPELINING\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nEXPIRE NEVER\r\nIMPLEMENTATION clusterbench\r\n.\r\n";
 
 pub async fn serve(stream: TcpStream, _peer: SocketAddr, ctx: Arc<Context>) -> std::io::Result<()> {
-    let limits = &ctx.config.limits;
-    let (r, w) = stream.into_split();
-    let mut conn = Conn::new(
-        r,
-        w,
-        limits.line_bytes_max,
-        Duration::from_secs(limits.idle_timeout_s),
-        ctx.shutdown.clone(),
-    );
+    let mut conn = crate::node::client_conn(stream, &ctx);
     conn.write(b"+OK clusterbench POP3 server ready\r\n")
         .await?;
     let label = Metrics::protocol("pop3");

@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 
@@ -46,15 +45,7 @@ enum Next {
 }
 
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) -> std::io::Result<()> {
-    let limits = &ctx.config.limits;
-    let (r, w) = stream.into_split();
-    let mut conn = Conn::new(
-        r,
-        w,
-        limits.line_bytes_max,
-        Duration::from_secs(limits.idle_timeout_s),
-        ctx.shutdown.clone(),
-    );
+    let mut conn = crate::node::client_conn(stream, &ctx);
     let hostname = ctx.config.hostname.clone();
     conn.write(format!("220 {hostname} ESMTP clusterbench ready\r\n").as_bytes())
         .await?;

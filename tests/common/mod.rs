@@ -289,3 +289,57 @@ pub fn status(admin: SocketAddr, token: &str) -> Option<Value> {
     let body = response.split_once("\r\n\r\n")?.1;
     serde_json::from_str(body).ok()
 }
+
+/// (epoch, leader, members) of a `/status` body.
+pub fn view_of(status: &Value) -> (u64, u64, std::collections::BTreeSet<u32>) {
+    let v = &status["view"];
+    (
+        v["epoch"].as_u64().unwrap(),
+        v["leader"].as_u64().unwrap(),
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_u64().unwrap() as u32)
+            .collect(),
+    )
+}
+
+/// Polls until every node of `group` (id, admin address) reports the same view with exactly
+/// `members` and `leader`; returns that view's epoch and how long it took.
+pub fn converge(
+    token: &str,
+    group: &[(u32, SocketAddr)],
+    members: &[u32],
+    leader: u32,
+) -> (u64, Duration) {
+    let want: std::collections::BTreeSet<u32> = members.iter().copied().collect();
+    let start = Instant::now();
+    loop {
+        let last = group
+            .iter()
+            .map(|(id, admin)| (*id, status(*admin, token).map(|s| view_of(&s))))
+            .collect::<Vec<_>>();
+        let views: std::collections::BTreeSet<_> = last.iter().map(|(_, v)| v.clone()).collect();
+        if views.len() == 1 {
+            if let Some(Some((epoch, l, m))) = views.into_iter().next() {
+                if m == want && l == leader as u64 {
+                    return (epoch, start.elapsed());
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no agreement on {want:?} led by {leader}; last views (id, (epoch, leader, members)): {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILL, and wait until the process is gone.
+pub fn kill9(pid: i32) {
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    wait_gone(pid);
+}

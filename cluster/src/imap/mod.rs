@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -49,15 +48,7 @@ const SYSTEM_FLAGS: &str = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)";
 /// Serves one IMAP connection until the client logs out or disconnects, the session times out,
 /// makes too many errors, or the node shuts down.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) -> io::Result<()> {
-    let limits = &ctx.config.limits;
-    let (r, w) = stream.into_split();
-    let conn = Conn::new(
-        r,
-        w,
-        limits.line_bytes_max,
-        Duration::from_secs(limits.idle_timeout_s),
-        ctx.shutdown.clone(),
-    );
+    let conn = crate::node::client_conn(stream, &ctx);
     let mut session = Session {
         ctx: ctx.clone(),
         conn,

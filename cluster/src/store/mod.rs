@@ -379,18 +379,13 @@ impl Store {
 
     /// Records that replica `node` has `uid`, so it is not pushed there again.
     pub async fn acked(&self, user: &str, uid: u32, node: u32) -> Result<(), StoreError> {
-        match self
-            .submit(|reply| writer::Op::Acked {
-                user: user.to_string(),
-                uid,
-                node,
-                reply,
-            })
-            .await?
-        {
-            writer::Reply::Failed(e) => Err(StoreError::Failed(e)),
-            _ => Ok(()),
-        }
+        self.submit_done(|reply| writer::Op::Acked {
+            user: user.to_string(),
+            uid,
+            node,
+            reply,
+        })
+        .await
     }
 
     /// Up to `limit` messages still to be pushed to replicas, oldest first.
@@ -441,18 +436,13 @@ impl Store {
 
     /// Records that `node` has the state of `uid` this node owed it.
     pub async fn settled(&self, user: &str, uid: u32, node: u32) -> Result<(), StoreError> {
-        match self
-            .submit(|reply| writer::Op::Settled {
-                user: user.to_string(),
-                uid,
-                node,
-                reply,
-            })
-            .await?
-        {
-            writer::Reply::Failed(e) => Err(StoreError::Failed(e)),
-            _ => Ok(()),
-        }
+        self.submit_done(|reply| writer::Op::Settled {
+            user: user.to_string(),
+            uid,
+            node,
+            reply,
+        })
+        .await
     }
 
     /// Every user with a mailbox fragment on this node.
@@ -477,19 +467,14 @@ impl Store {
         ts_ms: i64,
         targets: Vec<u32>,
     ) -> Result<(), StoreError> {
-        match self
-            .submit(|reply| writer::Op::Profile {
-                user: user.to_string(),
-                password: password.to_string(),
-                ts_ms,
-                targets,
-                reply,
-            })
-            .await?
-        {
-            writer::Reply::Failed(e) => Err(StoreError::Failed(e)),
-            _ => Ok(()),
-        }
+        self.submit_done(|reply| writer::Op::Profile {
+            user: user.to_string(),
+            password: password.to_string(),
+            ts_ms,
+            targets,
+            reply,
+        })
+        .await
     }
 
     /// A user's profile: (password, ts_ms), if one was ever set.
@@ -601,6 +586,17 @@ impl Store {
             writer::Reply::Uids(uids) => Ok(uids),
             writer::Reply::Failed(e) => Err(StoreError::Failed(e)),
             writer::Reply::Flags(_) => unreachable!("expunge op answered with flags"),
+        }
+    }
+
+    /// Submits an op whose only answer is done or failed.
+    async fn submit_done(
+        &self,
+        make: impl FnOnce(oneshot::Sender<writer::Reply>) -> writer::Op,
+    ) -> Result<(), StoreError> {
+        match self.submit(make).await? {
+            writer::Reply::Failed(e) => Err(StoreError::Failed(e)),
+            _ => Ok(()),
         }
     }
 
