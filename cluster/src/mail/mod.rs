@@ -159,8 +159,12 @@ impl MailService {
         self.mailmap.lock().unwrap().users()
     }
 
-    fn now_ms(&self) -> i64 {
-        chrono::Utc::now().timestamp_millis() + self.faults.clock_skew_ms()
+    /// An update stamp for now: this node's clock (with any injected skew) and its id.
+    fn now_stamp(&self) -> i64 {
+        crate::store::stamp(
+            chrono::Utc::now().timestamp_millis() + self.faults.clock_skew_ms(),
+            self.id,
+        )
     }
 
     fn current_view(&self) -> ViewInfo {
@@ -234,7 +238,7 @@ impl MailService {
                 internal_date,
                 uid: None,
                 seq_hint: max_seq,
-                ts_ms: self.now_ms(),
+                ts_ms: self.now_stamp(),
                 targets: targets[1..].to_vec(),
                 replicas: targets.clone(),
             };
@@ -354,7 +358,7 @@ impl MailService {
         mode: FlagMode,
         flags: Flags,
     ) -> Result<Vec<(u32, Flags)>, StoreError> {
-        let ts_ms = self.now_ms();
+        let ts_ms = self.now_stamp();
         let request = Request::SetFlags {
             user: user.to_string(),
             uids,
@@ -606,7 +610,7 @@ impl MailService {
             .filter(|&n| n != self.id)
             .collect();
         self.store
-            .set_profile(user, password, self.now_ms(), targets.clone())
+            .set_profile(user, password, self.now_stamp(), targets.clone())
             .await?;
         self.push_now.notify_one();
         Ok(targets)

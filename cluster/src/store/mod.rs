@@ -90,6 +90,12 @@ pub const UID_NODE_BITS: u32 = 6;
 /// Largest per-user sequence number (the UID must fit in 32 bits).
 pub const UID_SEQ_MAX: u32 = (1 << (32 - UID_NODE_BITS)) - 1;
 
+/// An update stamp: when (unix ms on the updating node's clock) and which node, in one number,
+/// so that "newest wins" is a total order: loosely synchronized clocks, node id as tie-break.
+pub fn stamp(unix_ms: i64, node: u32) -> i64 {
+    (unix_ms << UID_NODE_BITS) | i64::from(node)
+}
+
 /// The UID for sequence number `seq` assigned by `node`.
 pub fn uid_of(seq: u32, node: u32) -> u32 {
     assert!(seq <= UID_SEQ_MAX && node < (1 << UID_NODE_BITS));
@@ -117,7 +123,7 @@ pub struct MessageMeta {
     /// Unix seconds when the message was accepted.
     pub internal_date: i64,
     pub flags: Flags,
-    /// When the flags were last set (unix ms): the newest setting wins across replicas.
+    /// When the flags were last set, as an update stamp ([`stamp`]): the newest wins.
     pub flags_ts: i64,
     /// Every node meant to hold a copy.
     pub replicas: Vec<u32>,
@@ -145,7 +151,7 @@ pub struct NewMessage {
     pub uid: Option<u32>,
     /// Assign a sequence number at least this (the highest the cluster is known to have used).
     pub seq_hint: u32,
-    /// When the flags were set (unix ms).
+    /// When the flags were set, as an update stamp ([`stamp`]).
     pub ts_ms: i64,
     /// Replicas this node must push the message to; logged with it, retried until acknowledged.
     pub targets: Vec<u32>,
@@ -345,7 +351,7 @@ impl Store {
                     internal_date,
                     uid: None,
                     seq_hint: 0,
-                    ts_ms: chrono::Utc::now().timestamp_millis(),
+                    ts_ms: stamp(chrono::Utc::now().timestamp_millis(), self.shared.node_id),
                     targets: Vec::new(),
                     replicas: Vec::new(),
                 })
@@ -525,7 +531,7 @@ impl Store {
         mode: FlagMode,
         flags: Flags,
     ) -> Result<Vec<(u32, Flags)>, StoreError> {
-        let ts_ms = chrono::Utc::now().timestamp_millis();
+        let ts_ms = stamp(chrono::Utc::now().timestamp_millis(), self.shared.node_id);
         self.set_flags_at(user, uids, mode, flags, ts_ms, false)
             .await
     }

@@ -33,7 +33,7 @@ pub enum Record {
         uid: u32,
         internal_date: i64,
         flags: Flags,
-        /// When the flags were set (unix ms, the setting node's clock): last writer wins.
+        /// When the flags were set, as an update stamp (`super::stamp`): the newest wins.
         ts_ms: i64,
         targets: Vec<u32>,
         /// Every node meant to hold a copy (this one included), so changes can reach them all.
