@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod cluster_up;
+pub mod local_cluster;
 pub mod node_cmd;
 pub mod sim_cmd;
 
