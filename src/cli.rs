@@ -25,11 +25,26 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Run an experiment end to end: launch the target, drive the workload, inject the faults,
+    /// check correctness, write DIR/results.json and print a summary.
+    Run(RunArgs),
     /// Run the deterministic simulations of the cluster's protocols.
     Sim {
         #[command(subcommand)]
         command: SimCommand,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The experiment file (TOML).
+    pub experiment: PathBuf,
+    /// Where results.json (and the bundled cluster's data) go. Default: results/NAME-TIMESTAMP.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override any key of the experiment, e.g. --set cluster.nodes=4 --set workload.rate.per_s=500.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod cluster_up;
 pub mod local_cluster;
 pub mod node_cmd;
+pub mod run;
 pub mod sim_cmd;
 
 use cli::{Cli, ClusterCommand, Command, SimCommand};
@@ -17,6 +18,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster {
             command: ClusterCommand::Up(args),
         } => cluster_up::run(args),
+        Command::Run(args) => run::run(args),
         Command::Sim {
             command: SimCommand::Membership(args),
         } => sim_cmd::membership(args),

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,7 +58,7 @@ pub struct TransportMetrics {
 
 /// Handle for sending to peers; cheap to clone.
 pub struct Transport<M> {
-    links: BTreeMap<u32, mpsc::Sender<(Instant, M)>>,
+    links: BTreeMap<u32, Link<M>>,
     faults: Arc<FaultSwitch>,
     metrics: TransportMetrics,
 }
@@ -70,6 +71,30 @@ impl<M> Clone for Transport<M> {
             metrics: self.metrics.clone(),
         }
     }
+}
+
+/// The sending side of one peer's link.
+struct Link<M> {
+    queue: mpsc::Sender<(Instant, M)>,
+    /// Whether the link has a live connection now (a request to a peer that is down can then
+    /// fail at once instead of waiting out its timeout).
+    connected: Arc<AtomicBool>,
+}
+
+impl<M> Clone for Link<M> {
+    fn clone(&self) -> Self {
+        Link {
+            queue: self.queue.clone(),
+            connected: self.connected.clone(),
+        }
+    }
+}
+
+/// Which peer a link task serves.
+struct Peer {
+    id: u32,
+    addr: SocketAddr,
+    connected: Arc<AtomicBool>,
 }
 
 /// Everything the transport needs to start.
@@ -102,11 +127,21 @@ where
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            links.insert(peer, tx);
+            let connected = Arc::new(AtomicBool::new(false));
+            links.insert(
+                peer,
+                Link {
+                    queue: tx,
+                    connected: connected.clone(),
+                },
+            );
             tokio::spawn(link(
                 config.clone(),
-                peer,
-                addr,
+                Peer {
+                    id: peer,
+                    addr,
+                    connected,
+                },
                 rx,
                 faults.clone(),
                 metrics.clone(),
@@ -137,11 +172,20 @@ where
         let Some(link) = self.links.get(&to) else {
             return false;
         };
-        if self.faults.blocks(to) || link.try_send((Instant::now(), msg)).is_err() {
+        if self.faults.blocks(to) || link.queue.try_send((Instant::now(), msg)).is_err() {
             self.metrics.dropped.inc();
             return false;
         }
         true
+    }
+
+    /// Whether the link to `to` is connected now (and not cut by a fault).
+    pub fn is_connected(&self, to: u32) -> bool {
+        !self.faults.blocks(to)
+            && self
+                .links
+                .get(&to)
+                .is_some_and(|l| l.connected.load(Ordering::Relaxed))
     }
 
     /// The peers this node can send to.
@@ -153,16 +197,21 @@ where
 /// Keeps a connection to one peer and sends its queue over it.
 async fn link<M: Serialize>(
     config: Arc<TransportConfig>,
-    peer: u32,
-    addr: SocketAddr,
+    target: Peer,
     mut queue: mpsc::Receiver<(Instant, M)>,
     faults: Arc<FaultSwitch>,
     metrics: TransportMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Peer {
+        id: peer,
+        addr,
+        connected,
+    } = target;
     let mut backoff = BACKOFF_MIN;
     let mut buf = Vec::new();
     'connect: loop {
+        connected.store(false, Ordering::Relaxed);
         if *shutdown.borrow() {
             return;
         }
@@ -179,7 +228,11 @@ async fn link<M: Serialize>(
         };
         backoff = BACKOFF_MIN;
         let _ = stream.set_nodelay(true);
-        let mut out = BufWriter::new(stream);
+        // The peer never writes on this connection: a read that ends means it is gone, which
+        // is noticed at once rather than at the next failed write.
+        let (mut closed, write_half) = stream.into_split();
+        let mut out = BufWriter::new(write_half);
+        let mut probe = [0u8; 1];
         let hello: Wire<M> = Wire::Hello {
             from: config.id,
             secret: config.secret.clone(),
@@ -188,9 +241,11 @@ async fn link<M: Serialize>(
         if write_frame(&mut out, &hello, &mut buf).await.is_err() {
             continue;
         }
+        connected.store(true, Ordering::Relaxed);
         loop {
             let next = tokio::select! {
                 m = queue.recv() => m,
+                _ = closed.read(&mut probe) => continue 'connect,
                 _ = shutdown.wait_for(|s| *s) => return,
             };
             let Some((queued_at, msg)) = next else { return };
@@ -217,8 +272,8 @@ async fn link<M: Serialize>(
     }
 }
 
-async fn write_frame<M: Serialize>(
-    out: &mut BufWriter<TcpStream>,
+async fn write_frame<M: Serialize, W: tokio::io::AsyncWrite + Unpin>(
+    out: &mut BufWriter<W>,
     frame: &Wire<M>,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<()> {

@@ -1,1 +1,441 @@
-//! Being written.
+//! Experiment files: what a run launches, drives, breaks and checks, as TOML.
+//!
+//! Every key has a default and every table rejects unknown keys, so a typo is an error that names
+//! the key, never a silent default. `--set KEY=VALUE` overrides any key before parsing. This
+//! module only describes and validates; the runner carries the experiment out.
+
+use serde::{Deserialize, Serialize};
+
+use crate::workload::Workload;
+use crate::OpKind;
+
+/// Most faults one experiment may schedule.
+pub const FAULTS_MAX: usize = 1_000;
+
+/// A whole experiment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Experiment {
+    pub name: String,
+    pub seed: u64,
+    /// The bundled cluster, launched locally (the default target).
+    pub cluster: ClusterSection,
+    /// Instead of `[cluster]`: an existing server or cluster.
+    pub target: Option<TargetSection>,
+    pub workload: Workload,
+    pub faults: Vec<FaultSpec>,
+    pub slo: Slo,
+    pub check: Check,
+}
+
+impl Default for Experiment {
+    fn default() -> Self {
+        Experiment {
+            name: "experiment".into(),
+            seed: 1,
+            cluster: ClusterSection::default(),
+            target: None,
+            workload: Workload::default(),
+            faults: Vec::new(),
+            slo: Slo::default(),
+            check: Check::default(),
+        }
+    }
+}
+
+/// The bundled cluster's shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    pub nodes: u32,
+    pub replication: u32,
+    pub spread: u32,
+    /// `dynamic`, `random` or `static`.
+    pub placement: String,
+    /// The disk model, as the node configuration's `[disk]` table: `{ model = "real" }` or
+    /// `{ model = "modelled", syncs_per_s = 200, latency_ms = 5 }`.
+    pub disk: toml::Table,
+    /// Users provisioned; default: the workload's user count.
+    pub users: Option<u64>,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        let mut disk = toml::Table::new();
+        disk.insert("model".into(), "real".into());
+        ClusterSection {
+            nodes: 3,
+            replication: 2,
+            spread: 2,
+            placement: "dynamic".into(),
+            disk,
+            users: None,
+        }
+    }
+}
+
+/// An existing target: front ends per protocol (any may be empty, then that part of the mix is
+/// an error) and its users.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetSection {
+    pub smtp: Vec<String>,
+    pub pop3: Vec<String>,
+    pub imap: Vec<String>,
+    pub domain: String,
+    pub user_pattern: String,
+    pub user_first: u64,
+    pub password: String,
+}
+
+impl Default for TargetSection {
+    fn default() -> Self {
+        TargetSection {
+            smtp: Vec::new(),
+            pop3: Vec::new(),
+            imap: Vec::new(),
+            domain: "example.test".into(),
+            user_pattern: "user{n}".into(),
+            user_first: 0,
+            password: "password".into(),
+        }
+    }
+}
+
+/// What a fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultAction {
+    /// SIGKILL the node; with `duration_s`, start it again after that long.
+    Kill,
+    /// SIGSTOP the node; SIGCONT after `duration_s` (default: the rest of the run).
+    Pause,
+    /// SIGKILL and start again at once.
+    Restart,
+    /// Cut the cluster into `groups`; heal after `duration_s`.
+    Partition,
+    /// Clear every node's faults (heal partitions, delays, losses).
+    Heal,
+    /// Delay every peer message of `node` (or all nodes) by `delay_ms`.
+    Delay,
+    /// Lose `loss` of the peer messages of `node` (or all nodes).
+    Loss,
+    /// Stretch `node`'s disk syncs by `factor`.
+    SlowDisk,
+    /// Shift `node`'s update clock by `skew_ms`.
+    ClockSkew,
+}
+
+/// One scheduled fault.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    pub at_s: f64,
+    pub action: FaultAction,
+    #[serde(default)]
+    pub node: Option<u32>,
+    /// Undo after this long (restart, resume, heal, clear); absent: for good.
+    #[serde(default)]
+    pub duration_s: Option<f64>,
+    #[serde(default)]
+    pub groups: Option<Vec<Vec<u32>>>,
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    #[serde(default)]
+    pub loss: Option<f64>,
+    #[serde(default)]
+    pub factor: Option<f64>,
+    #[serde(default)]
+    pub skew_ms: Option<i64>,
+}
+
+/// Service-level objectives the run is judged against.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Slo {
+    pub p99_ms: SloLatency,
+    pub error_rate_max: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SloLatency {
+    pub smtp: Option<f64>,
+    pub pop3: Option<f64>,
+    pub imap: Option<f64>,
+}
+
+impl SloLatency {
+    pub fn get(&self, kind: OpKind) -> Option<f64> {
+        match kind {
+            OpKind::Smtp => self.smtp,
+            OpKind::Pop3 => self.pop3,
+            OpKind::Imap => self.imap,
+        }
+    }
+}
+
+impl Default for Slo {
+    fn default() -> Self {
+        Slo {
+            p99_ms: SloLatency {
+                smtp: Some(250.0),
+                pop3: Some(500.0),
+                imap: Some(500.0),
+            },
+            error_rate_max: 0.01,
+        }
+    }
+}
+
+impl Default for SloLatency {
+    fn default() -> Self {
+        Slo::default().p99_ms
+    }
+}
+
+/// The end-of-run correctness check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Check {
+    /// Whether to retrieve every mailbox at the end and count lost, duplicated, corrupted.
+    pub enabled: bool,
+    /// Loss of acknowledged messages is expected (e.g. replication 1 and a node killed for good):
+    /// it is reported but does not fail the run.
+    pub loss_expected: bool,
+    /// How long to wait after the load for replication to settle before checking.
+    pub settle_s: f64,
+}
+
+impl Default for Check {
+    fn default() -> Self {
+        Check {
+            enabled: true,
+            loss_expected: false,
+            settle_s: 30.0,
+        }
+    }
+}
+
+impl Experiment {
+    /// Parses an experiment, naming any unknown or mistyped key, then validates values.
+    pub fn from_toml(text: &str) -> Result<Experiment, String> {
+        let value: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        Experiment::from_table(value)
+    }
+
+    /// Parses an already-read TOML table (after `--set` overrides).
+    pub fn from_table(table: toml::Table) -> Result<Experiment, String> {
+        let experiment: Experiment = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
+        experiment.validate()?;
+        Ok(experiment)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "name: {:?} must be letters, digits, - _ .",
+                self.name
+            ));
+        }
+        self.workload.validate()?;
+        let c = &self.cluster;
+        if c.nodes == 0 || c.nodes > 63 {
+            return Err(format!("cluster.nodes: must be 1 to 63, got {}", c.nodes));
+        }
+        if c.replication == 0 || c.replication > c.nodes {
+            return Err(format!(
+                "cluster.replication: must be 1 to cluster.nodes ({}), got {}",
+                c.nodes, c.replication
+            ));
+        }
+        if c.spread == 0 {
+            return Err("cluster.spread: must be at least 1".into());
+        }
+        if !["dynamic", "random", "static"].contains(&c.placement.as_str()) {
+            return Err(format!(
+                "cluster.placement: {:?} is not one of dynamic, random, static",
+                c.placement
+            ));
+        }
+        if let Some(t) = &self.target {
+            for (key, addrs) in [("smtp", &t.smtp), ("pop3", &t.pop3), ("imap", &t.imap)] {
+                for a in addrs {
+                    if a.parse::<std::net::SocketAddr>().is_err() {
+                        return Err(format!(
+                            "target.{key}: {a:?} is not an address like 127.0.0.1:25"
+                        ));
+                    }
+                }
+            }
+            if t.smtp.is_empty() && t.pop3.is_empty() && t.imap.is_empty() {
+                return Err("target: give at least one of smtp, pop3, imap".into());
+            }
+            if !self.faults.is_empty() {
+                return Err(
+                    "faults: fault injection needs the bundled [cluster], not a [target]".into(),
+                );
+            }
+        }
+        if self.faults.len() > FAULTS_MAX {
+            return Err(format!("faults: at most {FAULTS_MAX}"));
+        }
+        let duration = self.workload.duration_s;
+        for (i, f) in self.faults.iter().enumerate() {
+            let at = |what: &str| format!("faults[{i}].{what}");
+            if !(0.0..=duration).contains(&f.at_s) {
+                return Err(format!(
+                    "{}: must be within the run (0 to {duration} s)",
+                    at("at_s")
+                ));
+            }
+            if let Some(d) = f.duration_s {
+                if d.is_nan() || d <= 0.0 {
+                    return Err(format!("{}: must be positive", at("duration_s")));
+                }
+            }
+            let node_needed = matches!(
+                f.action,
+                FaultAction::Kill
+                    | FaultAction::Pause
+                    | FaultAction::Restart
+                    | FaultAction::SlowDisk
+                    | FaultAction::ClockSkew
+            );
+            match f.node {
+                Some(n) if n == 0 || n > c.nodes => {
+                    return Err(format!(
+                        "{}: node {n} is not in the cluster (1 to {})",
+                        at("node"),
+                        c.nodes
+                    ))
+                }
+                None if node_needed => {
+                    return Err(format!("{}: {:?} needs a node", at("node"), f.action))
+                }
+                _ => {}
+            }
+            match f.action {
+                FaultAction::Partition => {
+                    let groups = f.groups.as_ref().ok_or_else(|| {
+                        format!("{}: partition needs groups, e.g. [[1,2],[3]]", at("groups"))
+                    })?;
+                    let mut seen = std::collections::BTreeSet::new();
+                    for g in groups {
+                        for &n in g {
+                            if n == 0 || n > c.nodes || !seen.insert(n) {
+                                return Err(format!(
+                                    "{}: node {n} is unknown or in two groups",
+                                    at("groups")
+                                ));
+                            }
+                        }
+                    }
+                    if groups.len() < 2 {
+                        return Err(format!(
+                            "{}: a partition needs at least two groups",
+                            at("groups")
+                        ));
+                    }
+                }
+                FaultAction::Delay if f.delay_ms.is_none() => {
+                    return Err(format!("{}: delay needs delay_ms", at("delay_ms")))
+                }
+                FaultAction::Loss if !f.loss.is_some_and(|l| (0.0..=1.0).contains(&l)) => {
+                    return Err(format!("{}: loss needs loss between 0 and 1", at("loss")))
+                }
+                FaultAction::SlowDisk if !f.factor.is_some_and(|x| x >= 1.0) => {
+                    return Err(format!("{}: slow_disk needs factor >= 1", at("factor")))
+                }
+                FaultAction::ClockSkew if f.skew_ms.is_none() => {
+                    return Err(format!("{}: clock_skew needs skew_ms", at("skew_ms")))
+                }
+                _ => {}
+            }
+        }
+        if !(0.0..=1.0).contains(&self.slo.error_rate_max) {
+            return Err("slo.error_rate_max: must be between 0 and 1".into());
+        }
+        if !(0.0..=3600.0).contains(&self.check.settle_s) {
+            return Err("check.settle_s: must be 0 to 3600".into());
+        }
+        Ok(())
+    }
+}
+
+/// Applies `KEY=VALUE` to a TOML table: `KEY` is a dotted path (`cluster.nodes`,
+/// `workload.rate.per_s`); `VALUE` is TOML (`3`, `0.5`, `"static"`, `[1,2]`), or a bare string.
+pub fn set_key(table: &mut toml::Table, assignment: &str) -> Result<(), String> {
+    let (key, value) = assignment
+        .split_once('=')
+        .ok_or_else(|| format!("--set {assignment:?}: expected KEY=VALUE"))?;
+    let key = key.trim();
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+        Ok(mut t) => t.remove("v").expect("parsed the v key"),
+        Err(_) => toml::Value::String(value.trim().to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("--set {assignment:?}: {key:?} is not a key path"));
+    }
+    let mut node = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = node
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("--set {assignment:?}: {p} is not a table"))?;
+    }
+    node.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Experiment::from_toml("[cluster]\nnodse = 3\n").unwrap_err();
+        assert!(err.contains("nodse"), "{err}");
+        let err = Experiment::from_toml("[workload]\nuserz = 3\n").unwrap_err();
+        assert!(err.contains("userz"), "{err}");
+    }
+
+    #[test]
+    fn faults_are_validated() {
+        let err = Experiment::from_toml("[[faults]]\nat_s = 5\naction = \"kill\"\n").unwrap_err();
+        assert!(err.contains("faults[0].node"), "{err}");
+        let err =
+            Experiment::from_toml("[[faults]]\nat_s = 5\naction = \"partition\"\ngroups = [[1]]\n")
+                .unwrap_err();
+        assert!(err.contains("groups"), "{err}");
+        let ok = Experiment::from_toml(
+            "[[faults]]\nat_s = 5\naction = \"kill\"\nnode = 2\nduration_s = 3\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn set_overrides_any_key() {
+        let mut t: toml::Table = toml::from_str("[cluster]\nnodes = 3\n").unwrap();
+        set_key(&mut t, "cluster.nodes=5").unwrap();
+        set_key(&mut t, "cluster.placement=static").unwrap();
+        set_key(&mut t, "workload.skew=0.5").unwrap();
+        let e = Experiment::from_table(t).unwrap();
+        assert_eq!(e.cluster.nodes, 5);
+        assert_eq!(e.cluster.placement, "static");
+        assert_eq!(e.workload.skew, 0.5);
+        let mut t = toml::Table::new();
+        set_key(&mut t, "cluster.nodez=5").unwrap();
+        assert!(Experiment::from_table(t).unwrap_err().contains("nodez"));
+    }
+}

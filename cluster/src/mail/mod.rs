@@ -37,7 +37,7 @@ use placement::{Inputs, PlacementError};
 use wire::{MailMessage, Request, Response, StoreMessage};
 
 /// How long a request to another node may take before it counts as failed.
-pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Requests from other nodes handled at once, at most.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
 /// Replica pushes in flight at once, at most.
@@ -697,6 +697,10 @@ impl MailService {
         let Some(transport) = &self.transport else {
             return Err(MailError::Unreachable(to));
         };
+        // A peer whose link is down fails at once: its requests would only time out.
+        if !transport.is_connected(to) {
+            return Err(MailError::Unreachable(to));
+        }
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().unwrap().insert(id, tx);

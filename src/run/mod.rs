@@ -1,0 +1,447 @@
+//! `clusterbench run EXPERIMENT.toml`: an experiment end to end.
+//!
+//! Launches the target (the bundled cluster as local node processes, unless the experiment
+//! names an existing `[target]`), drives the workload open loop while the fault schedule is
+//! carried out and every node's view is watched, waits for replication to settle, retrieves every
+//! mailbox to count lost, duplicated and corrupted messages, computes recovery figures and SLO
+//! verdicts, writes `DIR/results.json`, and prints a summary. The exit code is non-zero when an
+//! acknowledged message was lost (unless the experiment expects loss).
+
+pub mod admin;
+pub mod faults;
+pub mod poll;
+pub mod results;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use cluster::config::{DiskConfig, NodeConfig};
+use loadgen::engine::{self, EngineConfig};
+use loadgen::experiment::{set_key, Experiment};
+use loadgen::workload::Share;
+use loadgen::{OpKind, Target};
+use tokio::sync::{watch, Mutex};
+use tokio::time::Instant;
+
+use crate::cli::RunArgs;
+use crate::local_cluster::{ClusterSpec, LocalCluster};
+use results::Results;
+
+/// How long the bundled cluster may take to agree on one view before the load starts.
+pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Mailboxes read at once by the correctness check.
+pub const CHECK_CONCURRENCY: usize = 16;
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("run")
+        .build()
+        .context("starting the async runtime")?;
+    let passed = runtime.block_on(run_experiment(args))?;
+    if !passed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Reads an experiment file and applies `--set` overrides.
+pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Experiment> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for s in sets {
+        set_key(&mut table, s).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    Experiment::from_table(table).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+async fn run_experiment(args: RunArgs) -> anyhow::Result<bool> {
+    let experiment = load(&args.experiment, &args.set)?;
+    let out = match &args.out {
+        Some(dir) => dir.clone(),
+        None => PathBuf::from("results").join(format!(
+            "{}-{}",
+            experiment.name,
+            chrono::Utc::now().format("%Y%m%d-%H%M%S")
+        )),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let out = out.canonicalize()?;
+    let started_at = chrono::Utc::now();
+
+    // The target.
+    let (cluster, target, token) = match &experiment.target {
+        Some(t) => {
+            let parse = |v: &Vec<String>| -> Vec<SocketAddr> {
+                v.iter().filter_map(|a| a.parse().ok()).collect()
+            };
+            let target = Target {
+                smtp: parse(&t.smtp),
+                pop3: parse(&t.pop3),
+                imap: parse(&t.imap),
+                domain: t.domain.clone(),
+                user_pattern: t.user_pattern.clone(),
+                user_first: t.user_first,
+                password: t.password.clone(),
+            };
+            eprintln!(
+                "target: {} SMTP, {} POP3, {} IMAP front end(s)",
+                target.smtp.len(),
+                target.pop3.len(),
+                target.imap.len()
+            );
+            (None, target, String::new())
+        }
+        None => {
+            let cluster = start_cluster(&experiment, &out.join("cluster")).await?;
+            let file = &cluster.file;
+            let target = Target {
+                smtp: file.nodes.iter().map(|n| n.smtp).collect(),
+                pop3: file.nodes.iter().map(|n| n.pop3).collect(),
+                imap: file.nodes.iter().map(|n| n.imap).collect(),
+                domain: file.domain.clone(),
+                user_pattern: file.users.pattern.clone(),
+                user_first: file.users.first,
+                password: file.users.password.clone(),
+            };
+            let token = file.admin_token.clone();
+            (Some(Arc::new(Mutex::new(cluster))), target, token)
+        }
+    };
+
+    // Watch the cluster, carry out the faults, drive the load.
+    let start = Instant::now();
+    let log = Arc::new(std::sync::Mutex::new(poll::PollLog::default()));
+    let (stop_poll, stop_rx) = watch::channel(false);
+    let windows = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut poller = None;
+    let mut fault_task = None;
+    let duration = Duration::from_secs_f64(experiment.workload.duration_s);
+    if let Some(cluster) = &cluster {
+        let addrs = Arc::new(std::sync::Mutex::new(admin_addrs(&*cluster.lock().await)));
+        let refresh = addrs.clone();
+        poller = Some(tokio::spawn(poll::poll(
+            move || refresh.lock().unwrap().clone(),
+            token.clone(),
+            start,
+            log.clone(),
+            stop_rx,
+        )));
+        // Keep the poller's address list current as nodes restart.
+        let c = cluster.clone();
+        let mut stop = stop_poll.subscribe();
+        tokio::spawn(async move {
+            loop {
+                *addrs.lock().unwrap() = admin_addrs(&*c.lock().await);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {},
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        fault_task = Some(tokio::spawn(faults::run_schedule(
+            cluster.clone(),
+            token.clone(),
+            experiment.faults.clone(),
+            start,
+            duration,
+            windows.clone(),
+        )));
+    }
+    describe(&experiment, cluster.is_some());
+    let progress = Progress::new(duration);
+    let output = engine::run(
+        EngineConfig {
+            target: target.clone(),
+            workload: experiment.workload.clone(),
+            seed: experiment.seed,
+            share: Share { index: 0, count: 1 },
+            run_id: format!("{}-{}", experiment.name, started_at.format("%Y%m%d%H%M%S")),
+        },
+        |live, elapsed| progress.update(live, elapsed),
+    )
+    .await;
+    progress.finish();
+
+    // Undo what is still in force, then let replication settle.
+    if let (Some(cluster), Some(task)) = (&cluster, fault_task) {
+        let pending = task.await.unwrap_or_default();
+        faults::undo_rest(
+            cluster,
+            &token,
+            &experiment.faults,
+            &pending,
+            start,
+            &windows,
+        )
+        .await;
+        settle(
+            cluster,
+            &log,
+            Duration::from_secs_f64(experiment.check.settle_s),
+        )
+        .await;
+    }
+
+    // The correctness check.
+    let correctness = if experiment.check.enabled {
+        eprintln!("checking: reading every mailbox that was sent mail...");
+        Some(check(&target, &output).await)
+    } else {
+        None
+    };
+    let _ = stop_poll.send(true);
+    if let Some(p) = poller {
+        let _ = p.await;
+    }
+    let summary = output.recorder.summary(output.elapsed);
+    let windows = windows.lock().unwrap().clone();
+    let changes = log.lock().unwrap().changes.clone();
+    let smtp_per_s: Vec<u64> = summary
+        .series
+        .iter()
+        .map(|p| p.per_op.get(&OpKind::Smtp).map_or(0, |f| f.count))
+        .collect();
+    let all_nodes: Vec<u32> = (1..=experiment.cluster.nodes).collect();
+    let recovery = poll::recovery(&windows, &changes, &smtp_per_s, &all_nodes);
+    let cluster_info = match &cluster {
+        Some(c) => Some(c.lock().await.file.clone()),
+        None => None,
+    };
+    let results = Results::new(
+        &experiment,
+        started_at,
+        output.elapsed,
+        cluster_info.as_ref(),
+        summary,
+        windows,
+        changes,
+        recovery,
+        correctness,
+    );
+    let path = out.join("results.json");
+    crate::local_cluster::write_atomically(
+        &path,
+        serde_json::to_string_pretty(&results)?.as_bytes(),
+    )?;
+    results.print(&path);
+    if let Some(cluster) = cluster {
+        let cluster = Arc::try_unwrap(cluster)
+            .map_err(|_| anyhow::anyhow!("the cluster is still in use"))?
+            .into_inner();
+        cluster.stop().await;
+    }
+    Ok(results.verdict.pass)
+}
+
+fn admin_addrs(cluster: &LocalCluster) -> Vec<(u32, SocketAddr)> {
+    cluster.file.nodes.iter().map(|n| (n.id, n.admin)).collect()
+}
+
+/// Starts the bundled cluster the experiment describes and waits until it agrees on one view.
+async fn start_cluster(experiment: &Experiment, dir: &Path) -> anyhow::Result<LocalCluster> {
+    let c = &experiment.cluster;
+    let template = NodeConfig {
+        disk: toml::Value::Table(c.disk.clone())
+            .try_into::<DiskConfig>()
+            .map_err(|e| anyhow::anyhow!("cluster.disk: {}", e.message()))?,
+        ..NodeConfig::default()
+    };
+    let placement: cluster::mail::Placement =
+        toml::Value::String(c.placement.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("cluster.placement: {}", e.message()))?;
+    eprintln!(
+        "starting the bundled cluster: {} node(s), replication {}, {} placement, {} disk, in {}",
+        c.nodes,
+        c.replication,
+        c.placement,
+        template.disk.name(),
+        dir.display()
+    );
+    let cluster = LocalCluster::start(ClusterSpec {
+        nodes: c.nodes,
+        dir: dir.to_path_buf(),
+        users: Some(c.users.unwrap_or(experiment.workload.users)),
+        password: None,
+        domain: None,
+        base_port: None,
+        host: std::net::IpAddr::from([127, 0, 0, 1]),
+        template,
+        replication: Some(c.replication),
+        spread: Some(c.spread),
+        placement: Some(placement),
+    })
+    .await?;
+    let token = cluster.file.admin_token.clone();
+    let admins = admin_addrs(&cluster);
+    let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
+    loop {
+        let mut views = Vec::new();
+        for (_, addr) in &admins {
+            views.push(
+                admin::status(*addr, &token)
+                    .await
+                    .map(|s| s["view"]["members"].clone()),
+            );
+        }
+        let all: serde_json::Value = (1..=c.nodes).collect::<Vec<u32>>().into();
+        if views.iter().all(|v| v.as_ref() == Some(&all)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            cluster.stop().await;
+            bail!(
+                "the cluster did not agree on one view of all {} nodes within {:?}",
+                c.nodes,
+                CLUSTER_READY_TIMEOUT
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(cluster)
+}
+
+/// Waits (at most `limit`) until every answering node has no replication backlog.
+async fn settle(
+    cluster: &Arc<Mutex<LocalCluster>>,
+    log: &Arc<std::sync::Mutex<poll::PollLog>>,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    let token = cluster.lock().await.file.admin_token.clone();
+    loop {
+        let addrs = admin_addrs(&*cluster.lock().await);
+        let mut backlog = 0;
+        for (_, addr) in addrs {
+            if let Some(s) = admin::status(addr, &token).await {
+                backlog += s["replication"]["backlog"].as_u64().unwrap_or(0);
+            }
+        }
+        if backlog == 0 {
+            return;
+        }
+        if Instant::now() > deadline {
+            eprintln!("replication backlog still {backlog} after {limit:?}; checking anyway");
+            return;
+        }
+        let _ = log;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads every mailbox that was sent mail and judges the run.
+async fn check(target: &Target, output: &engine::RunOutput) -> engine::Correctness {
+    let mut users: Vec<String> = output
+        .acked
+        .iter()
+        .flat_map(|a| a.users.iter().cloned())
+        .collect();
+    users.sort();
+    users.dedup();
+    let limit = Arc::new(tokio::sync::Semaphore::new(CHECK_CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, user) in users.into_iter().enumerate() {
+        let target = target.clone();
+        let limit = limit.clone();
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            // Any front end will do; try others if one fails (a node may be down for good).
+            let mut listing = None;
+            for k in 0..target.pop3.len() {
+                let addr = target.pop3[(i + k) % target.pop3.len()];
+                if let Ok(found) =
+                    loadgen::drivers::pop3::retrieve_all(addr, &user, &target.password).await
+                {
+                    listing = Some(found);
+                    break;
+                }
+            }
+            (user, listing)
+        });
+    }
+    let mut listings = HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok((user, listing)) = r {
+            listings.insert(user, listing);
+        }
+    }
+    engine::check(&output.acked, &output.retrieved, &listings)
+}
+
+fn describe(experiment: &Experiment, bundled: bool) {
+    let w = &experiment.workload;
+    eprintln!(
+        "running {}: {} users (skew {}), {} s (warm-up {} s){}",
+        experiment.name,
+        w.users,
+        w.skew,
+        w.duration_s,
+        w.warmup_s,
+        if bundled && !experiment.faults.is_empty() {
+            format!(", {} fault(s) scheduled", experiment.faults.len())
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// The live progress line: a bar on a terminal, a line every 10 s otherwise.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    tty: bool,
+    last_line: std::sync::Mutex<Duration>,
+}
+
+impl Progress {
+    fn new(duration: Duration) -> Progress {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = if tty {
+            let bar = indicatif::ProgressBar::new(duration.as_secs().max(1));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30}] {pos}/{len} s  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        Progress {
+            bar,
+            tty,
+            last_line: std::sync::Mutex::new(Duration::ZERO),
+        }
+    }
+
+    fn update(&self, live: &loadgen::metrics::LiveFigures, elapsed: Duration) {
+        let p99 = live
+            .p99_ms
+            .map_or_else(|| "-".to_string(), |p| format!("{p:.1} ms"));
+        let msg = format!(
+            "{:.0} ops/s  {} errors  p99 {p99}",
+            live.ops_per_s, live.errors_total
+        );
+        if self.tty {
+            self.bar.set_position(elapsed.as_secs());
+            self.bar.set_message(msg);
+        } else {
+            let mut last = self.last_line.lock().unwrap();
+            if elapsed >= *last + Duration::from_secs(10) {
+                *last = elapsed;
+                eprintln!("  {:>4} s  {msg}", elapsed.as_secs());
+            }
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

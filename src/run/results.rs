@@ -1,0 +1,253 @@
+//! `results.json`: everything a run measured, in a versioned schema (documented in the README),
+//! and the short summary printed at the end.
+
+use std::path::Path;
+use std::time::Duration;
+
+use loadgen::engine::Correctness;
+use loadgen::experiment::Experiment;
+use loadgen::metrics::Summary;
+use loadgen::OpKind;
+use serde::Serialize;
+
+use super::faults::FaultWindow;
+use super::poll::{Recovery, ViewChange};
+use crate::local_cluster::ClusterFile;
+
+/// Bumped on any change a reader of results.json would notice.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub schema_version: u32,
+    pub name: String,
+    pub experiment: Experiment,
+    pub environment: Environment,
+    pub target: TargetInfo,
+    pub operations: Summary,
+    pub faults: Vec<FaultWindow>,
+    pub view_changes: Vec<ViewChange>,
+    pub recovery: Vec<Recovery>,
+    pub correctness: Option<Correctness>,
+    pub slo: SloVerdicts,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Environment {
+    pub clusterbench_version: String,
+    pub commit: String,
+    pub cores: usize,
+    pub os: String,
+    pub started_at: String,
+    pub elapsed_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TargetInfo {
+    /// `bundled` or `external`.
+    pub kind: String,
+    pub nodes: Option<usize>,
+    pub replication: Option<u32>,
+    pub placement: Option<String>,
+    pub disk: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SloVerdicts {
+    pub pass: bool,
+    pub checks: Vec<SloCheck>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SloCheck {
+    pub what: String,
+    pub limit: f64,
+    pub value: f64,
+    pub pass: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    /// False when an acknowledged message was lost (and loss was not expected).
+    pub pass: bool,
+    pub reasons: Vec<String>,
+}
+
+impl Results {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        experiment: &Experiment,
+        started_at: chrono::DateTime<chrono::Utc>,
+        elapsed: Duration,
+        cluster: Option<&ClusterFile>,
+        operations: Summary,
+        faults: Vec<FaultWindow>,
+        view_changes: Vec<ViewChange>,
+        recovery: Vec<Recovery>,
+        correctness: Option<Correctness>,
+    ) -> Results {
+        let slo = slo_verdicts(experiment, &operations);
+        let mut reasons = Vec::new();
+        if let Some(c) = &correctness {
+            if c.lost > 0 && !experiment.check.loss_expected {
+                reasons.push(format!("{} acknowledged message(s) lost", c.lost));
+            }
+            if c.corrupted > 0 {
+                reasons.push(format!("{} corrupted message(s)", c.corrupted));
+            }
+        }
+        Results {
+            schema_version: SCHEMA_VERSION,
+            name: experiment.name.clone(),
+            experiment: experiment.clone(),
+            environment: Environment {
+                clusterbench_version: env!("CARGO_PKG_VERSION").into(),
+                commit: commit(),
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                os: std::env::consts::OS.into(),
+                started_at: started_at.to_rfc3339(),
+                elapsed_s: elapsed.as_secs_f64(),
+            },
+            target: match cluster {
+                Some(c) => TargetInfo {
+                    kind: "bundled".into(),
+                    nodes: Some(c.nodes.len()),
+                    replication: Some(c.replication),
+                    placement: Some(c.placement.name().into()),
+                    disk: experiment
+                        .cluster
+                        .disk
+                        .get("model")
+                        .map(|m| m.to_string().trim_matches('"').to_string()),
+                },
+                None => TargetInfo {
+                    kind: "external".into(),
+                    nodes: None,
+                    replication: None,
+                    placement: None,
+                    disk: None,
+                },
+            },
+            operations,
+            faults,
+            view_changes,
+            recovery,
+            correctness,
+            verdict: Verdict {
+                pass: reasons.is_empty(),
+                reasons,
+            },
+            slo,
+        }
+    }
+
+    /// The summary a person reads at the end of a run.
+    pub fn print(&self, path: &Path) {
+        println!();
+        println!("{}  ({} s)", self.name, self.environment.elapsed_s.round());
+        println!(
+            "{:<6} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "op", "count", "errors", "rate/s", "p50 ms", "p99 ms", "max ms"
+        );
+        for kind in OpKind::ALL {
+            if let Some(op) = self.operations.ops.get(&kind) {
+                if op.count + op.errors == 0 {
+                    continue;
+                }
+                println!(
+                    "{:<6} {:>9} {:>8} {:>9.1} {:>9.2} {:>9.2} {:>9.2}",
+                    kind.name(),
+                    op.count,
+                    op.errors,
+                    op.throughput_per_s,
+                    op.p50_ms,
+                    op.p99_ms,
+                    op.max_ms
+                );
+            }
+        }
+        for r in &self.recovery {
+            let f = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |s| format!("{s:.2} s"));
+            println!(
+                "fault {} ({:?}{}) at {:.1} s: detected {}, converged {}, throughput back {}, reintegrated {}",
+                r.fault,
+                r.action,
+                r.node.map(|n| format!(" node {n}")).unwrap_or_default(),
+                r.start_s,
+                f(r.detection_s),
+                f(r.convergence_s),
+                f(r.throughput_recovered_s),
+                f(r.reintegration_s)
+            );
+        }
+        if let Some(c) = &self.correctness {
+            println!(
+                "correctness: {} acknowledged, {} retrieved, {} lost, {} duplicated, {} corrupted",
+                c.acknowledged, c.retrieved, c.lost, c.duplicated, c.corrupted
+            );
+        }
+        for s in self.slo.checks.iter().filter(|s| !s.pass) {
+            println!(
+                "SLO missed: {} = {:.3} (limit {})",
+                s.what, s.value, s.limit
+            );
+        }
+        println!(
+            "verdict: {}{}  (results in {})",
+            if self.verdict.pass { "PASS" } else { "FAIL" },
+            if self.verdict.reasons.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", self.verdict.reasons.join("; "))
+            },
+            path.display()
+        );
+    }
+}
+
+fn slo_verdicts(experiment: &Experiment, ops: &Summary) -> SloVerdicts {
+    let mut checks = Vec::new();
+    let (mut attempted, mut failed) = (0u64, 0u64);
+    for kind in OpKind::ALL {
+        let Some(op) = ops.ops.get(&kind) else {
+            continue;
+        };
+        attempted += op.count + op.errors;
+        failed += op.errors;
+        if let Some(limit) = experiment.slo.p99_ms.get(kind) {
+            if op.count > 0 {
+                checks.push(SloCheck {
+                    what: format!("{} p99 ms", kind.name()),
+                    limit,
+                    value: op.p99_ms,
+                    pass: op.p99_ms <= limit,
+                });
+            }
+        }
+    }
+    if attempted > 0 {
+        let rate = failed as f64 / attempted as f64;
+        checks.push(SloCheck {
+            what: "error rate".into(),
+            limit: experiment.slo.error_rate_max,
+            value: rate,
+            pass: rate <= experiment.slo.error_rate_max,
+        });
+    }
+    SloVerdicts {
+        pass: checks.iter().all(|c| c.pass),
+        checks,
+    }
+}
+
+/// The commit this binary's source is at, if `git` can tell.
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
