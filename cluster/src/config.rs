@@ -35,9 +35,10 @@ pub struct NodeConfig {
 /// The disk a node's mail log is acknowledged against.
 ///
 /// `real` writes and fsyncs every batch. `modelled` writes without fsync and then holds the batch
-/// for the time a device with the given sync rate and latency would take (`records / syncs_per_s`
-/// plus `latency_ms`), one batch at a time, so each record costs one sync of device time and the queue
-/// in front of the writer is the device queue. That makes N nodes on one machine behave like N
+/// for the time a device with the given sync rate and latency would take (`messages /
+/// syncs_per_s` plus `latency_ms`), one batch at a time, so each message copy written costs one
+/// sync of device time (bookkeeping records ride along) and the queue in front of the writer is
+/// the device queue. That makes N nodes on one machine behave like N
 /// disk-bound machines (Porcupine's nodes were), so scaling and replication overhead can be
 /// measured on a laptop. Data written under the model survives `kill -9` (it is in the page cache)
 /// but not a power cut.

@@ -254,17 +254,18 @@ async fn session(shared: &Shared, kind: OpKind, user_index: u64, seq: u64) -> Re
     // A front end that refuses the connection is skipped for the next, as a client with
     // several addresses for the server would.
     let mut attempt = Err(OpError::Connect("no front end".into()));
+    let mut result = SessionResult::default();
     for k in 0..fronts.len() {
         let addr = fronts[(seq as usize + k) % fronts.len()];
         attempt = match kind {
-            OpKind::Pop3 => pop3::session(addr, &user, &target.password, true).await,
-            _ => imap::session(addr, &user, &target.password, true).await,
+            OpKind::Pop3 => pop3::session(addr, &user, &target.password, true, &mut result).await,
+            _ => imap::session(addr, &user, &target.password, true, &mut result).await,
         };
         if !matches!(attempt, Err(OpError::Connect(_))) {
             break;
         }
     }
-    let result: SessionResult = attempt?;
+    // What was retrieved counts even when the session failed afterwards.
     let mut outcomes = shared.outcomes.lock().unwrap();
     for v in result.retrieved {
         outcomes.retrieved.push((user.clone(), v));
@@ -272,7 +273,7 @@ async fn session(shared: &Shared, kind: OpKind, user_index: u64, seq: u64) -> Re
     for id in result.deleted {
         outcomes.deleted.push((user.clone(), id));
     }
-    Ok(())
+    attempt
 }
 
 /// Counts of a correctness check.

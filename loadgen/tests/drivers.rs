@@ -108,6 +108,32 @@ impl Drop for StopOnDrop {
 }
 
 /// The workspace's `clusterbench` binary, built if it is missing; `None` if it cannot be had.
+/// A POP3 session with its findings returned (the driver reports them through `out`).
+async fn pop3_session(
+    addr: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+    delete: bool,
+) -> Result<loadgen::drivers::SessionResult, OpError> {
+    let mut out = loadgen::drivers::SessionResult::default();
+    pop3::session(addr, user, password, delete, &mut out)
+        .await
+        .map(|()| out)
+}
+
+/// An IMAP session with its findings returned.
+async fn imap_session(
+    addr: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+    expunge: bool,
+) -> Result<loadgen::drivers::SessionResult, OpError> {
+    let mut out = loadgen::drivers::SessionResult::default();
+    imap::session(addr, user, password, expunge, &mut out)
+        .await
+        .map(|()| out)
+}
+
 fn clusterbench_binary() -> Option<PathBuf> {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // This test runs from <target>/debug/deps/, which also honours CARGO_TARGET_DIR.
@@ -186,7 +212,7 @@ async fn drivers_against_a_real_cluster() {
     assert_eq!(sorted_ids(&found), sent);
 
     // IMAP fetches the five unseen messages and expunges them.
-    let session = imap::session(imap_addr, &user1, password, true)
+    let session = imap_session(imap_addr, &user1, password, true)
         .await
         .unwrap();
     assert_eq!(sorted_ids(&session.retrieved), sent);
@@ -203,7 +229,7 @@ async fn drivers_against_a_real_cluster() {
     let user2 = t.user(2);
     let m = message("drv-pop3", &t.address(2), 3000, 42);
     smtp.send(0, "", &[t.address(2)], &m).await.unwrap();
-    let session = pop3::session(pop3_addr, &user2, password, true)
+    let session = pop3_session(pop3_addr, &user2, password, true)
         .await
         .unwrap();
     assert_eq!(session.retrieved.len(), 1);
@@ -221,13 +247,13 @@ async fn drivers_against_a_real_cluster() {
     smtp.send(0, "loadgen@client.test", &[t.address(3)], &big)
         .await
         .unwrap();
-    let session = imap::session(imap_addr, &user3, password, false)
+    let session = imap_session(imap_addr, &user3, password, false)
         .await
         .unwrap();
     assert_eq!(sorted_ids(&session.retrieved), ["drv-big"]);
     assert!(session.retrieved[0].intact);
     assert!(session.deleted.is_empty());
-    let again = imap::session(imap_addr, &user3, password, true)
+    let again = imap_session(imap_addr, &user3, password, true)
         .await
         .unwrap();
     assert!(again.retrieved.is_empty(), "{again:?}");
@@ -239,11 +265,11 @@ async fn drivers_against_a_real_cluster() {
 
     // Refusals.
     let wrong = format!("{password}-wrong");
-    let e = pop3::session(pop3_addr, &user1, &wrong, true)
+    let e = pop3_session(pop3_addr, &user1, &wrong, true)
         .await
         .unwrap_err();
     assert!(matches!(e, OpError::Rejected(_)), "{e:?}");
-    let e = imap::session(imap_addr, &user1, &wrong, true)
+    let e = imap_session(imap_addr, &user1, &wrong, true)
         .await
         .unwrap_err();
     assert!(matches!(e, OpError::Rejected(_)), "{e:?}");
@@ -273,11 +299,11 @@ async fn a_closed_port_is_a_connect_error() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let e = pop3::session(addr, "u", "p", true).await.unwrap_err();
+    let e = pop3_session(addr, "u", "p", true).await.unwrap_err();
     assert!(matches!(e, OpError::Connect(_)), "{e:?}");
     let e = pop3::retrieve_all(addr, "u", "p").await.unwrap_err();
     assert!(matches!(e, OpError::Connect(_)), "{e:?}");
-    let e = imap::session(addr, "u", "p", true).await.unwrap_err();
+    let e = imap_session(addr, "u", "p", true).await.unwrap_err();
     assert!(matches!(e, OpError::Connect(_)), "{e:?}");
     let smtp = SmtpDriver::new(&[addr], 1);
     let m = message("closed", "user1@example.test", 1000, 1);

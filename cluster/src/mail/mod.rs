@@ -38,6 +38,9 @@ use wire::{MailMessage, Request, Response, StoreMessage};
 
 /// How long a request to another node may take before it counts as failed.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// Requests that wait for the other node's disk (store, flags, expunge, profile) may queue
+/// behind it when it is saturated; they get longer.
+pub const WRITE_RPC_TIMEOUT: Duration = Duration::from_secs(20);
 /// Requests from other nodes handled at once, at most.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
 /// Replica pushes in flight at once, at most.
@@ -92,8 +95,11 @@ pub enum MailError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Placement(#[from] PlacementError),
-    #[error("node {0} did not answer")]
+    #[error("node {0} cannot be reached")]
     Unreachable(u32),
+    /// The request was sent but no answer came in time: it may or may not have been carried out.
+    #[error("node {0} did not answer in time")]
+    NoAnswer(u32),
     #[error("node {0} failed: {1}")]
     Remote(u32, String),
 }
@@ -126,7 +132,9 @@ impl MailService {
             transport,
             config,
             faults,
-            next_request: AtomicU64::new(1),
+            // Random, so that a late answer meant for this node's previous life (before a
+            // restart) cannot be taken for an answer to a new request.
+            next_request: AtomicU64::new(rand::random::<u64>() >> 1),
             waiting: Mutex::new(HashMap::new()),
             mailmap: Mutex::new(MailMap::default()),
             loads: Mutex::new(HashMap::new()),
@@ -262,6 +270,9 @@ impl MailService {
                         format!("unexpected answer {other:?}"),
                     ))
                 }
+                // Sent but unanswered: it may have been stored. Trying another node could store
+                // it twice, so the client is told to try later instead.
+                Err(e @ MailError::NoAnswer(_)) => return Err(e),
                 Err(e) => last_error = Some(e),
             }
             exclude.insert(primary);
@@ -701,20 +712,24 @@ impl MailService {
         if !transport.is_connected(to) {
             return Err(MailError::Unreachable(to));
         }
+        let limit = match request {
+            Request::Locate { .. } | Request::List { .. } | Request::Fetch { .. } => RPC_TIMEOUT,
+            _ => WRITE_RPC_TIMEOUT,
+        };
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().unwrap().insert(id, tx);
         let sent = transport.send(to, PeerMessage::Mail(MailMessage::Request { id, request }));
-        let answer = if sent {
-            tokio::time::timeout(RPC_TIMEOUT, rx)
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-        } else {
-            None
-        };
+        if !sent {
+            self.waiting.lock().unwrap().remove(&id);
+            return Err(MailError::Unreachable(to));
+        }
+        let answer = tokio::time::timeout(limit, rx)
+            .await
+            .ok()
+            .and_then(|r| r.ok());
         self.waiting.lock().unwrap().remove(&id);
-        answer.ok_or(MailError::Unreachable(to))
+        answer.ok_or(MailError::NoAnswer(to))
     }
 
     async fn dispatch(

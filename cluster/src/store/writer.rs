@@ -170,7 +170,13 @@ impl Writer {
             }
         }
         if !buf.is_empty() {
-            let records = pending.iter().map(|p| p.records.len()).sum();
+            // The modelled device charges a sync per message copy written; the small bookkeeping
+            // records (flags, expunges, acknowledgements) ride along in the same batch.
+            let records = pending
+                .iter()
+                .flat_map(|p| &p.records)
+                .filter(|(_, r)| matches!(r, Record::Deliver { .. }))
+                .count();
             let result = self
                 .head
                 .file

@@ -40,12 +40,16 @@ pub const SEARCH_RESULTS_MAX: usize = 1_000_000;
 /// LOGOUT's outcome does not change the result: by then everything the session did is committed.
 /// A timeout or failure after EXPUNGE was sent but before its `OK` leaves the deletions unknown;
 /// they are not reported.
+///
+/// What the session found is put in `out` as it goes, so a session that fails half way still
+/// reports the messages it did fetch.
 pub async fn session(
     addr: SocketAddr,
     user: &str,
     password: &str,
     expunge: bool,
-) -> Result<SessionResult, OpError> {
+    out: &mut SessionResult,
+) -> Result<(), OpError> {
     let deadline = Instant::now() + OP_TIMEOUT;
     let stream = match timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
@@ -54,7 +58,7 @@ pub async fn session(
     };
     // Commands are small and each waits for its reply, so Nagle's delay would only add latency.
     let _ = stream.set_nodelay(true);
-    session_over(stream, user, password, expunge, deadline).await
+    session_over(stream, user, password, expunge, deadline, out).await
 }
 
 /// [`session`] over an open connection, finishing by `deadline`.
@@ -64,18 +68,19 @@ async fn session_over<T>(
     password: &str,
     expunge: bool,
     deadline: Instant,
-) -> Result<SessionResult, OpError>
+    out: &mut SessionResult,
+) -> Result<(), OpError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Debug + Send,
 {
     let mut session = within(deadline, login(stream, user, password)).await?;
-    let result = within(deadline, read_inbox(&mut session, expunge)).await?;
+    within(deadline, read_inbox(&mut session, expunge, out)).await?;
     match timeout_at(deadline, session.logout()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!("IMAP LOGOUT failed after a complete session: {e}"),
         Err(_) => tracing::debug!("IMAP LOGOUT timed out after a complete session"),
     }
-    Ok(result)
+    Ok(())
 }
 
 async fn within<R>(
@@ -128,7 +133,11 @@ where
 }
 
 /// SELECT INBOX to EXPUNGE.
-async fn read_inbox<T>(session: &mut Session<T>, expunge: bool) -> Result<SessionResult, OpError>
+async fn read_inbox<T>(
+    session: &mut Session<T>,
+    expunge: bool,
+    out: &mut SessionResult,
+) -> Result<(), OpError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Debug + Send,
 {
@@ -155,7 +164,8 @@ where
     let mut fetched: Vec<(u32, Verified)> = Vec::with_capacity(unseen.len());
     let mut got: HashSet<u32> = HashSet::with_capacity(unseen.len());
     for set in uid_sets(&unseen, UID_SET_BYTES_MAX) {
-        command(session, &format!("UID FETCH {set} BODY[]"), |response| {
+        let before = fetched.len();
+        let fetch = command(session, &format!("UID FETCH {set} BODY[]"), |response| {
             let Response::Fetch(_, attributes) = response else {
                 return Ok(());
             };
@@ -177,13 +187,13 @@ where
             }
             Ok(())
         })
-        .await?;
+        .await;
+        // Bodies that arrived count as retrieved even if the command then failed.
+        out.retrieved
+            .extend(fetched[before..].iter().map(|(_, v)| v.clone()));
+        fetch?;
     }
 
-    let mut result = SessionResult {
-        retrieved: fetched.iter().map(|(_, v)| v.clone()).collect(),
-        deleted: Vec::new(),
-    };
     if expunge && !fetched.is_empty() {
         let mut uids: Vec<u32> = fetched.iter().map(|&(uid, _)| uid).collect();
         uids.sort_unstable();
@@ -196,9 +206,9 @@ where
             .await?;
         }
         command(session, "EXPUNGE", |_| Ok(())).await?;
-        result.deleted = fetched.into_iter().filter_map(|(_, v)| v.id).collect();
+        out.deleted = fetched.into_iter().filter_map(|(_, v)| v.id).collect();
     }
-    Ok(result)
+    Ok(())
 }
 
 /// Sends `line` and reads responses up to its tagged completion, handing every untagged response
@@ -449,7 +459,10 @@ mod tests {
         let (client_end, server_end) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(serve(server_end, script));
         let deadline = Instant::now() + Duration::from_secs(5);
-        let result = session_over(client_end, "user1", "pw", expunge, deadline).await;
+        let mut out = SessionResult::default();
+        let result = session_over(client_end, "user1", "pw", expunge, deadline, &mut out)
+            .await
+            .map(|()| out);
         (result, server.await.unwrap())
     }
 
@@ -538,7 +551,15 @@ mod tests {
             server_end.write_all(b"* 1 EXISTS\r\n").await.unwrap();
         });
         let deadline = Instant::now() + Duration::from_secs(5);
-        let result = session_over(client_end, "u", "p", true, deadline).await;
+        let result = session_over(
+            client_end,
+            "u",
+            "p",
+            true,
+            deadline,
+            &mut SessionResult::default(),
+        )
+        .await;
         server.await.unwrap();
         assert_eq!(result.unwrap_err().kind(), "io");
     }
@@ -551,12 +572,28 @@ mod tests {
             .await
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let result = session_over(client_end, "u", "p", true, deadline).await;
+        let result = session_over(
+            client_end,
+            "u",
+            "p",
+            true,
+            deadline,
+            &mut SessionResult::default(),
+        )
+        .await;
         assert_eq!(result.unwrap_err().kind(), "rejected");
 
         let (client_end, _server_end) = tokio::io::duplex(4096);
         let deadline = Instant::now() + Duration::from_millis(50);
-        let result = session_over(client_end, "u", "p", true, deadline).await;
+        let result = session_over(
+            client_end,
+            "u",
+            "p",
+            true,
+            deadline,
+            &mut SessionResult::default(),
+        )
+        .await;
         assert_eq!(result.unwrap_err(), OpError::Timeout);
     }
 }

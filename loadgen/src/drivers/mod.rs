@@ -122,9 +122,10 @@ mod tests {
         };
         let to = Vec::new();
         send(driver.send(0, "", &to, &message));
-        send(pop3::session(addr, "u", "p", true));
+        let mut out = SessionResult::default();
+        send(pop3::session(addr, "u", "p", true, &mut out));
         send(pop3::retrieve_all(addr, "u", "p"));
-        send(imap::session(addr, "u", "p", true));
+        send(imap::session(addr, "u", "p", true, &mut out));
     }
 
     #[test]

@@ -41,13 +41,17 @@ pub const RETRIEVE_ALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// if `delete`, quit. Deletions are reported only once the server has said `+OK` to QUIT; a
 /// timeout or failure after QUIT was sent but before its reply leaves them unknown, and they are
 /// not reported. Bounded by [`OP_TIMEOUT`] in all.
+///
+/// What the session found is put in `out` as it goes, so a session that fails half way still
+/// reports the messages it did retrieve (they reached the client intact, whatever happens next).
 pub async fn session(
     addr: SocketAddr,
     user: &str,
     password: &str,
     delete: bool,
-) -> Result<SessionResult, OpError> {
-    let run = run(addr, user, password, delete, SESSION_MESSAGES_MAX);
+    out: &mut SessionResult,
+) -> Result<(), OpError> {
+    let run = run(addr, user, password, delete, SESSION_MESSAGES_MAX, out);
     tokio::time::timeout(OP_TIMEOUT, run)
         .await
         .unwrap_or(Err(OpError::Timeout))
@@ -60,9 +64,10 @@ pub async fn retrieve_all(
     user: &str,
     password: &str,
 ) -> Result<Vec<Verified>, OpError> {
-    let run = run(addr, user, password, false, LISTING_ENTRIES_MAX);
+    let mut out = SessionResult::default();
+    let run = run(addr, user, password, false, LISTING_ENTRIES_MAX, &mut out);
     match tokio::time::timeout(RETRIEVE_ALL_TIMEOUT, run).await {
-        Ok(result) => result.map(|r| r.retrieved),
+        Ok(result) => result.map(|()| out.retrieved),
         Err(_) => Err(OpError::Timeout),
     }
 }
@@ -73,7 +78,8 @@ async fn run(
     password: &str,
     delete: bool,
     messages_max: usize,
-) -> Result<SessionResult, OpError> {
+    out: &mut SessionResult,
+) -> Result<(), OpError> {
     let stream = match tokio::time::timeout(OP_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(OpError::Connect(format!("{addr}: {e}"))),
@@ -83,7 +89,7 @@ async fn run(
     let _ = stream.set_nodelay(true);
     let mut client = Client::new(stream, OP_TIMEOUT);
     client
-        .transaction(user, password, delete, messages_max)
+        .transaction(user, password, delete, messages_max, out)
         .await
 }
 
@@ -110,7 +116,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         password: &str,
         delete: bool,
         messages_max: usize,
-    ) -> Result<SessionResult, OpError> {
+        out: &mut SessionResult,
+    ) -> Result<(), OpError> {
         if [user, password].iter().any(|s| s.contains(['\r', '\n'])) {
             return Err(OpError::Protocol(
                 "user name or password contains a line break".into(),
@@ -121,22 +128,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.command(&format!("PASS {password}")).await?;
         let mut numbers = self.list().await?;
         numbers.truncate(messages_max);
-        let mut result = SessionResult::default();
         let mut deleted = Vec::new();
         for number in numbers {
             let message = self.retrieve(number).await?;
             let verified = verify(&message);
+            out.retrieved.push(verified.clone());
             if delete {
                 self.command(&format!("DELE {number}")).await?;
                 if let Some(id) = &verified.id {
                     deleted.push(id.clone());
                 }
             }
-            result.retrieved.push(verified);
         }
         self.command("QUIT").await?;
-        result.deleted = deleted;
-        Ok(result)
+        out.deleted = deleted;
+        Ok(())
     }
 
     /// Sends `line` and reads its status reply.
@@ -332,7 +338,11 @@ mod tests {
         let (client_end, server_end) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(serve(server_end, b"+OK ready\r\n", script));
         let mut client = Client::new(client_end, Duration::from_secs(5));
-        let result = client.transaction("user1", "pw", delete, 10).await;
+        let mut out = SessionResult::default();
+        let result = client
+            .transaction("user1", "pw", delete, 10, &mut out)
+            .await
+            .map(|()| out);
         drop(client);
         (result, server.await.unwrap())
     }
@@ -453,7 +463,9 @@ mod tests {
             }
         });
         let mut client = Client::new(client_end, Duration::from_secs(5));
-        let result = client.transaction("u", "p", true, 10).await;
+        let result = client
+            .transaction("u", "p", true, 10, &mut SessionResult::default())
+            .await;
         server.await.unwrap();
         assert_eq!(result.unwrap_err().kind(), "io");
     }
@@ -462,7 +474,9 @@ mod tests {
     async fn a_silent_server_times_out() {
         let (client_end, _server_end) = tokio::io::duplex(1024);
         let mut client = Client::new(client_end, Duration::from_millis(50));
-        let result = client.transaction("u", "p", true, 10).await;
+        let result = client
+            .transaction("u", "p", true, 10, &mut SessionResult::default())
+            .await;
         assert_eq!(result.unwrap_err(), OpError::Timeout);
     }
 
@@ -470,7 +484,9 @@ mod tests {
     async fn line_breaks_in_credentials_are_refused_locally() {
         let (client_end, _server_end) = tokio::io::duplex(1024);
         let mut client = Client::new(client_end, Duration::from_secs(5));
-        let result = client.transaction("u", "p\r\nDELE 1", true, 10).await;
+        let result = client
+            .transaction("u", "p\r\nDELE 1", true, 10, &mut SessionResult::default())
+            .await;
         assert_eq!(result.unwrap_err().kind(), "protocol");
     }
 

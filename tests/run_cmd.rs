@@ -1,0 +1,251 @@
+//! `clusterbench run` through its door: short experiments against the bundled cluster (a killed
+//! node, a paused node, a node lost for good with replication 1) and against Postfix's
+//! smtp-sink as an external target; results.json checked for what a user relies on.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{require_tool, BIN};
+use serde_json::Value;
+
+fn run(dir: &Path, experiment: &str, extra: &[&str]) -> (Output, Option<Value>) {
+    let file = dir.join("experiment.toml");
+    std::fs::write(&file, experiment).unwrap();
+    let out_dir = dir.join("out");
+    let output = Command::new(BIN)
+        .arg("run")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out_dir)
+        .args(extra)
+        .output()
+        .unwrap();
+    let results = std::fs::read_to_string(out_dir.join("results.json"))
+        .ok()
+        .map(|t| serde_json::from_str(&t).unwrap());
+    (output, results)
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn a_killed_node_loses_nothing_and_its_recovery_is_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, results) = run(
+        dir.path(),
+        r#"
+name = "kill"
+seed = 9
+[cluster]
+nodes = 3
+replication = 2
+[workload]
+users = 50
+duration_s = 10
+warmup_s = 1
+rate = { per_s = 60 }
+[[faults]]
+at_s = 4
+action = "kill"
+node = 2
+duration_s = 3
+"#,
+        &[],
+    );
+    let text = text(&output);
+    assert!(output.status.success(), "{text}");
+    let r = results.expect("results.json written");
+    assert_eq!(r["schema_version"], 1);
+    let c = &r["correctness"];
+    assert!(c["acknowledged"].as_u64().unwrap() > 300, "{c}");
+    assert_eq!(c["lost"], 0, "{c}");
+    assert_eq!(c["duplicated"], 0, "{c}");
+    assert_eq!(c["corrupted"], 0, "{c}");
+    assert_eq!(c["acknowledged"], c["retrieved"]);
+    let smtp = &r["operations"]["ops"]["smtp"];
+    assert!(smtp["count"].as_u64().unwrap() > 300, "{smtp}");
+    assert!(!smtp["histogram"].as_str().unwrap().is_empty());
+    let recovery = &r["recovery"][0];
+    assert_eq!(recovery["action"], "kill");
+    assert!(recovery["detection_s"].as_f64().is_some(), "{recovery}");
+    assert!(
+        recovery["convergence_s"].as_f64().unwrap() < 5.0,
+        "{recovery}"
+    );
+    assert!(recovery["reintegration_s"].as_f64().is_some(), "{recovery}");
+    assert!(!r["view_changes"].as_array().unwrap().is_empty());
+    assert_eq!(r["faults"][0]["node"], 2);
+    assert!(r["faults"][0]["end_s"].as_f64().is_some());
+    // The summary a person reads.
+    assert!(
+        text.contains("correctness:") && text.contains("0 lost"),
+        "{text}"
+    );
+    assert!(text.contains("verdict: PASS"), "{text}");
+    println!("{text}");
+}
+
+#[test]
+fn a_paused_node_shows_as_tail_latency_not_as_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, results) = run(
+        dir.path(),
+        r#"
+name = "pause"
+seed = 4
+[cluster]
+nodes = 3
+replication = 2
+[workload]
+users = 50
+duration_s = 10
+warmup_s = 0
+rate = { per_s = 50, arrivals = "constant" }
+mix = { smtp = 1.0, pop3 = 0.0, imap = 0.0 }
+[[faults]]
+at_s = 3
+action = "pause"
+node = 1
+duration_s = 3
+[check]
+enabled = false
+"#,
+        &[],
+    );
+    let text = text(&output);
+    assert!(output.status.success(), "{text}");
+    let r = results.unwrap();
+    let smtp = &r["operations"]["ops"]["smtp"];
+    // Operations sent to the paused front end wait out the pause: seconds of latency.
+    assert!(smtp["max_ms"].as_f64().unwrap() > 2000.0, "{smtp}");
+    // Every second of intended start has its operations: the stall is latency, not missing data.
+    let series = r["operations"]["series"].as_array().unwrap();
+    for point in &series[..9] {
+        let count = point["per_op"]["smtp"]["count"].as_u64().unwrap_or(0)
+            + point["per_op"]["smtp"]["errors"].as_u64().unwrap_or(0);
+        assert!(
+            count >= 40,
+            "second {} has only {count} operations: {point}",
+            point["t_s"]
+        );
+    }
+    println!(
+        "pause: smtp max {} ms, p99 {} ms",
+        smtp["max_ms"], smtp["p99_ms"]
+    );
+}
+
+#[test]
+fn loss_fails_the_run_unless_the_experiment_expects_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let experiment = r#"
+name = "r1"
+seed = 2
+[cluster]
+nodes = 3
+replication = 1
+[workload]
+users = 30
+duration_s = 6
+warmup_s = 0
+rate = { per_s = 60 }
+mix = { smtp = 1.0, pop3 = 0.0, imap = 0.0 }
+[[faults]]
+at_s = 4
+action = "kill"
+node = 3
+[check]
+settle_s = 5
+"#;
+    let (output, results) = run(dir.path(), experiment, &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let r = results.unwrap();
+    assert!(r["correctness"]["lost"].as_u64().unwrap() > 0);
+    assert_eq!(r["verdict"]["pass"], false);
+    assert!(text(&output).contains("verdict: FAIL"));
+    let dir = tempfile::tempdir().unwrap();
+    let (output, _) = run(
+        dir.path(),
+        experiment,
+        &["--set", "check.loss_expected=true"],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+}
+
+#[test]
+fn a_wrong_experiment_key_is_an_error_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, _) = run(dir.path(), "[workload]\nduration = 5\n", &[]);
+    assert!(!output.status.success());
+    assert!(text(&output).contains("duration"), "{}", text(&output));
+    let (output, _) = run(dir.path(), "", &["--set", "cluster.nodez=3"]);
+    assert!(!output.status.success());
+    assert!(text(&output).contains("nodez"), "{}", text(&output));
+}
+
+#[test]
+fn an_external_smtp_sink_is_driven_by_the_same_engine() {
+    if !require_tool("smtp-sink") {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sink = Command::new("smtp-sink");
+    // smtp-sink refuses to run as root without a user to switch to.
+    if unsafe { libc::geteuid() } == 0 {
+        sink.args(["-u", "nobody"]);
+    }
+    let mut sink = sink
+        .args(["-c", &format!("127.0.0.1:{port}"), "200"])
+        .spawn()
+        .unwrap();
+    // smtp-sink binds at once; give it a moment to listen.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "smtp-sink did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (output, results) = run(
+        dir.path(),
+        &format!(
+            r#"
+name = "sink"
+[target]
+smtp = ["127.0.0.1:{port}"]
+[workload]
+users = 20
+duration_s = 4
+warmup_s = 0
+rate = {{ per_s = 200 }}
+mix = {{ smtp = 1.0, pop3 = 0.0, imap = 0.0 }}
+[check]
+enabled = false
+"#
+        ),
+        &[],
+    );
+    let _ = sink.kill();
+    let _ = sink.wait();
+    let text = text(&output);
+    assert!(output.status.success(), "{text}");
+    let r = results.unwrap();
+    assert_eq!(r["target"]["kind"], "external");
+    let smtp = &r["operations"]["ops"]["smtp"];
+    assert!(smtp["count"].as_u64().unwrap() > 600, "{smtp}");
+    assert_eq!(smtp["errors"], 0, "{smtp}");
+}
