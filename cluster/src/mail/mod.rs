@@ -82,7 +82,8 @@ pub struct MailService {
     config: MailConfig,
     faults: Arc<FaultSwitch>,
     next_request: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
+    /// Requests sent and not yet answered: id → (peer, where the answer goes).
+    waiting: Mutex<HashMap<u64, (u32, oneshot::Sender<Response>)>>,
     mailmap: Mutex<MailMap>,
     loads: Mutex<HashMap<u32, u64>>,
     push_now: Notify,
@@ -144,7 +145,8 @@ impl MailService {
         tokio::spawn(service.clone().report_on_view_change(shutdown.clone()));
         tokio::spawn(service.clone().push_replicas(shutdown.clone()));
         if service.transport.is_some() {
-            tokio::spawn(service.clone().beacon_load(shutdown));
+            tokio::spawn(service.clone().beacon_load(shutdown.clone()));
+            tokio::spawn(service.clone().abandon_lost_requests(shutdown));
         }
         service
     }
@@ -718,7 +720,7 @@ impl MailService {
         };
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.waiting.lock().unwrap().insert(id, tx);
+        self.waiting.lock().unwrap().insert(id, (to, tx));
         let sent = transport.send(to, PeerMessage::Mail(MailMessage::Request { id, request }));
         if !sent {
             self.waiting.lock().unwrap().remove(&id);
@@ -730,6 +732,24 @@ impl MailService {
             .and_then(|r| r.ok());
         self.waiting.lock().unwrap().remove(&id);
         answer.ok_or(MailError::NoAnswer(to))
+    }
+
+    /// Requests waiting on a peer whose link has gone down will never be answered: they end at
+    /// once (as unanswered) instead of waiting out their timeout.
+    async fn abandon_lost_requests(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let Some(transport) = self.transport.clone() else {
+            return;
+        };
+        loop {
+            self.waiting
+                .lock()
+                .unwrap()
+                .retain(|_, (peer, _)| transport.is_connected(*peer));
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {},
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
     }
 
     async fn dispatch(
@@ -765,7 +785,7 @@ impl MailService {
     fn on_message(&self, from: u32, message: MailMessage) {
         match message {
             MailMessage::Response { id, response } => {
-                if let Some(tx) = self.waiting.lock().unwrap().remove(&id) {
+                if let Some((_, tx)) = self.waiting.lock().unwrap().remove(&id) {
                     let _ = tx.send(response);
                 }
             }

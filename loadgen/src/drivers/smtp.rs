@@ -1,52 +1,64 @@
 //! SMTP delivery through lettre, with a pool of reused connections per front end, as a real MTA
 //! keeps to a busy destination.
 //!
-//! Each front end gets its own lettre transport (pooled connections) and a cap of
+//! lettre speaks SMTP (`AsyncSmtpConnection`); this driver owns the TCP connections and the pool.
+//! It opens each connection itself so that it can set `TCP_NODELAY`: lettre writes the end of
+//! DATA (`CRLF . CRLF`) as a separate small write, which Nagle's algorithm would hold back until
+//! the server's delayed ACK, about 40 ms per message. Each front end gets a cap of
 //! `connections_per_front_end` deliveries in flight, which is also the number of idle connections
 //! kept for reuse. The driver must never report a message as delivered unless the server
-//! acknowledged its DATA with 2xx, and never leave a half-finished transaction on a pooled
-//! connection (see [`SmtpDriver::send`]).
+//! acknowledged its DATA with 2xx, and never put a connection back in the pool in the middle of a
+//! transaction (see [`SmtpDriver::send`]).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use lettre::address::{Address, Envelope};
-use lettre::transport::smtp::{Error as SmtpError, PoolConfig};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::Error as SmtpError;
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::{quote, OpError, OP_TIMEOUT};
 use crate::message::GeneratedMessage;
 
+/// A pooled connection idle longer than this is checked (NOOP) before it carries a message: the
+/// server may have closed it (idle timeout, restart) since.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+/// The name the driver gives in EHLO.
+const HELO_NAME: &str = "loadgen.clusterbench.test";
+
 /// Delivers generated messages to a set of SMTP front ends.
 pub struct SmtpDriver {
-    front_ends: Vec<FrontEnd>,
+    front_ends: Vec<Arc<FrontEnd>>,
 }
 
 struct FrontEnd {
     addr: SocketAddr,
-    /// Built on first use rather than in [`SmtpDriver::new`]: lettre's pool spawns a Tokio task
-    /// when it is created, which would panic outside a runtime.
-    transport: OnceLock<AsyncSmtpTransport<Tokio1Executor>>,
-    /// Deliveries in flight to this front end. lettre's pool only caps the idle connections it
-    /// keeps, not the connections it opens, so the cap on concurrency is kept here.
+    /// Connections between transactions, with when they were last used.
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    /// Deliveries in flight to this front end.
     in_flight: Arc<Semaphore>,
-    connections_max: u32,
+    connections_max: usize,
 }
 
 impl SmtpDriver {
     /// A driver for `addrs`, keeping at most `connections_per_front_end` (at least 1) deliveries
     /// in flight, and as many connections open for reuse, per front end.
     pub fn new(addrs: &[SocketAddr], connections_per_front_end: u32) -> SmtpDriver {
-        let connections_max = connections_per_front_end.max(1);
+        let connections_max = connections_per_front_end.max(1) as usize;
         SmtpDriver {
             front_ends: addrs
                 .iter()
-                .map(|&addr| FrontEnd {
-                    addr,
-                    transport: OnceLock::new(),
-                    in_flight: Arc::new(Semaphore::new(connections_max as usize)),
-                    connections_max,
+                .map(|&addr| {
+                    Arc::new(FrontEnd {
+                        addr,
+                        idle: Mutex::new(Vec::new()),
+                        in_flight: Arc::new(Semaphore::new(connections_max)),
+                        connections_max,
+                    })
                 })
                 .collect(),
         }
@@ -77,14 +89,13 @@ impl SmtpDriver {
         if self.front_ends.is_empty() {
             return Err(OpError::Connect("no SMTP front ends configured".into()));
         }
-        let front_end = &self.front_ends[front_end % self.front_ends.len()];
+        let front_end = Arc::clone(&self.front_ends[front_end % self.front_ends.len()]);
         let envelope = envelope(from, to)?;
         // lettre always ends DATA with CRLF "." CRLF, whose first CRLF ends the message's last
         // line (RFC 5321 4.1.1.4). Sending our final CRLF too would add an empty line to the
         // stored body and break its checksum.
         let bytes = message.bytes.as_slice();
         let bytes = bytes.strip_suffix(b"\r\n").unwrap_or(bytes).to_vec();
-        let transport = front_end.transport().clone();
         let in_flight = Arc::clone(&front_end.in_flight);
         let delivery = async move {
             let permit = in_flight
@@ -93,12 +104,12 @@ impl SmtpDriver {
                 .map_err(|_| OpError::Io("the SMTP driver was shut down".into()))?;
             // A task of its own, so that a timeout below abandons the wait, not the transaction.
             let task = tokio::spawn(async move {
-                let result = transport.send_raw(&envelope, &bytes).await;
+                let result = front_end.deliver(&envelope, &bytes).await;
                 drop(permit);
                 result
             });
             match task.await {
-                Ok(result) => result.map(|_| ()).map_err(smtp_error),
+                Ok(result) => result,
                 Err(e) => Err(OpError::Io(format!("the delivery task failed: {e}"))),
             }
         };
@@ -108,39 +119,63 @@ impl SmtpDriver {
         }
     }
 
-    /// Closes the pooled connections politely (QUIT). Deliveries still running finish first only
-    /// if they are awaited before this is called.
+    /// Closes the pooled connections politely (QUIT).
     pub async fn shutdown(&self) {
         for front_end in &self.front_ends {
-            if let Some(transport) = front_end.transport.get() {
-                transport.shutdown().await;
+            let idle = std::mem::take(&mut *front_end.idle.lock().unwrap());
+            for (mut connection, _) in idle {
+                let _ = connection.quit().await;
             }
         }
     }
 }
 
 impl FrontEnd {
-    fn transport(&self) -> &AsyncSmtpTransport<Tokio1Executor> {
-        self.transport.get_or_init(|| {
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(self.addr.ip().to_string())
-                .port(self.addr.port())
-                .timeout(Some(OP_TIMEOUT))
-                .pool_config(PoolConfig::new().max_size(self.connections_max))
-                .build()
-        })
-    }
-}
-
-impl Drop for FrontEnd {
-    fn drop(&mut self) {
-        // Dropping lettre's pool spawns a task to close its connections, which panics outside a
-        // Tokio runtime. Past the runtime's end there is nothing to close politely anyway, and
-        // the process is about to let go of the sockets, so the pool is leaked instead.
-        if tokio::runtime::Handle::try_current().is_err() {
-            if let Some(transport) = self.transport.take() {
-                std::mem::forget(transport);
+    /// One transaction on a pooled or new connection; the connection goes back to the pool only
+    /// after a complete transaction.
+    async fn deliver(&self, envelope: &Envelope, bytes: &[u8]) -> Result<(), OpError> {
+        let mut connection = self.connection().await?;
+        match connection.send(envelope, bytes).await {
+            Ok(_) => {
+                let mut idle = self.idle.lock().unwrap();
+                if idle.len() < self.connections_max {
+                    idle.push((connection, Instant::now()));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                connection.abort().await;
+                Err(smtp_error(e))
             }
         }
+    }
+
+    /// A pooled connection that still works, or a new one.
+    async fn connection(&self) -> Result<AsyncSmtpConnection, OpError> {
+        loop {
+            let pooled = self.idle.lock().unwrap().pop();
+            let Some((mut connection, since)) = pooled else {
+                break;
+            };
+            if since.elapsed() < IDLE_CHECK_AFTER || connection.test_connected().await {
+                return Ok(connection);
+            }
+            connection.abort().await;
+        }
+        let stream = match tokio::time::timeout(OP_TIMEOUT, TcpStream::connect(self.addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(OpError::Connect(format!("{}: {e}", self.addr))),
+            Err(_) => return Err(OpError::Timeout),
+        };
+        stream
+            .set_nodelay(true)
+            .map_err(|e| OpError::Io(format!("setting TCP_NODELAY: {e}")))?;
+        AsyncSmtpConnection::connect_with_transport(
+            Box::new(stream),
+            &ClientId::Domain(HELO_NAME.to_string()),
+        )
+        .await
+        .map_err(smtp_error)
     }
 }
 
