@@ -426,14 +426,18 @@ impl Writer {
                 node,
                 reply,
             } => {
-                let key = (user.clone(), uid);
-                let waiting = index.owed.get(&key).is_some_and(|t| t.contains(&node))
-                    && overlay.settled.insert((user.clone(), uid, node));
-                let records = if waiting {
-                    vec![Record::Settled { user, uid, node }]
-                } else {
-                    Vec::new()
-                };
+                let waiting = index
+                    .owed
+                    .get(&(user.clone(), uid))
+                    .is_some_and(|t| t.contains(&node));
+                let records = retire_once(
+                    waiting,
+                    &mut overlay.settled,
+                    user,
+                    uid,
+                    node,
+                    |user, uid, node| Record::Settled { user, uid, node },
+                );
                 (reply, Reply::Uids(Vec::new()), records)
             }
             Op::Acked {
@@ -442,14 +446,18 @@ impl Writer {
                 node,
                 reply,
             } => {
-                let key = (user.clone(), uid);
-                let waiting = index.pending.get(&key).is_some_and(|t| t.contains(&node))
-                    && overlay.acked.insert((user.clone(), uid, node));
-                let records = if waiting {
-                    vec![Record::Acked { user, uid, node }]
-                } else {
-                    Vec::new()
-                };
+                let waiting = index
+                    .pending
+                    .get(&(user.clone(), uid))
+                    .is_some_and(|t| t.contains(&node));
+                let records = retire_once(
+                    waiting,
+                    &mut overlay.acked,
+                    user,
+                    uid,
+                    node,
+                    |user, uid, node| Record::Acked { user, uid, node },
+                );
                 (reply, Reply::Uids(Vec::new()), records)
             }
         }
@@ -505,6 +513,23 @@ fn reply_of(op: Op) -> oneshot::Sender<Reply> {
         | Op::Acked { reply, .. }
         | Op::Settled { reply, .. }
         | Op::Profile { reply, .. } => reply,
+    }
+}
+
+/// The record retiring `node` from what `uid` is owed, if it is still owed and not already
+/// retired earlier in this batch.
+fn retire_once(
+    waiting: bool,
+    retired: &mut HashSet<(String, u32, u32)>,
+    user: String,
+    uid: u32,
+    node: u32,
+    record: impl FnOnce(String, u32, u32) -> Record,
+) -> Vec<Record> {
+    if waiting && retired.insert((user.clone(), uid, node)) {
+        vec![record(user, uid, node)]
+    } else {
+        Vec::new()
     }
 }
 
