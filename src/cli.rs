@@ -28,6 +28,8 @@ pub enum Command {
     /// Run an experiment end to end: launch the target, drive the workload, inject the faults,
     /// check correctness, write DIR/results.json and print a summary.
     Run(RunArgs),
+    /// Render saved results (one or more results.json) as one self-contained HTML page.
+    Report(ReportArgs),
     /// Run the deterministic simulations of the cluster's protocols.
     Sim {
         #[command(subcommand)]
@@ -45,6 +47,17 @@ pub struct RunArgs {
     /// Override any key of the experiment, e.g. --set cluster.nodes=4 --set workload.rate.per_s=500.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// results.json files written by `clusterbench run`.
+    #[arg(required = true)]
+    pub results: Vec<PathBuf>,
+    /// Where to write the page. Default: report.html beside a single results file, or in the
+    /// current directory for several.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod cluster_up;
 pub mod local_cluster;
 pub mod node_cmd;
+pub mod report_cmd;
 pub mod run;
 pub mod sim_cmd;
 
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             command: ClusterCommand::Up(args),
         } => cluster_up::run(args),
         Command::Run(args) => run::run(args),
+        Command::Report(args) => report_cmd::run(args),
         Command::Sim {
             command: SimCommand::Membership(args),
         } => sim_cmd::membership(args),

@@ -84,6 +84,12 @@ duration_s = 3
     assert!(!r["view_changes"].as_array().unwrap().is_empty());
     assert_eq!(r["faults"][0]["node"], 2);
     assert!(r["faults"][0]["end_s"].as_f64().is_some());
+    // The page a person opens.
+    let html = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("kill node 2"),
+        "report.html lacks its charts"
+    );
     // The summary a person reads.
     assert!(
         text.contains("correctness:") && text.contains("0 lost"),

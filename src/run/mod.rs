@@ -226,11 +226,17 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<bool> {
         correctness,
     );
     let path = out.join("results.json");
-    crate::local_cluster::write_atomically(
-        &path,
-        serde_json::to_string_pretty(&results)?.as_bytes(),
-    )?;
+    let json = serde_json::to_value(&results)?;
+    crate::local_cluster::write_atomically(&path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    // The report is rendered from exactly what results.json holds, as `clusterbench report`
+    // would render it later.
+    let report = out.join("report.html");
+    match reports::render_run(&json) {
+        Ok(html) => crate::local_cluster::write_atomically(&report, html.as_bytes())?,
+        Err(e) => eprintln!("the HTML report could not be rendered: {e}"),
+    }
     results.print(&path);
+    println!("report: {}", report.display());
     if let Some(cluster) = cluster {
         let cluster = Arc::try_unwrap(cluster)
             .map_err(|_| anyhow::anyhow!("the cluster is still in use"))?

@@ -1,0 +1,33 @@
+//! What can go wrong rendering a report, worded for the person who ran `clusterbench report`.
+
+/// Why a report could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("results.json: the file is not a JSON object (is this a clusterbench results file?)")]
+    NotAnObject,
+    #[error("results.json: schema_version is missing (is this a clusterbench results file?)")]
+    NoSchemaVersion,
+    #[error(
+        "results.json: schema_version {found} is not supported (this clusterbench reads {supported})"
+    )]
+    UnsupportedSchema { found: String, supported: u64 },
+    #[error("results.json: {path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("no runs to report: give at least one results.json")]
+    NoRuns,
+    /// One of several runs given to [`crate::render_runs`] was unreadable; `run` counts from 1.
+    #[error("run {run} of {runs}: {source}")]
+    InRun {
+        run: usize,
+        runs: usize,
+        source: Box<ReportError>,
+    },
+    #[error("drawing the {chart} chart failed: {message}")]
+    Chart {
+        chart: &'static str,
+        message: String,
+    },
+    /// A bug in this crate's templates or context, not in the input.
+    #[error("rendering the report template failed: {0}")]
+    Template(String),
+}

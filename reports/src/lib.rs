@@ -1,0 +1,46 @@
+//! Reports of clusterbench runs: reads `results.json` (schema version 1) and renders it as one
+//! self-contained HTML page — tables, inline SVG charts, no scripts, no external files.
+//!
+//! This crate renders data. It never runs a cluster or a load, never reads the clock, and does no
+//! I/O beyond what its caller hands it: the caller reads the files and writes the page.
+
+mod charts;
+mod error;
+mod format;
+mod page;
+pub mod schema;
+
+pub use error::ReportError;
+pub use schema::SCHEMA_VERSION;
+
+/// Renders one run's results (the parsed results.json) as one self-contained HTML page.
+pub fn render_run(results: &serde_json::Value) -> Result<String, ReportError> {
+    let run = schema::Results::from_json(results)?;
+    page::render(&[run])
+}
+
+/// Renders several runs' results as one page (each run a section, in order, after an overview
+/// table), for `clusterbench report A/results.json B/results.json`.
+pub fn render_runs(runs: &[serde_json::Value]) -> Result<String, ReportError> {
+    if runs.is_empty() {
+        return Err(ReportError::NoRuns);
+    }
+    let parsed = runs
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            schema::Results::from_json(value).map_err(|e| {
+                if runs.len() == 1 {
+                    e
+                } else {
+                    ReportError::InRun {
+                        run: i + 1,
+                        runs: runs.len(),
+                        source: Box::new(e),
+                    }
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    page::render(&parsed)
+}
