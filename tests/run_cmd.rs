@@ -255,3 +255,47 @@ enabled = false
     assert!(smtp["count"].as_u64().unwrap() > 600, "{smtp}");
     assert_eq!(smtp["errors"], 0, "{smtp}");
 }
+
+#[test]
+fn a_sweep_runs_every_combination_and_skips_the_impossible_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, _) = run(
+        dir.path(),
+        r#"
+name = "sweep"
+[cluster]
+replication = 1
+[workload]
+users = 20
+duration_s = 3
+warmup_s = 0
+rate = { per_s = 30 }
+mix = { smtp = 1.0, pop3 = 0.0, imap = 0.0 }
+[sweep]
+"cluster.nodes" = [1, 2]
+"cluster.replication" = [1, 2]
+"#,
+        &[],
+    );
+    let text = text(&output);
+    assert!(output.status.success(), "{text}");
+    let sweep: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/sweep.json")).unwrap())
+            .unwrap();
+    assert_eq!(sweep["kind"], "sweep");
+    // nodes=1 with replication=2 cannot run: three runs, one skipped with its reason.
+    let runs = sweep["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{sweep}");
+    assert_eq!(sweep["skipped"].as_array().unwrap().len(), 1, "{sweep}");
+    assert!(sweep["skipped"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("replication"));
+    for r in runs {
+        let run_dir = dir.path().join("out").join(r["dir"].as_str().unwrap());
+        assert!(run_dir.join("results.json").exists(), "{run_dir:?}");
+        assert!(run_dir.join("report.html").exists(), "{run_dir:?}");
+    }
+    assert!(dir.path().join("out/report.html").exists());
+    assert!(text.contains("sweep verdict: PASS"), "{text}");
+}

@@ -26,6 +26,77 @@ pub struct Experiment {
     pub faults: Vec<FaultSpec>,
     pub slo: Slo,
     pub check: Check,
+    /// `[sweep]`: keys (dotted paths) with lists of values, and `repeat`; the runner runs every
+    /// combination that many times. Removed before each run's experiment is parsed.
+    pub sweep: Option<toml::Table>,
+}
+
+/// Runs one sweep may make at most (combinations × repeat).
+pub const SWEEP_RUNS_MAX: usize = 1_000;
+/// Repetitions of one configuration at most.
+pub const SWEEP_REPEAT_MAX: u32 = 100;
+
+/// One run of a sweep: the values it sets and which repetition it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepRun {
+    pub params: Vec<(String, toml::Value)>,
+    pub repetition: u32,
+}
+
+/// The runs a `[sweep]` table asks for, in order (the first key varies slowest), with the swept
+/// keys and the repeat count.
+pub fn plan_sweep(sweep: &toml::Table) -> Result<(Vec<String>, u32, Vec<SweepRun>), String> {
+    let repeat = match sweep.get("repeat") {
+        None => 1,
+        Some(toml::Value::Integer(n)) if *n >= 1 && *n <= i64::from(SWEEP_REPEAT_MAX) => *n as u32,
+        Some(other) => {
+            return Err(format!(
+                "sweep.repeat: must be a whole number from 1 to {SWEEP_REPEAT_MAX}, got {other}"
+            ))
+        }
+    };
+    let mut keys = Vec::new();
+    let mut lists = Vec::new();
+    for (key, value) in sweep.iter().filter(|(k, _)| k.as_str() != "repeat") {
+        if key.starts_with("sweep") || key.split('.').any(str::is_empty) {
+            return Err(format!(
+                "sweep: {key:?} is not a key of the experiment to vary"
+            ));
+        }
+        match value {
+            toml::Value::Array(values) if !values.is_empty() => {
+                keys.push(key.clone());
+                lists.push(values.clone());
+            }
+            _ => return Err(format!("sweep.\"{key}\": give a non-empty list of values")),
+        }
+    }
+    if keys.is_empty() {
+        return Err("sweep: give at least one key with a list of values, e.g. \"cluster.nodes\" = [1, 2, 4]".into());
+    }
+    let combinations: usize = lists.iter().map(Vec::len).product();
+    if combinations.saturating_mul(repeat as usize) > SWEEP_RUNS_MAX {
+        return Err(format!(
+            "sweep: {combinations} combinations x repeat {repeat} is more than {SWEEP_RUNS_MAX} runs"
+        ));
+    }
+    let mut runs = Vec::with_capacity(combinations * repeat as usize);
+    for index in 0..combinations {
+        // Mixed-radix digits of `index`, the last key varying fastest.
+        let mut rest = index;
+        let mut params = vec![(String::new(), toml::Value::Integer(0)); keys.len()];
+        for k in (0..keys.len()).rev() {
+            params[k] = (keys[k].clone(), lists[k][rest % lists[k].len()].clone());
+            rest /= lists[k].len();
+        }
+        for repetition in 0..repeat {
+            runs.push(SweepRun {
+                params: params.clone(),
+                repetition,
+            });
+        }
+    }
+    Ok((keys, repeat, runs))
 }
 
 impl Default for Experiment {
@@ -39,6 +110,7 @@ impl Default for Experiment {
             faults: Vec::new(),
             slo: Slo::default(),
             check: Check::default(),
+            sweep: None,
         }
     }
 }
@@ -381,9 +453,14 @@ pub fn set_key(table: &mut toml::Table, assignment: &str) -> Result<(), String> 
         Ok(mut t) => t.remove("v").expect("parsed the v key"),
         Err(_) => toml::Value::String(value.trim().to_string()),
     };
+    set_value(table, key, value).map_err(|e| format!("--set {assignment:?}: {e}"))
+}
+
+/// Sets the dotted key path `key` of `table` to `value`, creating tables on the way.
+pub fn set_value(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(format!("--set {assignment:?}: {key:?} is not a key path"));
+        return Err(format!("{key:?} is not a key path"));
     }
     let mut node = table;
     for p in &parts[..parts.len() - 1] {
@@ -392,7 +469,7 @@ pub fn set_key(table: &mut toml::Table, assignment: &str) -> Result<(), String> 
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         node = entry
             .as_table_mut()
-            .ok_or_else(|| format!("--set {assignment:?}: {p} is not a table"))?;
+            .ok_or_else(|| format!("{p} is not a table"))?;
     }
     node.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
@@ -422,6 +499,24 @@ mod tests {
             "[[faults]]\nat_s = 5\naction = \"kill\"\nnode = 2\nduration_s = 3\n",
         );
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn sweeps_plan_every_combination_repeated() {
+        let sweep: toml::Table =
+            toml::from_str("repeat = 2\n\"cluster.nodes\" = [1, 2]\n\"cluster.placement\" = [\"dynamic\", \"static\"]\n")
+                .unwrap();
+        let (keys, repeat, runs) = plan_sweep(&sweep).unwrap();
+        assert_eq!(keys, vec!["cluster.nodes", "cluster.placement"]);
+        assert_eq!(repeat, 2);
+        assert_eq!(runs.len(), 8);
+        assert_eq!(runs[0].params[0].1, toml::Value::Integer(1));
+        assert_eq!(runs[2].params[1].1, toml::Value::String("static".into()));
+        assert_eq!(runs[7].repetition, 1);
+        let bad: toml::Table = toml::from_str("\"cluster.nodes\" = 3\n").unwrap();
+        assert!(plan_sweep(&bad).unwrap_err().contains("cluster.nodes"));
+        let bad: toml::Table = toml::from_str("repeat = 0\n\"cluster.nodes\" = [1]\n").unwrap();
+        assert!(plan_sweep(&bad).unwrap_err().contains("repeat"));
     }
 
     #[test]

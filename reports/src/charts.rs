@@ -28,12 +28,12 @@ const VIEW_CHANGE_MERGE_S: f64 = 0.25;
 /// Fault labels are stacked in this many rows so that neighbouring faults stay readable.
 const FAULT_LABEL_ROWS: usize = 3;
 
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 /// Text sizes in CSS pixels as the SVG shows them.
-const TICK_PX: f64 = 12.5;
-const AXIS_DESC_PX: f64 = 13.5;
-const LEGEND_PX: f64 = 13.5;
-const MARK_LABEL_PX: f64 = 12.0;
+pub(crate) const TICK_PX: f64 = 12.5;
+pub(crate) const AXIS_DESC_PX: f64 = 13.5;
+pub(crate) const LEGEND_PX: f64 = 13.5;
+pub(crate) const MARK_LABEL_PX: f64 = 12.0;
 const OP_COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -46,7 +46,7 @@ const FAULT_COLOR: RGBColor = RGBColor(214, 39, 40);
 const FAULT_LABEL_COLOR: RGBColor = RGBColor(150, 20, 20);
 const VIEW_COLOR: RGBColor = RGBColor(118, 66, 170);
 const ERROR_COLOR: RGBColor = RGBColor(60, 60, 60);
-const GRID_COLOR: RGBColor = RGBColor(232, 232, 232);
+pub(crate) const GRID_COLOR: RGBColor = RGBColor(232, 232, 232);
 
 /// The colour of the `index`-th operation kind, the same in every chart and table.
 pub fn op_color_css(index: usize) -> String {
@@ -55,11 +55,11 @@ pub fn op_color_css(index: usize) -> String {
 }
 
 /// A font that renders at `px`: plotters writes sizes into SVG as 1/1.24 of the size asked for.
-fn font(px: f64) -> FontDesc<'static> {
+pub(crate) fn font(px: f64) -> FontDesc<'static> {
     (FONT, px * 1.24).into_font()
 }
 
-fn op_color(index: usize) -> RGBColor {
+pub(crate) fn op_color(index: usize) -> RGBColor {
     OP_COLORS[index % OP_COLORS.len()]
 }
 
@@ -146,7 +146,7 @@ impl Timeline {
 }
 
 /// A linear-axis tick: whole numbers as such, others with one decimal.
-fn fmt_tick(v: f64) -> String {
+pub(crate) fn fmt_tick(v: f64) -> String {
     if v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
@@ -350,11 +350,11 @@ fn latency_segments(series: &[SecondPoint], op: &str, pick: fn(&PointFigures) ->
     segments
 }
 
-type DrawResult = Result<(), Box<dyn std::error::Error>>;
-type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+pub(crate) type DrawResult = Result<(), Box<dyn std::error::Error>>;
+pub(crate) type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
 /// Draws one chart of `height` into `svg`, turning plotters' errors into a message.
-fn draw(
+pub(crate) fn draw(
     svg: &mut String,
     height: u32,
     body: impl FnOnce(&Area<'_>) -> DrawResult,

@@ -22,6 +22,31 @@ pub enum ReportError {
         runs: usize,
         source: Box<ReportError>,
     },
+    #[error("sweep.json: the file is not a JSON object (is this a clusterbench sweep.json?)")]
+    SweepNotAnObject,
+    #[error("sweep.json: schema_version is missing (is this a clusterbench sweep.json?)")]
+    SweepNoSchemaVersion,
+    #[error(
+        "sweep.json: schema_version {found} is not supported (this clusterbench reads {supported})"
+    )]
+    SweepUnsupportedSchema { found: String, supported: u64 },
+    /// `found` is the JSON of the `kind` key, or `missing`.
+    #[error("sweep.json: kind is {found}, not \"sweep\" (is this a clusterbench sweep.json?)")]
+    NotASweep { found: String },
+    #[error("sweep.json: {path}: {message}")]
+    SweepInvalid { path: String, message: String },
+    #[error(
+        "sweep.json lists {listed} run(s) but {given} results file(s) were given: give one per run, in its order"
+    )]
+    SweepRunCount { listed: usize, given: usize },
+    /// One run of a sweep was unreadable; `run` counts from 1.
+    #[error("sweep run {run} of {runs} ({dir}): {source}")]
+    InSweepRun {
+        run: usize,
+        runs: usize,
+        dir: String,
+        source: Box<ReportError>,
+    },
     #[error("drawing the {chart} chart failed: {message}")]
     Chart {
         chart: &'static str,

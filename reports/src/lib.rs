@@ -1,5 +1,6 @@
 //! Reports of clusterbench runs: reads `results.json` (schema version 1) and renders it as one
-//! self-contained HTML page — tables, inline SVG charts, no scripts, no external files.
+//! self-contained HTML page — tables, inline SVG charts, no scripts, no external files; and reads
+//! a sweep's `sweep.json` with the results of its runs and renders the page that compares them.
 //!
 //! This crate renders data. It never runs a cluster or a load, never reads the clock, and does no
 //! I/O beyond what its caller hands it: the caller reads the files and writes the page.
@@ -9,9 +10,12 @@ mod error;
 mod format;
 mod page;
 pub mod schema;
+mod sweep;
+mod sweep_charts;
 
 pub use error::ReportError;
 pub use schema::SCHEMA_VERSION;
+pub use sweep::{SWEEP_RUNS_MAX, SWEEP_SCHEMA_VERSION};
 
 /// Renders one run's results (the parsed results.json) as one self-contained HTML page.
 pub fn render_run(results: &serde_json::Value) -> Result<String, ReportError> {
@@ -43,4 +47,19 @@ pub fn render_runs(runs: &[serde_json::Value]) -> Result<String, ReportError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     page::render(&parsed)
+}
+
+/// Renders a sweep as one self-contained HTML page: `sweep` is the parsed sweep.json, `runs` the
+/// parsed results.json of each of its runs, in the order of the sweep's `runs`.
+///
+/// The page has a header (name, swept keys and values, repeat count, overall verdict), one table
+/// row per configuration aggregated over its repetitions, a chart per swept key that has one
+/// (scaling with `cluster.nodes`, replication overhead with `cluster.replication`, skew with
+/// `workload.skew`; else throughput per configuration), and relative links `<dir>/report.html`
+/// to each run's own report.
+pub fn render_sweep(
+    sweep: &serde_json::Value,
+    runs: &[serde_json::Value],
+) -> Result<String, ReportError> {
+    sweep::render(sweep, runs)
 }

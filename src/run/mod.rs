@@ -11,6 +11,7 @@ pub mod admin;
 pub mod faults;
 pub mod poll;
 pub mod results;
+pub mod sweep;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,8 +50,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads an experiment file and applies `--set` overrides.
-pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Experiment> {
+/// Reads an experiment file as a table and applies `--set` overrides.
+pub fn load_table(path: &Path, sets: &[String]) -> anyhow::Result<toml::Table> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table =
@@ -58,20 +59,41 @@ pub fn load(path: &Path, sets: &[String]) -> anyhow::Result<Experiment> {
     for s in sets {
         set_key(&mut table, s).map_err(|e| anyhow::anyhow!(e))?;
     }
-    Experiment::from_table(table).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    Ok(table)
 }
 
 async fn run_experiment(args: RunArgs) -> anyhow::Result<bool> {
-    let experiment = load(&args.experiment, &args.set)?;
+    let mut table = load_table(&args.experiment, &args.set)?;
+    let sweep = table.remove("sweep");
+    let name = table
+        .get("name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("experiment")
+        .to_string();
     let out = match &args.out {
         Some(dir) => dir.clone(),
         None => PathBuf::from("results").join(format!(
-            "{}-{}",
-            experiment.name,
+            "{name}-{}",
             chrono::Utc::now().format("%Y%m%d-%H%M%S")
         )),
     };
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    match sweep {
+        None => {
+            let experiment = Experiment::from_table(table)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", args.experiment.display()))?;
+            Ok(run_one(experiment, &out).await?.1)
+        }
+        Some(toml::Value::Table(sweep)) => sweep::run(table, &sweep, &args.experiment, &out).await,
+        Some(_) => bail!("{}: sweep: must be a table", args.experiment.display()),
+    }
+}
+
+/// Runs one experiment into `out`; returns its results (as written) and whether it passed.
+pub async fn run_one(
+    experiment: Experiment,
+    out: &Path,
+) -> anyhow::Result<(serde_json::Value, bool)> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out = out.canonicalize()?;
     let started_at = chrono::Utc::now();
 
@@ -243,7 +265,7 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<bool> {
             .into_inner();
         cluster.stop().await;
     }
-    Ok(results.verdict.pass)
+    Ok((json, results.verdict.pass))
 }
 
 fn admin_addrs(cluster: &LocalCluster) -> Vec<(u32, SocketAddr)> {

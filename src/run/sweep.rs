@@ -1,0 +1,170 @@
+//! Sweeps: an experiment's `[sweep]` table runs every combination of the listed values, `repeat`
+//! times each, one after another, each in its own directory (`OUT/key=value,.../rN/`, with its
+//! own results.json and report.html). `OUT/sweep.json` lists the runs; `OUT/report.html` shows
+//! them together (scaling, replication overhead, skew, ...).
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use loadgen::experiment::{plan_sweep, set_value, Experiment};
+use serde_json::json;
+
+use super::run_one;
+
+pub async fn run(
+    table: toml::Table,
+    sweep: &toml::Table,
+    file: &Path,
+    out: &Path,
+) -> anyhow::Result<bool> {
+    let (keys, repeat, runs) =
+        plan_sweep(sweep).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let out = out.canonicalize()?;
+    let name = table
+        .get("name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("experiment")
+        .to_string();
+    let seed = table.get("seed").and_then(|s| s.as_integer()).unwrap_or(1);
+    // Every run's experiment is checked before the first one starts: a bad value in the last
+    // combination should not waste the time of all the others. A combination that cannot be run
+    // (replication 2 on 1 node) is skipped and listed; if none can, the sweep is an error.
+    let mut experiments = Vec::with_capacity(runs.len());
+    let mut skipped = Vec::new();
+    for run in &runs {
+        let mut t = table.clone();
+        for (key, value) in &run.params {
+            set_value(&mut t, key, value.clone())
+                .map_err(|e| anyhow::anyhow!("{}: sweep.\"{key}\": {e}", file.display()))?;
+        }
+        // Repetitions differ in their seed, so they measure noise rather than replay one run.
+        t.insert(
+            "seed".into(),
+            toml::Value::Integer(seed + i64::from(run.repetition)),
+        );
+        let label = label(&run.params);
+        match Experiment::from_table(t) {
+            Ok(experiment) => experiments.push((run.clone(), label, experiment)),
+            Err(e) => {
+                if run.repetition == 0 {
+                    eprintln!("sweep: skipping {label}: {e}");
+                    skipped.push(json!({ "run": label, "reason": e }));
+                }
+            }
+        }
+    }
+    if experiments.is_empty() {
+        anyhow::bail!(
+            "{}: no combination of the sweep can run: {}",
+            file.display(),
+            skipped
+                .first()
+                .and_then(|s| s["reason"].as_str())
+                .unwrap_or("")
+        );
+    }
+    let total = experiments.len();
+    eprintln!(
+        "sweep {name}: {} configuration(s) x {repeat} = {total} run(s)",
+        total / repeat as usize,
+    );
+    let mut entries = Vec::with_capacity(total);
+    let mut results = Vec::with_capacity(total);
+    let mut all_pass = true;
+    for (i, (run, label, experiment)) in experiments.into_iter().enumerate() {
+        let dir = format!("{label}/r{}", run.repetition);
+        eprintln!("\nsweep run {} of {total}: {dir}", i + 1);
+        let (json, pass) = run_one(experiment, &out.join(&dir)).await?;
+        all_pass &= pass;
+        let params: serde_json::Map<String, serde_json::Value> = run
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default()))
+            .collect();
+        entries.push(json!({
+            "params": params,
+            "repetition": run.repetition,
+            "dir": dir,
+            "pass": pass,
+        }));
+        results.push(json);
+    }
+    let sweep_json = json!({
+        "schema_version": 1,
+        "kind": "sweep",
+        "name": name,
+        "keys": keys,
+        "repeat": repeat,
+        "runs": entries,
+        "skipped": skipped,
+    });
+    let path = out.join("sweep.json");
+    crate::local_cluster::write_atomically(
+        &path,
+        serde_json::to_string_pretty(&sweep_json)?.as_bytes(),
+    )?;
+    let report = out.join("report.html");
+    match reports::render_sweep(&sweep_json, &results) {
+        Ok(html) => crate::local_cluster::write_atomically(&report, html.as_bytes())?,
+        Err(e) => eprintln!("the sweep report could not be rendered: {e}"),
+    }
+    print_table(&keys, &entries, &results);
+    println!(
+        "sweep verdict: {}  (sweep.json and report.html in {})",
+        if all_pass { "PASS" } else { "FAIL" },
+        out.display()
+    );
+    Ok(all_pass)
+}
+
+/// `key=value,key=value`, safe as a directory name.
+fn label(params: &[(String, toml::Value)]) -> String {
+    params
+        .iter()
+        .map(|(k, v)| {
+            let short = k.rsplit('.').next().unwrap_or(k);
+            let value = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!("{short}={value}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "=,.-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn print_table(keys: &[String], entries: &[serde_json::Value], results: &[serde_json::Value]) {
+    println!();
+    println!(
+        "{:<40} {:>10} {:>10} {:>6} {:>6}",
+        "run", "smtp/s", "p99 ms", "lost", "pass"
+    );
+    for (entry, r) in entries.iter().zip(results) {
+        let smtp = &r["operations"]["ops"]["smtp"];
+        println!(
+            "{:<40} {:>10.1} {:>10.1} {:>6} {:>6}",
+            entry["dir"].as_str().unwrap_or(""),
+            smtp["throughput_per_s"].as_f64().unwrap_or(0.0),
+            smtp["p99_ms"].as_f64().unwrap_or(0.0),
+            r["correctness"]["lost"]
+                .as_u64()
+                .map_or("-".into(), |n| n.to_string()),
+            if entry["pass"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
+        );
+    }
+    let _ = keys;
+}
