@@ -30,6 +30,9 @@ pub enum Command {
     Run(RunArgs),
     /// Render saved results (one or more results.json) as one self-contained HTML page.
     Report(ReportArgs),
+    /// Compare a candidate's results with a baseline's: per metric a change, a confidence interval
+    /// and a verdict. Exit 0: nothing regressed beyond the gate; 1: something did; 2: bad input.
+    Compare(CompareArgs),
     /// Run the deterministic simulations of the cluster's protocols.
     Sim {
         #[command(subcommand)]
@@ -47,6 +50,26 @@ pub struct RunArgs {
     /// Override any key of the experiment, e.g. --set cluster.nodes=4 --set workload.rate.per_s=500.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// A results.json, or a directory of them (repetitions).
+    pub baseline: PathBuf,
+    /// A results.json, or a directory of them (repetitions).
+    pub candidate: PathBuf,
+    /// Thresholds (TOML, e.g. ci/gate.toml). Default: 5% throughput, 10% latency, 25% recovery.
+    #[arg(long)]
+    pub gate: Option<PathBuf>,
+    /// Also write the comparison as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also write the candidate's figures for github-action-benchmark / Bencher.
+    #[arg(long)]
+    pub benchmark_json: Option<PathBuf>,
+    /// Also write the comparison as an HTML page.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod cluster_up;
+pub mod compare_cmd;
 pub mod local_cluster;
 pub mod node_cmd;
 pub mod report_cmd;
@@ -21,6 +22,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => cluster_up::run(args),
         Command::Run(args) => run::run(args),
         Command::Report(args) => report_cmd::run(args),
+        Command::Compare(args) => std::process::exit(compare_cmd::run(args)),
         Command::Sim {
             command: SimCommand::Membership(args),
         } => sim_cmd::membership(args),

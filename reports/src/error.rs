@@ -47,6 +47,26 @@ pub enum ReportError {
         dir: String,
         source: Box<ReportError>,
     },
+    #[error("no {side} runs to compare: give at least one results.json for each side")]
+    CompareNoRuns { side: &'static str },
+    #[error("{given} {side} runs given: compare at most {max} per side")]
+    CompareTooManyRuns {
+        side: &'static str,
+        given: usize,
+        max: usize,
+    },
+    /// One run of a comparison was unreadable; `side` is `baseline` or `candidate`, `run`
+    /// counts from 1.
+    #[error("{side} run {run} of {runs}: {source}")]
+    InCompareRun {
+        side: &'static str,
+        run: usize,
+        runs: usize,
+        source: Box<ReportError>,
+    },
+    /// The gate's thresholds are unusable (negative, not a number, confidence outside (0, 1)).
+    #[error("gate: {0}")]
+    Gate(String),
     #[error("drawing the {chart} chart failed: {message}")]
     Chart {
         chart: &'static str,

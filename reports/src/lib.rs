@@ -1,11 +1,14 @@
 //! Reports of clusterbench runs: reads `results.json` (schema version 1) and renders it as one
 //! self-contained HTML page — tables, inline SVG charts, no scripts, no external files; and reads
 //! a sweep's `sweep.json` with the results of its runs and renders the page that compares them.
+//! It also compares repetitions of a baseline with repetitions of a candidate, figure by figure,
+//! against noise thresholds ([`compare`]), for a CI gate, the terminal, tools and a page.
 //!
 //! This crate renders data. It never runs a cluster or a load, never reads the clock, and does no
 //! I/O beyond what its caller hands it: the caller reads the files and writes the page.
 
 mod charts;
+pub mod compare;
 mod error;
 mod format;
 mod page;
@@ -13,6 +16,10 @@ pub mod schema;
 mod sweep;
 mod sweep_charts;
 
+pub use compare::{
+    benchmark_json, compare, comparison_json, comparison_table, render_comparison, Comparison,
+    Gate, MetricComparison, Verdict,
+};
 pub use error::ReportError;
 pub use schema::SCHEMA_VERSION;
 pub use sweep::{SWEEP_RUNS_MAX, SWEEP_SCHEMA_VERSION};

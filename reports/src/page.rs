@@ -40,12 +40,22 @@ pub fn render(runs: &[Results]) -> Result<String, ReportError> {
         overview: runs.len() > 1,
         runs: views,
     };
+    render_template(TEMPLATE_NAME, TEMPLATE, &page)
+}
+
+/// Renders one of this crate's embedded templates with `context`. A failure is a bug in the
+/// template or the context, never in a results file.
+pub(crate) fn render_template(
+    name: &str,
+    template: &str,
+    context: &impl Serialize,
+) -> Result<String, ReportError> {
     let mut tera = tera::Tera::new();
-    tera.add_raw_template(TEMPLATE_NAME, TEMPLATE)
+    tera.add_raw_template(name, template)
         .map_err(|e| ReportError::Template(e.to_string()))?;
     let context =
-        tera::Context::from_serialize(&page).map_err(|e| ReportError::Template(e.to_string()))?;
-    tera.render(TEMPLATE_NAME, &context)
+        tera::Context::from_serialize(context).map_err(|e| ReportError::Template(e.to_string()))?;
+    tera.render(name, &context)
         .map_err(|e| ReportError::Template(format!("{e:?}")))
 }
 

@@ -83,13 +83,7 @@ pub fn render(sweep: &Value, runs: &[Value]) -> Result<String, ReportError> {
         .collect::<Result<Vec<_>, _>>()?;
     let sweep = Sweep::of(file, results);
     let page = sweep.page()?;
-    let mut tera = tera::Tera::new();
-    tera.add_raw_template(TEMPLATE_NAME, TEMPLATE)
-        .map_err(|e| ReportError::Template(e.to_string()))?;
-    let context =
-        tera::Context::from_serialize(&page).map_err(|e| ReportError::Template(e.to_string()))?;
-    tera.render(TEMPLATE_NAME, &context)
-        .map_err(|e| ReportError::Template(format!("{e:?}")))
+    crate::page::render_template(TEMPLATE_NAME, TEMPLATE, &page)
 }
 
 /// Checks what the file is before reading the rest: its schema version, then its kind.
