@@ -88,3 +88,50 @@ fn bad_input_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("throughput_drop"));
 }
+
+#[test]
+fn repetitions_from_a_sweep_compare_as_one_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let experiment = dir.path().join("e.toml");
+    std::fs::write(
+        &experiment,
+        r#"
+name = "reps"
+[cluster]
+nodes = 1
+replication = 1
+[workload]
+users = 10
+duration_s = 3
+warmup_s = 0
+rate = { per_s = 30 }
+mix = { smtp = 1.0, pop3 = 0.0, imap = 0.0 }
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let run = Command::new(BIN)
+        .arg("run")
+        .arg(&experiment)
+        .arg("--out")
+        .arg(&out)
+        .args(["--set", "sweep.repeat=2"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(out.join("run/r0/results.json").exists());
+    assert!(out.join("run/r1/results.json").exists());
+    assert!(out.join("report.html").exists());
+    let c = compare(&[out.to_str().unwrap(), out.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&c.stdout);
+    assert_eq!(c.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("2 baseline run(s), 2 candidate run(s)"),
+        "{text}"
+    );
+}

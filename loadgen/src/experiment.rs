@@ -71,7 +71,7 @@ pub fn plan_sweep(sweep: &toml::Table) -> Result<(Vec<String>, u32, Vec<SweepRun
             _ => return Err(format!("sweep.\"{key}\": give a non-empty list of values")),
         }
     }
-    if keys.is_empty() {
+    if keys.is_empty() && !sweep.contains_key("repeat") {
         return Err("sweep: give at least one key with a list of values, e.g. \"cluster.nodes\" = [1, 2, 4]".into());
     }
     let combinations: usize = lists.iter().map(Vec::len).product();

@@ -118,8 +118,11 @@ pub async fn run(
     Ok(all_pass)
 }
 
-/// `key=value,key=value`, safe as a directory name.
+/// `key=value,key=value`, safe as a directory name (`run` for a sweep of repetitions only).
 fn label(params: &[(String, toml::Value)]) -> String {
+    if params.is_empty() {
+        return "run".into();
+    }
     params
         .iter()
         .map(|(k, v)| {
