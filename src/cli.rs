@@ -30,6 +30,8 @@ pub enum Command {
     Run(RunArgs),
     /// Render saved results (one or more results.json) as one self-contained HTML page.
     Report(ReportArgs),
+    /// Find the highest offered rate that meets the experiment's SLO (step up, then bisect).
+    Capacity(CapacityArgs),
     /// Compare a candidate's results with a baseline's: per metric a change, a confidence interval
     /// and a verdict. Exit 0: nothing regressed beyond the gate; 1: something did; 2: bad input.
     Compare(CompareArgs),
@@ -50,6 +52,30 @@ pub struct RunArgs {
     /// Override any key of the experiment, e.g. --set cluster.nodes=4 --set workload.rate.per_s=500.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CapacityArgs {
+    /// The experiment file (TOML); its rate is replaced by each probe's.
+    pub experiment: PathBuf,
+    /// Where the probes' results go. Default: results/NAME-capacity-TIMESTAMP.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override any key of the experiment.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// First offered rate tried (operations per second).
+    #[arg(long, default_value_t = 50.0)]
+    pub start_per_s: f64,
+    /// Stop bisecting when the bracket is this narrow (relative).
+    #[arg(long, default_value_t = 0.1)]
+    pub precision: f64,
+    /// Probe runs at most (before the 80/100/120% table).
+    #[arg(long, default_value_t = 12)]
+    pub probes: u32,
+    /// A daily mail volume: how many nodes like these it needs.
+    #[arg(long)]
+    pub daily_messages: Option<u64>,
 }
 
 #[derive(Debug, Args)]

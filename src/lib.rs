@@ -1,6 +1,7 @@
 //! `clusterbench`: the command-line front of the workspace. Each subcommand lives in its own
 //! module; `main.rs` only parses arguments and calls [`run`].
 
+pub mod capacity_cmd;
 pub mod cli;
 pub mod cluster_up;
 pub mod compare_cmd;
@@ -22,6 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => cluster_up::run(args),
         Command::Run(args) => run::run(args),
         Command::Report(args) => report_cmd::run(args),
+        Command::Capacity(args) => capacity_cmd::run(args),
         Command::Compare(args) => std::process::exit(compare_cmd::run(args)),
         Command::Sim {
             command: SimCommand::Membership(args),

@@ -1,0 +1,177 @@
+//! `clusterbench capacity EXPERIMENT.toml`: the highest offered rate that meets the experiment's
+//! `[slo]` (and loses nothing). Steps the open-loop rate up (doubling) until a run misses, then
+//! bisects between the last pass and the first miss; reports per-node capacity, the nodes a daily
+//! volume needs, and a table at 80/100/120% of the capacity in the style of SPECmail. Each probe
+//! is a full run in its own directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use loadgen::experiment::{set_value, Experiment};
+use serde_json::json;
+
+use crate::cli::CapacityArgs;
+use crate::run::{load_table, run_one};
+
+/// Probe runs at most (doubling plus bisection).
+pub const PROBES_MAX: u32 = 40;
+
+pub fn run(args: CapacityArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(search(args))
+}
+
+struct Probe {
+    rate: f64,
+    pass: bool,
+    smtp_per_s: f64,
+    p99_ms: f64,
+    error_rate: f64,
+    dir: String,
+}
+
+async fn search(args: CapacityArgs) -> anyhow::Result<()> {
+    let mut table = load_table(&args.experiment, &args.set)?;
+    if table.remove("sweep").is_some() {
+        bail!(
+            "{}: capacity runs one configuration; remove [sweep]",
+            args.experiment.display()
+        );
+    }
+    let base = Experiment::from_table(table.clone())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.experiment.display()))?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("results").join(format!(
+            "{}-capacity-{}",
+            base.name,
+            chrono::Utc::now().format("%Y%m%d-%H%M%S")
+        ))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    anyhow::ensure!(args.start_per_s > 0.0, "--start-per-s must be positive");
+    anyhow::ensure!(
+        args.probes >= 2 && args.probes <= PROBES_MAX,
+        "--probes must be 2 to {PROBES_MAX}"
+    );
+
+    let mut probes: Vec<Probe> = Vec::new();
+    let mut low: Option<f64> = None;
+    let mut high: Option<f64> = None;
+    let mut rate = args.start_per_s;
+    while (probes.len() as u32) < args.probes {
+        let probe = probe(&table, rate, &out, &args.experiment).await?;
+        eprintln!(
+            "probe {:>7.1}/s: {} (smtp {:.1}/s, p99 {:.1} ms, errors {:.2}%)",
+            rate,
+            if probe.pass {
+                "meets the SLO"
+            } else {
+                "misses"
+            },
+            probe.smtp_per_s,
+            probe.p99_ms,
+            probe.error_rate * 100.0
+        );
+        if probe.pass {
+            low = Some(rate);
+        } else {
+            high = Some(rate);
+        }
+        probes.push(probe);
+        rate = match (low, high) {
+            (Some(l), None) => l * 2.0,
+            (None, Some(h)) => h / 2.0,
+            (Some(l), Some(h)) if (h - l) / h > args.precision => (l + h) / 2.0,
+            _ => break,
+        };
+    }
+    let Some(capacity) = low else {
+        bail!(
+            "no probe met the SLO, down to {:.1}/s: lower --start-per-s",
+            probes.last().map_or(0.0, |p| p.rate)
+        );
+    };
+    // The SPECmail-style table: 80, 100 and 120% of the capacity.
+    let mut table_rows = Vec::new();
+    for share in [0.8, 1.0, 1.2] {
+        let p = probe(&table, capacity * share, &out, &args.experiment).await?;
+        table_rows.push((share, p));
+    }
+    let nodes = base.target.as_ref().map_or(base.cluster.nodes, |_| 1);
+    let per_node = capacity / f64::from(nodes);
+    let needed = args.daily_messages.map(|daily| {
+        (daily as f64 / 86_400.0 / (per_node * base.workload.mix.fraction(loadgen::OpKind::Smtp)))
+            .ceil()
+    });
+    println!();
+    println!("capacity of {}: {capacity:.1} operations/s offered ({per_node:.1} per node, {nodes} node(s))", base.name);
+    if let (Some(daily), Some(n)) = (args.daily_messages, needed) {
+        println!("{daily} messages a day need {n} node(s) like these");
+    }
+    println!(
+        "{:>6} {:>10} {:>10} {:>10} {:>8} {:>6}",
+        "load", "offered/s", "smtp/s", "p99 ms", "errors", "SLO"
+    );
+    for (share, p) in &table_rows {
+        println!(
+            "{:>5.0}% {:>10.1} {:>10.1} {:>10.1} {:>7.2}% {:>6}",
+            share * 100.0,
+            p.rate,
+            p.smtp_per_s,
+            p.p99_ms,
+            p.error_rate * 100.0,
+            if p.pass { "met" } else { "missed" }
+        );
+    }
+    let summary = json!({
+        "schema_version": 1,
+        "kind": "capacity",
+        "name": base.name,
+        "capacity_per_s": capacity,
+        "nodes": nodes,
+        "per_node_per_s": per_node,
+        "daily_messages": args.daily_messages,
+        "nodes_needed": needed,
+        "probes": probes.iter().map(|p| json!({"rate_per_s": p.rate, "pass": p.pass, "smtp_per_s": p.smtp_per_s, "p99_ms": p.p99_ms, "error_rate": p.error_rate, "dir": p.dir})).collect::<Vec<_>>(),
+        "table": table_rows.iter().map(|(s, p)| json!({"share": s, "rate_per_s": p.rate, "pass": p.pass, "smtp_per_s": p.smtp_per_s, "p99_ms": p.p99_ms, "error_rate": p.error_rate, "dir": p.dir})).collect::<Vec<_>>(),
+    });
+    let path = out.join("capacity.json");
+    crate::local_cluster::write_atomically(
+        &path,
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    println!(
+        "(capacity.json and every probe's results in {})",
+        out.display()
+    );
+    Ok(())
+}
+
+/// One run at `rate` offered operations per second (open loop, Poisson).
+async fn probe(table: &toml::Table, rate: f64, out: &Path, file: &Path) -> anyhow::Result<Probe> {
+    let mut t = table.clone();
+    let mut r = toml::Table::new();
+    r.insert("per_s".into(), toml::Value::Float(rate));
+    set_value(&mut t, "workload.rate", toml::Value::Table(r)).map_err(|e| anyhow::anyhow!(e))?;
+    let experiment =
+        Experiment::from_table(t).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let dir = format!("rate={rate:.1}");
+    let (results, lossless) = run_one(experiment, &out.join(&dir)).await?;
+    let smtp = &results["operations"]["ops"]["smtp"];
+    let error_rate = results["slo"]["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["what"] == "error rate"))
+        .and_then(|c| c["value"].as_f64())
+        .unwrap_or(0.0);
+    Ok(Probe {
+        rate,
+        pass: lossless && results["slo"]["pass"].as_bool() == Some(true),
+        smtp_per_s: smtp["throughput_per_s"].as_f64().unwrap_or(0.0),
+        p99_ms: smtp["p99_ms"].as_f64().unwrap_or(0.0),
+        error_rate,
+        dir,
+    })
+}
