@@ -1,0 +1,24 @@
+//! Every shipped experiment file is valid: it parses with every key known, and its sweep plans.
+
+use loadgen::experiment::{plan_sweep, Experiment};
+
+#[test]
+fn every_workload_file_parses() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/workloads");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut table: toml::Table =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if let Some(toml::Value::Table(sweep)) = table.remove("sweep") {
+            plan_sweep(&sweep).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+        Experiment::from_table(table).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        checked += 1;
+    }
+    assert!(checked >= 9, "only {checked} workload files found");
+}
