@@ -691,6 +691,23 @@ impl Session {
         Ok(())
     }
 
+    /// A message's bytes when `needed` (`Some(None)` when not); `None` when it has been expunged
+    /// meanwhile.
+    async fn body_if(
+        &self,
+        needed: bool,
+        meta: &MessageMeta,
+    ) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        if !needed {
+            return Ok(Some(None));
+        }
+        match self.ctx.mail.read(self.user(), meta).await {
+            Ok(bytes) => Ok(Some(Some(bytes))),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reconciles the view with the store and tells the client what changed: `EXPUNGE` for
     /// messages gone (only when `expunges`; highest sequence number first, so no response
     /// renumbers one still to come), `FETCH (FLAGS ..)` for changed flags, `EXISTS` for new mail.
@@ -819,14 +836,11 @@ impl Session {
             };
             let changed = seen_now.get(&u).copied();
             let flags = changed.unwrap_or(meta.flags);
-            let bytes = if needs_body {
-                match self.ctx.mail.read(self.user(), meta).await {
-                    Ok(b) => Some(b),
-                    Err(StoreError::NotFound) => continue,
-                    Err(e) => return Ok(Reply::store_failed(e)),
-                }
-            } else {
-                None
+            let bytes = match self.body_if(needs_body, meta).await {
+                Ok(Some(body)) => body,
+                // Expunged by another session meanwhile: nothing to show.
+                Ok(None) => continue,
+                Err(e) => return Ok(Reply::store_failed(e)),
             };
             let message = fetch::Message {
                 seq: index as u32 + 1,
@@ -948,14 +962,11 @@ impl Session {
             let Some(meta) = find(&snapshot, u) else {
                 continue;
             };
-            let bytes = if needs_body {
-                match self.ctx.mail.read(self.user(), meta).await {
-                    Ok(b) => Some(b),
-                    Err(StoreError::NotFound) => continue,
-                    Err(e) => return Ok(Reply::store_failed(e)),
-                }
-            } else {
-                None
+            let bytes = match self.body_if(needs_body, meta).await {
+                Ok(Some(body)) => body,
+                // Expunged by another session meanwhile: nothing to show.
+                Ok(None) => continue,
+                Err(e) => return Ok(Reply::store_failed(e)),
             };
             let candidate = search::Candidate {
                 seq: index as u32 + 1,
