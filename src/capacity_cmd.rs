@@ -14,7 +14,7 @@ use crate::cli::CapacityArgs;
 use crate::run::{load_table, run_one};
 
 /// Probe runs at most (doubling plus bisection).
-pub const PROBES_MAX: u32 = 40;
+pub use loadgen::experiment::PROBES_MAX;
 
 pub fn run(args: CapacityArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -24,13 +24,91 @@ pub fn run(args: CapacityArgs) -> anyhow::Result<()> {
     runtime.block_on(search(args))
 }
 
-struct Probe {
-    rate: f64,
-    pass: bool,
-    smtp_per_s: f64,
-    p99_ms: f64,
-    error_rate: f64,
-    dir: String,
+/// One run of a capacity search, at one offered rate.
+pub struct Probe {
+    pub rate: f64,
+    /// Met the SLO and lost nothing.
+    pub pass: bool,
+    pub smtp_per_s: f64,
+    pub p99_ms: f64,
+    pub error_rate: f64,
+    /// Its directory, relative to the search's.
+    pub dir: String,
+    /// Its results.json.
+    pub results: serde_json::Value,
+}
+
+/// How to search: the first rate, the factor to step by until a pass and a miss bracket the
+/// capacity, the relative width at which bisection stops, and the most probes.
+#[derive(Debug, Clone, Copy)]
+pub struct Search {
+    pub start_per_s: f64,
+    pub step: f64,
+    pub precision: f64,
+    pub probes: u32,
+}
+
+/// What a search found: the highest passing rate (none if no probe passed) and every probe in
+/// the order run.
+pub struct Found {
+    pub capacity: Option<f64>,
+    pub probes: Vec<Probe>,
+}
+
+impl Found {
+    /// The probe at the capacity.
+    pub fn best(&self) -> Option<&Probe> {
+        self.probes
+            .iter()
+            .filter(|p| p.pass)
+            .max_by(|a, b| a.rate.total_cmp(&b.rate))
+    }
+}
+
+/// Steps the open-loop rate from `start_per_s` (up by `step` while probes pass, down while they
+/// miss) until a pass and a miss bracket the capacity, then bisects until the bracket is
+/// `precision` wide (relative) or `probes` runs are spent. Each probe runs in `out/rate=R/`.
+pub async fn find(
+    table: &toml::Table,
+    file: &Path,
+    out: &Path,
+    search: Search,
+) -> anyhow::Result<Found> {
+    let mut probes: Vec<Probe> = Vec::new();
+    let mut low: Option<f64> = None;
+    let mut high: Option<f64> = None;
+    let mut rate = search.start_per_s;
+    while (probes.len() as u32) < search.probes {
+        let probe = probe(table, rate, out, file).await?;
+        eprintln!(
+            "probe {:>7.1}/s: {} (smtp {:.1}/s, p99 {:.1} ms, errors {:.2}%)",
+            rate,
+            if probe.pass {
+                "meets the SLO"
+            } else {
+                "misses"
+            },
+            probe.smtp_per_s,
+            probe.p99_ms,
+            probe.error_rate * 100.0
+        );
+        if probe.pass {
+            low = Some(low.map_or(rate, |l: f64| l.max(rate)));
+        } else {
+            high = Some(high.map_or(rate, |h: f64| h.min(rate)));
+        }
+        probes.push(probe);
+        rate = match (low, high) {
+            (Some(l), None) => l * search.step,
+            (None, Some(h)) => h / search.step,
+            (Some(l), Some(h)) if (h - l) / h > search.precision => (l + h) / 2.0,
+            _ => break,
+        };
+    }
+    Ok(Found {
+        capacity: low,
+        probes,
+    })
 }
 
 async fn search(args: CapacityArgs) -> anyhow::Result<()> {
@@ -57,38 +135,20 @@ async fn search(args: CapacityArgs) -> anyhow::Result<()> {
         "--probes must be 2 to {PROBES_MAX}"
     );
 
-    let mut probes: Vec<Probe> = Vec::new();
-    let mut low: Option<f64> = None;
-    let mut high: Option<f64> = None;
-    let mut rate = args.start_per_s;
-    while (probes.len() as u32) < args.probes {
-        let probe = probe(&table, rate, &out, &args.experiment).await?;
-        eprintln!(
-            "probe {:>7.1}/s: {} (smtp {:.1}/s, p99 {:.1} ms, errors {:.2}%)",
-            rate,
-            if probe.pass {
-                "meets the SLO"
-            } else {
-                "misses"
-            },
-            probe.smtp_per_s,
-            probe.p99_ms,
-            probe.error_rate * 100.0
-        );
-        if probe.pass {
-            low = Some(rate);
-        } else {
-            high = Some(rate);
-        }
-        probes.push(probe);
-        rate = match (low, high) {
-            (Some(l), None) => l * 2.0,
-            (None, Some(h)) => h / 2.0,
-            (Some(l), Some(h)) if (h - l) / h > args.precision => (l + h) / 2.0,
-            _ => break,
-        };
-    }
-    let Some(capacity) = low else {
+    let found = find(
+        &table,
+        &args.experiment,
+        &out,
+        Search {
+            start_per_s: args.start_per_s,
+            step: 2.0,
+            precision: args.precision,
+            probes: args.probes,
+        },
+    )
+    .await?;
+    let probes = found.probes;
+    let Some(capacity) = found.capacity else {
         bail!(
             "no probe met the SLO, down to {:.1}/s: lower --start-per-s",
             probes.last().map_or(0.0, |p| p.rate)
@@ -173,5 +233,6 @@ async fn probe(table: &toml::Table, rate: f64, out: &Path, file: &Path) -> anyho
         p99_ms: smtp["p99_ms"].as_f64().unwrap_or(0.0),
         error_rate,
         dir,
+        results,
     })
 }

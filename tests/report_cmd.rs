@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
-use common::{require_tool, BIN};
+use common::{open_in_chromium, require_tool, BIN};
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -83,47 +82,9 @@ fn the_report_renders_in_headless_chromium_without_console_errors() {
     let results = dir.path().join("results.json");
     std::fs::copy(FIXTURE, &results).unwrap();
     assert!(report(&[results.to_str().unwrap()]).status.success());
-    let page = dir.path().join("report.html");
-    let shot = dir.path().join("report.png");
-    let profile = dir.path().join("profile");
-    let chromium = |extra: &[&str]| {
-        Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--enable-logging=stderr",
-                "--v=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(extra)
-            .arg(format!("file://{}", page.display()))
-            .output()
-            .unwrap()
-    };
-    let shot_arg = format!("--screenshot={}", shot.display());
-    let out = chromium(&[&shot_arg, "--window-size=1280,2400"]);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "chromium failed: {log}");
-    assert!(png_size(&shot) > 10_000, "the screenshot is (nearly) empty");
-    // The page's own console: any error it logged would show as a CONSOLE line.
-    assert!(
-        !log.contains("CONSOLE("),
-        "the page logged to the console: {log}"
-    );
-    // The DOM the browser built has the charts.
-    let out = chromium(&["--dump-dom"]);
-    let dom = String::from_utf8_lossy(&out.stdout);
+    let dom = open_in_chromium(&dir.path().join("report.html"));
     assert!(
         dom.matches("<svg").count() >= 4,
         "charts missing from the rendered DOM"
     );
-}
-
-fn png_size(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }

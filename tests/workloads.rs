@@ -22,3 +22,19 @@ fn every_workload_file_parses() {
     }
     assert!(checked >= 9, "only {checked} workload files found");
 }
+
+/// `skew_model = "hot-node"` picks the users the bundled cluster's static placement homes on its
+/// first node: the load generator's hash must stay the cluster's.
+#[test]
+fn the_hot_node_is_the_static_home_of_its_users() {
+    for nodes in [1, 2, 4, 8, 63] {
+        for u in 0..2000 {
+            let name = format!("user{u}");
+            assert_eq!(
+                loadgen::workload::home_slot(&name, nodes),
+                cluster::usermap::UserMap::bucket_of(&name, nodes),
+                "{name} over {nodes}"
+            );
+        }
+    }
+}

@@ -43,9 +43,63 @@ pub struct SweepRun {
     pub repetition: u32,
 }
 
-/// The runs a `[sweep]` table asks for, in order (the first key varies slowest), with the swept
-/// keys and the repeat count.
-pub fn plan_sweep(sweep: &toml::Table) -> Result<(Vec<String>, u32, Vec<SweepRun>), String> {
+/// `sweep.saturate`: instead of running each configuration at the experiment's offered rate,
+/// search its capacity (the highest open-loop rate meeting `[slo]` without loss: step up, then
+/// bisect) and keep the run at that rate. Scaling is then measured at capacity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Saturate {
+    /// First rate tried for a configuration's first repetition (operations per second); later
+    /// repetitions start from the capacity the first one found.
+    pub start_per_s: f64,
+    /// Stop bisecting when the bracket is this narrow (relative).
+    pub precision: f64,
+    /// Probe runs per configuration and repetition at most.
+    pub probes: u32,
+}
+
+impl Default for Saturate {
+    fn default() -> Self {
+        Saturate {
+            start_per_s: 50.0,
+            precision: 0.1,
+            probes: 12,
+        }
+    }
+}
+
+/// Probe runs of one capacity search at most.
+pub const PROBES_MAX: u32 = 40;
+
+impl Saturate {
+    pub fn validate(&self, key: &str) -> Result<(), String> {
+        if !(self.start_per_s > 0.0 && self.start_per_s <= crate::workload::RATE_PER_S_MAX) {
+            return Err(format!("{key}.start_per_s: must be > 0 and <= {}", crate::workload::RATE_PER_S_MAX));
+        }
+        if !(self.precision > 0.0 && self.precision < 1.0) {
+            return Err(format!("{key}.precision: must be between 0 and 1"));
+        }
+        if !(2..=PROBES_MAX).contains(&self.probes) {
+            return Err(format!("{key}.probes: must be 2 to {PROBES_MAX}"));
+        }
+        Ok(())
+    }
+}
+
+/// What a `[sweep]` table asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepPlan {
+    /// The swept keys, in the order the table gives them.
+    pub keys: Vec<String>,
+    pub repeat: u32,
+    /// In order, the first key varying slowest, repetitions of one configuration together.
+    pub runs: Vec<SweepRun>,
+    pub saturate: Option<Saturate>,
+}
+
+/// The runs a `[sweep]` table asks for, with the swept keys, the repeat count and whether each
+/// configuration is saturated.
+pub fn plan_sweep(sweep: &toml::Table) -> Result<SweepPlan, String> {
     let repeat = match sweep.get("repeat") {
         None => 1,
         Some(toml::Value::Integer(n)) if *n >= 1 && *n <= i64::from(SWEEP_REPEAT_MAX) => *n as u32,
@@ -55,9 +109,29 @@ pub fn plan_sweep(sweep: &toml::Table) -> Result<(Vec<String>, u32, Vec<SweepRun
             ))
         }
     };
+    let saturate = match sweep.get("saturate") {
+        None | Some(toml::Value::Boolean(false)) => None,
+        Some(toml::Value::Boolean(true)) => Some(Saturate::default()),
+        Some(value @ toml::Value::Table(_)) => {
+            let s: Saturate = value
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| format!("sweep.saturate: {}", e.message()))?;
+            s.validate("sweep.saturate")?;
+            Some(s)
+        }
+        Some(other) => {
+            return Err(format!(
+                "sweep.saturate: true, or a table {{ start_per_s, precision, probes }}, got {other}"
+            ))
+        }
+    };
     let mut keys = Vec::new();
     let mut lists = Vec::new();
-    for (key, value) in sweep.iter().filter(|(k, _)| k.as_str() != "repeat") {
+    for (key, value) in sweep
+        .iter()
+        .filter(|(k, _)| k.as_str() != "repeat" && k.as_str() != "saturate")
+    {
         if key.starts_with("sweep") || key.split('.').any(str::is_empty) {
             return Err(format!(
                 "sweep: {key:?} is not a key of the experiment to vary"
@@ -71,7 +145,7 @@ pub fn plan_sweep(sweep: &toml::Table) -> Result<(Vec<String>, u32, Vec<SweepRun
             _ => return Err(format!("sweep.\"{key}\": give a non-empty list of values")),
         }
     }
-    if keys.is_empty() && !sweep.contains_key("repeat") {
+    if keys.is_empty() && !sweep.contains_key("repeat") && saturate.is_none() {
         return Err("sweep: give at least one key with a list of values, e.g. \"cluster.nodes\" = [1, 2, 4]".into());
     }
     let combinations: usize = lists.iter().map(Vec::len).product();
@@ -96,7 +170,12 @@ pub fn plan_sweep(sweep: &toml::Table) -> Result<(Vec<String>, u32, Vec<SweepRun
             });
         }
     }
-    Ok((keys, repeat, runs))
+    Ok(SweepPlan {
+        keys,
+        repeat,
+        runs,
+        saturate,
+    })
 }
 
 impl Default for Experiment {
@@ -298,9 +377,18 @@ impl Experiment {
 
     /// Parses an already-read TOML table (after `--set` overrides).
     pub fn from_table(table: toml::Table) -> Result<Experiment, String> {
-        let experiment: Experiment = toml::Value::Table(table)
+        let mut experiment: Experiment = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| e.to_string())?;
+        let w = &mut experiment.workload;
+        if w.skew_model == crate::workload::SkewModel::HotNode && w.hot_nodes.is_none() {
+            if experiment.target.is_some() {
+                return Err("workload.hot_nodes: skew_model = \"hot-node\" against an external \
+                            target needs the number of home nodes to hash users over"
+                    .into());
+            }
+            w.hot_nodes = Some(experiment.cluster.nodes);
+        }
         experiment.validate()?;
         Ok(experiment)
     }
@@ -506,7 +594,9 @@ mod tests {
         let sweep: toml::Table =
             toml::from_str("repeat = 2\n\"cluster.nodes\" = [1, 2]\n\"cluster.placement\" = [\"dynamic\", \"static\"]\n")
                 .unwrap();
-        let (keys, repeat, runs) = plan_sweep(&sweep).unwrap();
+        let SweepPlan {
+            keys, repeat, runs, ..
+        } = plan_sweep(&sweep).unwrap();
         assert_eq!(keys, vec!["cluster.nodes", "cluster.placement"]);
         assert_eq!(repeat, 2);
         assert_eq!(runs.len(), 8);
@@ -517,6 +607,19 @@ mod tests {
         assert!(plan_sweep(&bad).unwrap_err().contains("cluster.nodes"));
         let bad: toml::Table = toml::from_str("repeat = 0\n\"cluster.nodes\" = [1]\n").unwrap();
         assert!(plan_sweep(&bad).unwrap_err().contains("repeat"));
+        let sat: toml::Table =
+            toml::from_str("saturate = { start_per_s = 20, probes = 6 }\n\"cluster.nodes\" = [1]\n")
+                .unwrap();
+        let plan = plan_sweep(&sat).unwrap();
+        assert_eq!(plan.keys, vec!["cluster.nodes"]);
+        let s = plan.saturate.unwrap();
+        assert_eq!((s.start_per_s, s.probes, s.precision), (20.0, 6, 0.1));
+        let bad: toml::Table = toml::from_str("saturate = { start = 20 }\n").unwrap();
+        assert!(plan_sweep(&bad).unwrap_err().contains("start"));
+        let bad: toml::Table = toml::from_str("saturate = { probes = 1 }\n").unwrap();
+        assert!(plan_sweep(&bad)
+            .unwrap_err()
+            .contains("sweep.saturate.probes"));
     }
 
     #[test]

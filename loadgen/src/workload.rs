@@ -31,6 +31,8 @@ use crate::OpKind;
 pub const USERS_MAX: u64 = 100_000_000;
 /// Largest Zipf exponent; beyond this almost every operation goes to user 0 anyway.
 pub const SKEW_MAX: f64 = 10.0;
+/// Largest `workload.hot_nodes`.
+pub const HOT_NODES_MAX: u32 = 4096;
 /// Longest run: one week.
 pub const DURATION_S_MAX: f64 = 7.0 * 86_400.0;
 /// Highest arrival rate of the whole run (all agents together).
@@ -57,8 +59,17 @@ const RECIPIENT_DRAWS_PER_RECIPIENT_MAX: u32 = 16;
 pub struct Workload {
     /// Size of the user population; users are numbered `0..users`.
     pub users: u64,
-    /// Zipf exponent of user activity over the population (user 0 is the busiest); 0 = uniform.
+    /// How `skew` is read: a Zipf exponent (the default) or, with `"hot-node"`, the share of
+    /// mail and sessions that go to the users of one home node.
+    pub skew_model: SkewModel,
+    /// `skew_model = "zipf"`: the Zipf exponent of user activity over the population (user 0 is
+    /// the busiest); 0 = uniform. `"hot-node"`: the share (0 to 1) of operations whose user is
+    /// drawn from the hot set; the others draw uniformly from everyone.
     pub skew: f64,
+    /// `skew_model = "hot-node"`: the number of home nodes the users are hashed over (FNV-1a of
+    /// the login name modulo this, the static home mapping of the bundled cluster); the hot set
+    /// is the users of the first. Defaults to `cluster.nodes` against the bundled cluster.
+    pub hot_nodes: Option<u32>,
     /// Length of the run, warmup included.
     pub duration_s: f64,
     /// The first part of the run, excluded from the totals (but shown in the time series).
@@ -73,7 +84,9 @@ impl Default for Workload {
     fn default() -> Self {
         Workload {
             users: 1000,
+            skew_model: SkewModel::Zipf,
             skew: 1.0,
+            hot_nodes: None,
             duration_s: 60.0,
             warmup_s: 5.0,
             rate: Rate::default(),
@@ -95,6 +108,22 @@ impl Workload {
                 "workload.skew: must be >= 0 and <= {SKEW_MAX} (0 = uniform)"
             ));
         }
+        if self.skew_model == SkewModel::HotNode {
+            if self.skew > 1.0 {
+                return Err(
+                    "workload.skew: with skew_model = \"hot-node\" it is a share, 0 to 1".into(),
+                );
+            }
+            if let Some(n) = self.hot_nodes {
+                if !(1..=HOT_NODES_MAX).contains(&n) {
+                    return Err(format!(
+                        "workload.hot_nodes: must be 1 to {HOT_NODES_MAX}"
+                    ));
+                }
+            }
+        } else if self.hot_nodes.is_some() {
+            return Err("workload.hot_nodes: only means something with skew_model = \"hot-node\"".into());
+        }
         if !(self.duration_s > 0.0 && self.duration_s <= DURATION_S_MAX) {
             return Err(format!(
                 "workload.duration_s: must be > 0 and <= {DURATION_S_MAX}"
@@ -109,6 +138,27 @@ impl Workload {
         self.recipients.validate()?;
         Ok(())
     }
+}
+
+/// How `workload.skew` shapes who the operations are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkewModel {
+    /// Zipf over the population: a few busy users, a long tail.
+    Zipf,
+    /// A share of everything goes to the users homed on one node, the rest is uniform: the
+    /// skew of Porcupine's load-balancing experiment, where a statically partitioned cluster is
+    /// only as fast as its busiest node.
+    HotNode,
+}
+
+/// The home slot of a login name among `slots` nodes: FNV-1a of the name modulo `slots`, the
+/// mapping the bundled cluster's static placement uses for home nodes.
+pub fn home_slot(login: &str, slots: u32) -> u32 {
+    let hash = login.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % u64::from(slots.max(1))) as u32
 }
 
 /// The arrival process: open loop (operations start at their intended times whatever the
@@ -599,6 +649,17 @@ impl Schedule {
         }
     }
 
+    /// `skew_model = "hot-node"`: the users of the hot node, by index (the engine finds them
+    /// from their login names with [`home_slot`]). An empty list keeps the default.
+    pub fn with_hot_users(mut self, users: Vec<u64>) -> Schedule {
+        if let Some((_, hot)) = &mut self.ops.hot {
+            if !users.is_empty() {
+                *hot = users;
+            }
+        }
+        self
+    }
+
     /// The share this schedule was built for.
     pub fn share(&self) -> Share {
         self.share
@@ -797,6 +858,10 @@ struct OpSampler {
     rng: StdRng,
     users: u64,
     active_user: Zipf<f64>,
+    /// `skew_model = "hot-node"`: the share that goes to the hot set, and the set (users whose
+    /// home slot is 0; until [`Schedule::with_hot_users`] names them, the first
+    /// `users / hot_nodes`).
+    hot: Option<(f64, Vec<u64>)>,
     mix: Mix,
     size: LogNormal<f64>,
     size_max_bytes: usize,
@@ -819,10 +884,16 @@ impl OpSampler {
         let extra_recipients = (extra_mean > 0.0)
             .then(|| Poisson::new(extra_mean).expect("validated: 0 < mean - 1 < RECIPIENTS_MAX"));
         let recipients_max = u64::from(workload.recipients.max).min(workload.users) as usize;
+        let hot = (workload.skew_model == SkewModel::HotNode).then(|| {
+            let slots = u64::from(workload.hot_nodes.unwrap_or(1).max(1));
+            let first = (workload.users / slots).max(1);
+            (workload.skew, (0..first).collect())
+        });
         OpSampler {
             rng,
             users: workload.users,
             active_user,
+            hot,
             mix: workload.mix.clone(),
             size,
             size_max_bytes: workload.message_size.max_bytes,
@@ -871,8 +942,15 @@ impl OpSampler {
         last_possible
     }
 
-    /// A Zipf-distributed user: rank 1 is user 0, the busiest.
+    /// A user by the skew model: Zipf-distributed (rank 1 is user 0, the busiest), or with
+    /// `hot-node` from the hot set with probability `skew`, else uniform.
     fn active_user(&mut self) -> u64 {
+        if let Some((share, hot)) = &self.hot {
+            if !hot.is_empty() && self.rng.random::<f64>() < *share {
+                return hot[self.rng.random_range(0..hot.len())];
+            }
+            return self.rng.random_range(0..self.users);
+        }
         let rank: f64 = self.active_user.sample(&mut self.rng);
         (rank as u64).saturating_sub(1).min(self.users - 1)
     }
@@ -1185,6 +1263,55 @@ mod tests {
         let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
         // 100 per user expected; Poisson noise stays well within this band.
         assert!(*min > 50 && *max < 160, "uniform: min {min} max {max}");
+    }
+
+    #[test]
+    fn hot_node_skew_sends_its_share_to_the_users_of_one_home_node() {
+        let users = 1000;
+        let hot: Vec<u64> = (0..users)
+            .filter(|u| home_slot(&format!("user{u}"), 4) == 0)
+            .collect();
+        assert!((200..300).contains(&hot.len()), "{}", hot.len());
+        for share in [0.0, 0.5, 1.0] {
+            let w = Workload {
+                users,
+                skew_model: SkewModel::HotNode,
+                skew: share,
+                hot_nodes: Some(4),
+                rate: Rate::Closed { sessions: 1 },
+                ..Workload::default()
+            };
+            w.validate().unwrap();
+            let ops: Vec<PlannedOp> = Schedule::new(&w, 9, Share::ALL)
+                .with_hot_users(hot.clone())
+                .take(20_000)
+                .map(|p| p.op)
+                .collect();
+            let mut in_hot = 0;
+            let mut total = 0;
+            for op in &ops {
+                let us: Vec<u64> = match op {
+                    PlannedOp::Smtp { to, .. } => to.clone(),
+                    PlannedOp::Pop3 { user } | PlannedOp::Imap { user } => vec![*user],
+                };
+                total += us.len();
+                in_hot += us.iter().filter(|u| hot.contains(u)).count();
+            }
+            // A quarter of the users are hot anyway; the share sends that much more there.
+            let expected = share + (1.0 - share) * hot.len() as f64 / users as f64;
+            assert_near(in_hot as f64 / total as f64, expected, 0.05, "hot share");
+        }
+        let bad = Workload {
+            skew_model: SkewModel::HotNode,
+            skew: 1.5,
+            ..Workload::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("workload.skew"));
+        let stray = Workload {
+            hot_nodes: Some(4),
+            ..Workload::default()
+        };
+        assert!(stray.validate().unwrap_err().contains("workload.hot_nodes"));
     }
 
     #[test]

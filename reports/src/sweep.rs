@@ -42,6 +42,16 @@ struct SweepFile {
     #[serde(default = "one")]
     repeat: u64,
     runs: Vec<SweepRun>,
+    /// Present when every configuration ran at its capacity (`sweep.saturate`).
+    #[serde(default)]
+    saturate: Option<SaturateFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SaturateFile {
+    start_per_s: f64,
+    precision: f64,
+    probes: u64,
 }
 
 fn one() -> u64 {
@@ -57,6 +67,8 @@ struct SweepRun {
     dir: String,
     #[serde(default)]
     pass: Option<bool>,
+    #[serde(default)]
+    capacity_per_s: Option<f64>,
 }
 
 /// Renders the sweep page; see [`crate::render_sweep`].
@@ -368,6 +380,23 @@ impl Sweep {
             name: file.name.clone(),
             keys,
             repeat: file.repeat,
+            saturate: file.saturate.as_ref().map(|s| {
+                format!(
+                    "Saturated: each configuration ran at its capacity, the highest open-loop rate that met the SLO without losing a message, found by stepping the rate up (from {:.1}/s) and bisecting to {:.0}% (at most {} probes per repetition; every probe's run is in the repetition's directory). The throughput shown is measured at that rate. Capacity per repetition: {}.",
+                    s.start_per_s,
+                    s.precision * 100.0,
+                    s.probes,
+                    file.runs
+                        .iter()
+                        .map(|r| format!(
+                            "{} {}",
+                            r.dir.split('/').take(2).collect::<Vec<_>>().join("/"),
+                            r.capacity_per_s.map_or("none met the SLO".into(), |c| format!("{c:.1}/s"))
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }),
             runs,
             configs: self.configs.len(),
             pass: passed == runs,
@@ -480,9 +509,18 @@ impl Sweep {
         let Some(lines) = self.lines(x, |c| c.throughput) else {
             return Ok(None);
         };
+        let hot_node = self
+            .results
+            .first()
+            .and_then(|r| r.experiment.pointer("/workload/skew_model"))
+            .is_some_and(|m| m == "hot-node");
         let svg = sweep_charts::line_svg(&LineChart {
             name: "skew",
-            x_desc: "skew (Zipf exponent of mailbox popularity)",
+            x_desc: if hot_node {
+                "skew (share of mail for the users of one home node)"
+            } else {
+                "skew (Zipf exponent of mailbox popularity)"
+            },
             y_desc: "SMTP operations per second",
             lines: &lines,
             ideal: false,
@@ -689,6 +727,7 @@ struct SweepPage {
     name: String,
     keys: Vec<KeyView>,
     repeat: u64,
+    saturate: Option<String>,
     runs: usize,
     configs: usize,
     pass: bool,

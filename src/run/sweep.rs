@@ -6,10 +6,11 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use loadgen::experiment::{plan_sweep, set_value, Experiment};
+use loadgen::experiment::{plan_sweep, set_value, Experiment, SweepPlan};
 use serde_json::json;
 
 use super::run_one;
+use crate::capacity_cmd::{find, Search};
 
 pub async fn run(
     table: toml::Table,
@@ -17,8 +18,12 @@ pub async fn run(
     file: &Path,
     out: &Path,
 ) -> anyhow::Result<bool> {
-    let (keys, repeat, runs) =
-        plan_sweep(sweep).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let SweepPlan {
+        keys,
+        repeat,
+        runs,
+        saturate,
+    } = plan_sweep(sweep).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out = out.canonicalize()?;
     let name = table
@@ -44,8 +49,8 @@ pub async fn run(
             toml::Value::Integer(seed + i64::from(run.repetition)),
         );
         let label = label(&run.params);
-        match Experiment::from_table(t) {
-            Ok(experiment) => experiments.push((run.clone(), label, experiment)),
+        match Experiment::from_table(t.clone()) {
+            Ok(experiment) => experiments.push((run.clone(), label, experiment, t)),
             Err(e) => {
                 if run.repetition == 0 {
                     eprintln!("sweep: skipping {label}: {e}");
@@ -72,22 +77,68 @@ pub async fn run(
     let mut entries = Vec::with_capacity(total);
     let mut results = Vec::with_capacity(total);
     let mut all_pass = true;
-    for (i, (run, label, experiment)) in experiments.into_iter().enumerate() {
-        let dir = format!("{label}/r{}", run.repetition);
+    // Saturated sweeps: the capacity each configuration's first repetition found, where its
+    // later repetitions start their search.
+    let mut found_before: Option<(String, f64)> = None;
+    for (i, (run, label, experiment, table)) in experiments.into_iter().enumerate() {
+        let mut dir = format!("{label}/r{}", run.repetition);
         eprintln!("\nsweep run {} of {total}: {dir}", i + 1);
-        let (json, pass) = run_one(experiment, &out.join(&dir)).await?;
-        all_pass &= pass;
         let params: serde_json::Map<String, serde_json::Value> = run
             .params
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default()))
             .collect();
-        entries.push(json!({
-            "params": params,
-            "repetition": run.repetition,
-            "dir": dir,
-            "pass": pass,
-        }));
+        let mut entry = json!({ "params": params, "repetition": run.repetition });
+        let (json, pass) = match &saturate {
+            None => run_one(experiment, &out.join(&dir)).await?,
+            Some(s) => {
+                let warm = found_before
+                    .as_ref()
+                    .filter(|(l, _)| *l == label)
+                    .map(|(_, c)| *c);
+                let search = Search {
+                    start_per_s: warm.unwrap_or(s.start_per_s),
+                    step: if warm.is_some() { 1.25 } else { 2.0 },
+                    precision: s.precision,
+                    probes: s.probes,
+                };
+                let found = find(&table, file, &out.join(&dir), search).await?;
+                entry["capacity_per_s"] = json!(found.capacity);
+                entry["probes"] = found
+                    .probes
+                    .iter()
+                    .map(|p| json!({ "rate_per_s": p.rate, "pass": p.pass, "dir": format!("{dir}/{}", p.dir) }))
+                    .collect();
+                if run.repetition == 0 {
+                    found_before = found.capacity.map(|c| (label.clone(), c));
+                }
+                // The configuration's run is the probe at its capacity; if none passed, the
+                // lowest rate tried (and the configuration fails).
+                let shown = found.best().or_else(|| {
+                    found
+                        .probes
+                        .iter()
+                        .min_by(|a, b| a.rate.total_cmp(&b.rate))
+                });
+                let Some(shown) = shown else {
+                    anyhow::bail!("the capacity search of {dir} ran no probe");
+                };
+                eprintln!(
+                    "{dir}: capacity {}",
+                    found
+                        .capacity
+                        .map_or("not found (no probe met the SLO)".into(), |c| format!(
+                            "{c:.1} operations/s"
+                        ))
+                );
+                dir = format!("{dir}/{}", shown.dir);
+                (shown.results.clone(), found.capacity.is_some())
+            }
+        };
+        all_pass &= pass;
+        entry["dir"] = json!(dir);
+        entry["pass"] = json!(pass);
+        entries.push(entry);
         results.push(json);
     }
     let sweep_json = json!({
@@ -96,6 +147,7 @@ pub async fn run(
         "name": name,
         "keys": keys,
         "repeat": repeat,
+        "saturate": saturate.as_ref().map(|s| json!({ "start_per_s": s.start_per_s, "precision": s.precision, "probes": s.probes })),
         "runs": entries,
         "skipped": skipped,
     });
@@ -109,7 +161,7 @@ pub async fn run(
         Ok(html) => crate::local_cluster::write_atomically(&report, html.as_bytes())?,
         Err(e) => eprintln!("the sweep report could not be rendered: {e}"),
     }
-    print_table(&keys, &entries, &results);
+    print_table(&entries, &results);
     println!(
         "sweep verdict: {}  (sweep.json and report.html in {})",
         if all_pass { "PASS" } else { "FAIL" },
@@ -146,17 +198,26 @@ fn label(params: &[(String, toml::Value)]) -> String {
         .collect()
 }
 
-fn print_table(keys: &[String], entries: &[serde_json::Value], results: &[serde_json::Value]) {
+fn print_table(entries: &[serde_json::Value], results: &[serde_json::Value]) {
+    let saturated = entries.iter().any(|e| e.get("capacity_per_s").is_some());
     println!();
     println!(
-        "{:<40} {:>10} {:>10} {:>6} {:>6}",
-        "run", "smtp/s", "p99 ms", "lost", "pass"
+        "{:<48} {:>10} {:>10} {:>10} {:>6} {:>6}",
+        "run",
+        if saturated { "capacity/s" } else { "" },
+        "smtp/s",
+        "p99 ms",
+        "lost",
+        "pass"
     );
     for (entry, r) in entries.iter().zip(results) {
         let smtp = &r["operations"]["ops"]["smtp"];
         println!(
-            "{:<40} {:>10.1} {:>10.1} {:>6} {:>6}",
+            "{:<48} {:>10} {:>10.1} {:>10.1} {:>6} {:>6}",
             entry["dir"].as_str().unwrap_or(""),
+            entry["capacity_per_s"]
+                .as_f64()
+                .map_or(if saturated { "-".into() } else { String::new() }, |c| format!("{c:.1}")),
             smtp["throughput_per_s"].as_f64().unwrap_or(0.0),
             smtp["p99_ms"].as_f64().unwrap_or(0.0),
             r["correctness"]["lost"]
@@ -169,5 +230,4 @@ fn print_table(keys: &[String], entries: &[serde_json::Value], results: &[serde_
             },
         );
     }
-    let _ = keys;
 }

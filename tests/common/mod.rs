@@ -343,3 +343,44 @@ pub fn kill9(pid: i32) {
     }
     wait_gone(pid);
 }
+
+/// Opens `page` in headless Chromium (which must be installed: check with [`require_tool`]):
+/// takes a screenshot, which must not be empty, asserts that the page logged nothing to its
+/// console, and returns the DOM the browser built.
+pub fn open_in_chromium(page: &std::path::Path) -> String {
+    let dir = page.parent().unwrap();
+    let shot = dir.join("page.png");
+    let profile = tempfile::tempdir().unwrap();
+    let chromium = |extra: &[&str]| {
+        Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--enable-logging=stderr",
+                "--v=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .unwrap()
+    };
+    let shot_arg = format!("--screenshot={}", shot.display());
+    let out = chromium(&[&shot_arg, "--window-size=1280,2400"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chromium failed: {log}");
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "the screenshot is (nearly) empty: {size} bytes");
+    // The page's own console: any error it logged would show as a CONSOLE line.
+    assert!(
+        !log.contains("CONSOLE("),
+        "the page logged to the console: {log}"
+    );
+    let out = chromium(&["--dump-dom"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,230 @@
+//! What the sweep, report and compare commands must show, through the binary with real runs of
+//! the bundled cluster (modelled disks, so the figures do not depend on this machine's disk):
+//!
+//! - a sweep over nodes 1, 2, 4 and replication 1, 2 with two repetitions finishes in minutes and
+//!   its report opens in a real browser with its charts;
+//! - `compare` of a run against a rerun of the same configuration says unchanged (exit 0), and
+//!   against the same experiment with the disks' sync rate halved says regressed (exit 1);
+//! - a saturated sweep finds each configuration's capacity (a probe meets the SLO, a faster one
+//!   misses) and shows the run at that rate.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{open_in_chromium, require_tool, BIN};
+use serde_json::Value;
+
+fn run(experiment: &Path, out: &Path, set: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run").arg(experiment).arg("--out").arg(out);
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn a_sweep_of_nodes_and_replication_renders_in_a_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let experiment = dir.path().join("sweep.toml");
+    std::fs::write(
+        &experiment,
+        r#"
+name = "nodes-by-replication"
+[cluster]
+disk = { model = "modelled", syncs_per_s = 200, latency_ms = 2 }
+[workload]
+users = 200
+skew = 0.0
+duration_s = 3
+warmup_s = 1
+rate = { closed = 8 }
+mix = { smtp = 1.0, pop3 = 0.0, imap = 0.0 }
+recipients = { mean = 1.0, max = 1 }
+[slo]
+p99_ms = { smtp = 5000 }
+[check]
+settle_s = 20
+[sweep]
+repeat = 2
+"cluster.nodes" = [1, 2, 4]
+"cluster.replication" = [1, 2]
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let started = std::time::Instant::now();
+    let output = run(&experiment, &out, &[]);
+    let log = text(&output);
+    assert!(output.status.success(), "{log}");
+    eprintln!("the sweep took {:.0} s", started.elapsed().as_secs_f64());
+    let sweep = read_json(&out.join("sweep.json"));
+    // nodes=1 cannot hold two replicas: five configurations, two repetitions each.
+    assert_eq!(sweep["runs"].as_array().unwrap().len(), 10, "{sweep}");
+    for r in sweep["runs"].as_array().unwrap() {
+        let results = read_json(&out.join(r["dir"].as_str().unwrap()).join("results.json"));
+        assert_eq!(results["correctness"]["lost"], 0, "{}", r["dir"]);
+        assert!(
+            results["operations"]["ops"]["smtp"]["count"].as_u64().unwrap() > 0,
+            "{}",
+            r["dir"]
+        );
+    }
+    let page = out.join("report.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    for section in ["Scaling with node count", "Replication overhead"] {
+        assert!(html.contains(section), "no {section} section in the report");
+    }
+    if !require_tool("chromium") {
+        return;
+    }
+    let dom = open_in_chromium(&page);
+    // Throughput vs. nodes, efficiency, and replication's throughput and latency at least.
+    assert!(
+        dom.matches("<svg").count() >= 3,
+        "charts missing from the rendered DOM"
+    );
+    assert!(dom.contains("Efficiency") || dom.contains("efficiency"));
+}
+
+/// A disk-bound configuration: one node whose modelled disk takes `syncs_per_s` writes a second,
+/// kept saturated by a closed loop, so its throughput and latency are the disk's.
+const DISK_BOUND: &str = r#"
+name = "gate"
+seed = 5
+[cluster]
+nodes = 1
+replication = 1
+disk = { model = "modelled", syncs_per_s = 100, latency_ms = 2 }
+[workload]
+users = 100
+skew = 0.0
+duration_s = 5
+warmup_s = 1
+rate = { closed = 4 }
+mix = { smtp = 1.0, pop3 = 0.0, imap = 0.0 }
+recipients = { mean = 1.0, max = 1 }
+[slo]
+p99_ms = { smtp = 5000 }
+[check]
+settle_s = 20
+[sweep]
+repeat = 3
+"#;
+
+#[test]
+fn compare_finds_a_rerun_unchanged_and_a_halved_disk_regressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let experiment = dir.path().join("gate.toml");
+    std::fs::write(&experiment, DISK_BOUND).unwrap();
+    let baseline = dir.path().join("baseline");
+    let rerun = dir.path().join("rerun");
+    let halved = dir.path().join("halved");
+    for (out, set) in [
+        (&baseline, vec![]),
+        (&rerun, vec![]),
+        (&halved, vec!["cluster.disk.syncs_per_s=50"]),
+    ] {
+        let output = run(&experiment, out, &set);
+        assert!(output.status.success(), "{}", text(&output));
+    }
+    let gate = concat!(env!("CARGO_MANIFEST_DIR"), "/ci/gate.toml");
+    let compare = |candidate: &Path| {
+        Command::new(BIN)
+            .arg("compare")
+            .arg(&baseline)
+            .arg(candidate)
+            .args(["--gate", gate])
+            .output()
+            .unwrap()
+    };
+    let same = compare(&rerun);
+    let log = text(&same);
+    assert_eq!(same.status.code(), Some(0), "{log}");
+    assert!(log.contains("no regression"), "{log}");
+
+    let slower = compare(&halved);
+    let log = text(&slower);
+    assert_eq!(slower.status.code(), Some(1), "{log}");
+    assert!(log.contains("REGRESSED"), "{log}");
+    let throughput_line = log
+        .lines()
+        .find(|l| l.contains("smtp throughput"))
+        .unwrap_or_else(|| panic!("no smtp throughput line: {log}"));
+    assert!(throughput_line.contains("regressed"), "{log}");
+}
+
+#[test]
+fn a_saturated_sweep_runs_each_configuration_at_its_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let experiment = dir.path().join("sat.toml");
+    std::fs::write(
+        &experiment,
+        r#"
+name = "saturated"
+[cluster]
+replication = 1
+disk = { model = "modelled", syncs_per_s = 40, latency_ms = 2 }
+[workload]
+users = 50
+skew = 0.0
+duration_s = 3
+warmup_s = 1
+mix = { smtp = 1.0, pop3 = 0.0, imap = 0.0 }
+recipients = { mean = 1.0, max = 1 }
+[slo]
+p99_ms = { smtp = 400 }
+[check]
+settle_s = 10
+[sweep]
+"cluster.nodes" = [1, 2]
+saturate = { start_per_s = 20, precision = 0.5, probes = 5 }
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = run(&experiment, &out, &[]);
+    let log = text(&output);
+    assert!(output.status.success(), "{log}");
+    assert!(log.contains("capacity/s"), "{log}");
+    let sweep = read_json(&out.join("sweep.json"));
+    assert!(sweep["saturate"].is_object(), "{sweep}");
+    for r in sweep["runs"].as_array().unwrap() {
+        let capacity = r["capacity_per_s"].as_f64().unwrap();
+        let probes = r["probes"].as_array().unwrap();
+        // Bracketed: the capacity met the SLO, and a faster probe missed it.
+        assert!(
+            probes
+                .iter()
+                .any(|p| p["pass"] == true && p["rate_per_s"].as_f64() == Some(capacity)),
+            "{r}"
+        );
+        assert!(
+            probes
+                .iter()
+                .any(|p| p["pass"] == false && p["rate_per_s"].as_f64().unwrap() > capacity),
+            "{r}"
+        );
+        // The configuration's run is the probe at the capacity.
+        let results = read_json(&out.join(r["dir"].as_str().unwrap()).join("results.json"));
+        assert_eq!(results["slo"]["pass"], true, "{r}");
+        assert_eq!(results["correctness"]["lost"], 0, "{r}");
+        assert!(r["dir"].as_str().unwrap().contains("rate="), "{r}");
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("Saturated"), "the report does not say so");
+}
