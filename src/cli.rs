@@ -32,6 +32,9 @@ pub enum Command {
     Report(ReportArgs),
     /// Find the highest offered rate that meets the experiment's SLO (step up, then bisect).
     Capacity(CapacityArgs),
+    /// Run a load agent: a coordinator (`clusterbench run` with `[loadgen] agents` or
+    /// `--agents N`) hands it a share of the workload and merges what it streams back.
+    Agent(AgentArgs),
     /// Compare a candidate's results with a baseline's: per metric a change, a confidence interval
     /// and a verdict. Exit 0: nothing regressed beyond the gate; 1: something did; 2: bad input.
     Compare(CompareArgs),
@@ -52,6 +55,23 @@ pub struct RunArgs {
     /// Override any key of the experiment, e.g. --set cluster.nodes=4 --set workload.rate.per_s=500.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Split the load over N agent processes started on this machine (loadgen.local_agents=N).
+    #[arg(long, value_name = "N")]
+    pub agents: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Address to listen on for a coordinator (port 0: any free port; the chosen address is
+    /// printed as `READY agent ADDR`).
+    #[arg(long, default_value = "0.0.0.0:7700")]
+    pub listen: SocketAddr,
+    /// The token a coordinator must present.
+    #[arg(long, env = "CLUSTERBENCH_AGENT_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// This agent's name in reports (default: the host name and port).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Args)]

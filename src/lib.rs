@@ -1,6 +1,7 @@
 //! `clusterbench`: the command-line front of the workspace. Each subcommand lives in its own
 //! module; `main.rs` only parses arguments and calls [`run`].
 
+pub mod agent;
 pub mod capacity_cmd;
 pub mod cli;
 pub mod cluster_up;
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args),
         Command::Report(args) => report_cmd::run(args),
         Command::Capacity(args) => capacity_cmd::run(args),
+        Command::Agent(args) => agent::run(args),
         Command::Compare(args) => std::process::exit(compare_cmd::run(args)),
         Command::Sim {
             command: SimCommand::Membership(args),

@@ -28,7 +28,7 @@ pub const IN_FLIGHT_MAX: usize = 2_048;
 pub const SMTP_CONNECTIONS_PER_FRONT_END: u32 = 32;
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EngineConfig {
     pub target: Target,
     pub workload: Workload,
@@ -39,7 +39,7 @@ pub struct EngineConfig {
 }
 
 /// A message the target acknowledged (SMTP 250 after DATA).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Acked {
     pub id: String,
     /// Recipient user names.
@@ -77,9 +77,25 @@ struct Shared {
 
 /// Runs the workload to its end. `progress` is called about once a second with the live figures
 /// and the time elapsed.
-pub async fn run(
+pub async fn run(config: EngineConfig, progress: impl FnMut(&LiveFigures, Duration)) -> RunOutput {
+    run_streaming(config, progress, None::<fn(Delta)>).await
+}
+
+/// What an engine recorded since its previous delta: an agent streams these to its coordinator,
+/// which merges them (exactly, see [`Recorder::take_delta`]).
+pub struct Delta {
+    pub recorder: Recorder,
+    pub acked: Vec<Acked>,
+    pub retrieved: Vec<(String, Verified)>,
+    pub deleted: Vec<(String, String)>,
+}
+
+/// [`run`], and with `on_delta` about once a second everything recorded since the previous call
+/// is handed over instead of kept: the returned output then holds only the last part.
+pub async fn run_streaming(
     config: EngineConfig,
     mut progress: impl FnMut(&LiveFigures, Duration),
+    mut on_delta: Option<impl FnMut(Delta)>,
 ) -> RunOutput {
     let smtp = (!config.target.smtp.is_empty())
         .then(|| SmtpDriver::new(&config.target.smtp, SMTP_CONNECTIONS_PER_FRONT_END));
@@ -123,6 +139,16 @@ pub async fn run(
                 let elapsed = shared.start.elapsed();
                 let live = shared.recorder.lock().unwrap().live_at(elapsed);
                 progress(&live, elapsed);
+                if let Some(on_delta) = &mut on_delta {
+                    let recorder = shared.recorder.lock().unwrap().take_delta();
+                    let outcomes = std::mem::take(&mut *shared.outcomes.lock().unwrap());
+                    on_delta(Delta {
+                        recorder,
+                        acked: outcomes.acked,
+                        retrieved: outcomes.retrieved,
+                        deleted: outcomes.deleted,
+                    });
+                }
             }
         }
     }

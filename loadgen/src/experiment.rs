@@ -26,6 +26,8 @@ pub struct Experiment {
     pub faults: Vec<FaultSpec>,
     pub slo: Slo,
     pub check: Check,
+    /// `[loadgen]`: where the load comes from (this process, or agents).
+    pub loadgen: LoadgenSection,
     /// `[sweep]`: keys (dotted paths) with lists of values, and `repeat`; the runner runs every
     /// combination that many times. Removed before each run's experiment is parsed.
     pub sweep: Option<toml::Table>,
@@ -189,9 +191,27 @@ impl Default for Experiment {
             faults: Vec::new(),
             slo: Slo::default(),
             check: Check::default(),
+            loadgen: LoadgenSection::default(),
             sweep: None,
         }
     }
+}
+
+/// Most agents one run may use.
+pub const AGENTS_MAX: usize = 256;
+
+/// Where the load comes from: this process (the default), `local_agents` agent processes this
+/// run starts on this machine, or agents already running elsewhere (`clusterbench agent`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadgenSection {
+    /// `host:port` of running agents.
+    pub agents: Vec<String>,
+    /// Start this many agent processes on this machine (`--agents N`).
+    pub local_agents: u32,
+    /// The agents' token; default: the environment's `CLUSTERBENCH_AGENT_TOKEN`.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
 }
 
 /// The bundled cluster's shape.
@@ -406,6 +426,16 @@ impl Experiment {
             ));
         }
         self.workload.validate()?;
+        let l = &self.loadgen;
+        if !l.agents.is_empty() && l.local_agents > 0 {
+            return Err("loadgen: give agents or local_agents, not both".into());
+        }
+        if l.agents.len() > AGENTS_MAX || l.local_agents as usize > AGENTS_MAX {
+            return Err(format!("loadgen: at most {AGENTS_MAX} agents"));
+        }
+        if let Some(bad) = l.agents.iter().find(|a| !a.contains(':')) {
+            return Err(format!("loadgen.agents: {bad:?} is not host:port"));
+        }
         let c = &self.cluster;
         if c.nodes == 0 || c.nodes > 63 {
             return Err(format!("cluster.nodes: must be 1 to 63, got {}", c.nodes));

@@ -196,6 +196,107 @@ impl Recorder {
         self.live.figures(now.as_secs())
     }
 
+    /// Operations recorded in the totals (after the warmup), successes and errors.
+    pub fn attempted(&self) -> u64 {
+        self.totals.iter().map(|t| t.attempted).sum()
+    }
+
+    /// Moves out everything recorded since the last call (totals and series; the live window
+    /// stays), as a recorder of its own: an agent streams these, and merging them gives exactly
+    /// what one recorder of all the operations would.
+    pub fn take_delta(&mut self) -> Recorder {
+        let mut delta = Recorder::new(self.warmup);
+        std::mem::swap(&mut delta.totals, &mut self.totals);
+        std::mem::swap(&mut delta.intervals, &mut self.intervals);
+        delta.sealed_below = std::mem::take(&mut self.sealed_below);
+        delta.newest_interval = self.newest_interval;
+        delta.series_dropped = std::mem::take(&mut self.series_dropped);
+        // The totals keep whether a kind was ever seen, so a kind seen only in an early delta
+        // still shows.
+        for (mine, theirs) in self.totals.iter_mut().zip(&delta.totals) {
+            mine.seen |= theirs.seen;
+        }
+        delta
+    }
+
+    /// Everything but the live window, in a form that crosses the network (histograms in
+    /// their V2 encoding): [`Recorder::from_state`] rebuilds it exactly.
+    pub fn to_state(&self) -> RecorderState {
+        RecorderState {
+            warmup_s: self.warmup.as_secs_f64(),
+            totals: self
+                .totals
+                .iter()
+                .map(|t| TotalsState {
+                    seen: t.seen,
+                    attempted: t.attempted,
+                    errors: t.errors,
+                    errors_by_kind: t.errors_by_kind.clone(),
+                    histogram: encode_histogram(&t.latency_us),
+                })
+                .collect(),
+            intervals: self
+                .intervals
+                .iter()
+                .enumerate()
+                .flat_map(|(second, kinds)| {
+                    kinds.iter().enumerate().filter_map(move |(kind, op)| {
+                        let histogram = op.latency.histogram();
+                        (op.errors > 0 || histogram.is_some()).then(|| IntervalState {
+                            second: second as u32,
+                            kind: kind as u8,
+                            errors: op.errors,
+                            histogram: histogram.map(|h| encode_histogram(&h)),
+                        })
+                    })
+                })
+                .collect(),
+            series_dropped: self.series_dropped,
+        }
+    }
+
+    /// Rebuilds a recorder from [`Recorder::to_state`]; an error says what is malformed.
+    pub fn from_state(state: &RecorderState) -> Result<Recorder, String> {
+        if !(state.warmup_s >= 0.0 && state.warmup_s <= crate::workload::DURATION_S_MAX) {
+            return Err(format!("warmup_s {} out of range", state.warmup_s));
+        }
+        if state.totals.len() != 3 {
+            return Err(format!("{} totals, not 3", state.totals.len()));
+        }
+        let mut r = Recorder::new(Duration::from_secs_f64(state.warmup_s));
+        for (mine, theirs) in r.totals.iter_mut().zip(&state.totals) {
+            let h = decode_histogram(&theirs.histogram).map_err(|e| e.to_string())?;
+            mine.seen = theirs.seen;
+            mine.attempted = theirs.attempted;
+            mine.errors = theirs.errors;
+            for (kind, n) in &theirs.errors_by_kind {
+                mine.count_error(kind, *n);
+            }
+            for v in h.iter_recorded() {
+                mine.latency_us.saturating_record_n(
+                    v.value_iterated_to().min(LATENCY_US_MAX),
+                    v.count_at_value(),
+                );
+            }
+        }
+        for i in &state.intervals {
+            let second = i.second as usize;
+            if second >= INTERVALS_MAX || i.kind > 2 {
+                return Err(format!("interval {second}/{} out of range", i.kind));
+            }
+            r.grow_series_to(second);
+            let slot = &mut r.intervals[second][i.kind as usize];
+            slot.errors += i.errors;
+            if let Some(encoded) = &i.histogram {
+                let h = decode_histogram(encoded).map_err(|e| e.to_string())?;
+                slot.latency.add(&h);
+            }
+        }
+        r.series_dropped = state.series_dropped;
+        r.seal_old_seconds();
+        Ok(r)
+    }
+
     fn grow_series_to(&mut self, second: usize) {
         if self.intervals.len() <= second {
             self.intervals.resize_with(second + 1, Default::default);
@@ -217,6 +318,36 @@ impl Recorder {
             self.sealed_below += 1;
         }
     }
+}
+
+/// A [`Recorder`] without its live window, for the wire (see [`Recorder::to_state`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecorderState {
+    pub warmup_s: f64,
+    /// SMTP, POP3, IMAP.
+    pub totals: Vec<TotalsState>,
+    /// The seconds of the series that hold anything.
+    pub intervals: Vec<IntervalState>,
+    pub series_dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TotalsState {
+    pub seen: bool,
+    pub attempted: u64,
+    pub errors: u64,
+    pub errors_by_kind: BTreeMap<String, u64>,
+    /// Base64 of HdrHistogram V2 + DEFLATE.
+    pub histogram: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntervalState {
+    pub second: u32,
+    /// 0 SMTP, 1 POP3, 2 IMAP.
+    pub kind: u8,
+    pub errors: u64,
+    pub histogram: Option<String>,
 }
 
 /// Results of a run, as written to results.json.
@@ -278,7 +409,7 @@ pub struct PointFigures {
 }
 
 /// Figures for a progress line.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LiveFigures {
     /// Successful completions per second over the window.
     pub ops_per_s: f64,
@@ -852,6 +983,42 @@ mod tests {
             all.sealed_below > 0,
             "the test should exercise packed seconds"
         );
+    }
+
+    #[test]
+    fn metrics_streamed_deltas_over_the_wire_merge_exactly() {
+        // Two agents, each streaming a delta every simulated second through the wire form; the
+        // coordinator's merge equals one recorder of every operation.
+        let warmup = Duration::from_secs(2);
+        let mut all = Recorder::new(warmup);
+        let mut coordinator = Recorder::new(warmup);
+        let mut agents = [Recorder::new(warmup), Recorder::new(warmup)];
+        let mut deltas = 0;
+        for n in 0..40_000u64 {
+            let kind = OpKind::ALL[(n % 3) as usize];
+            let intended = Duration::from_millis(n * 20);
+            let error = (n % 101 == 0).then_some("timeout");
+            all.record(kind, intended, latency_of(n), error);
+            agents[(n % 2) as usize].record(kind, intended, latency_of(n), error);
+            if n % 50 == 49 || n == 39_999 {
+                for agent in &mut agents {
+                    let state = agent.take_delta().to_state();
+                    let wire = serde_json::to_string(&state).unwrap();
+                    let back: RecorderState = serde_json::from_str(&wire).unwrap();
+                    coordinator.merge(&Recorder::from_state(&back).unwrap());
+                    deltas += 1;
+                }
+            }
+        }
+        assert!(deltas > 1000);
+        let elapsed = Duration::from_secs(800);
+        assert_eq!(coordinator.summary(elapsed), all.summary(elapsed));
+        let mut bad = all.to_state();
+        bad.totals.pop();
+        assert!(Recorder::from_state(&bad).is_err());
+        bad = all.to_state();
+        bad.totals[0].histogram = "not base64!".into();
+        assert!(Recorder::from_state(&bad).is_err());
     }
 
     #[test]

@@ -91,8 +91,22 @@ struct RunView {
     faults: Vec<FaultRow>,
     view_changes: usize,
     correctness: Option<CorrectnessView>,
+    agents: Vec<AgentRow>,
     experiment: String,
     environment: Vec<KeyValue>,
+}
+
+#[derive(Serialize)]
+struct AgentRow {
+    number: u32,
+    name: String,
+    addr: String,
+    operations: String,
+    ops_per_s: String,
+    clock_offset_ms: String,
+    rtt_ms: String,
+    lost: bool,
+    status: String,
 }
 
 #[derive(Serialize)]
@@ -273,6 +287,28 @@ impl RunView {
             series_note,
             faults: fault_rows(run),
             view_changes: run.view_changes.len(),
+            agents: run
+                .agents
+                .iter()
+                .map(|a| AgentRow {
+                    number: a.index + 1,
+                    name: a.name.clone(),
+                    addr: a.addr.clone(),
+                    operations: fmt_count(a.operations),
+                    ops_per_s: format!("{:.1}", a.ops_per_s),
+                    clock_offset_ms: format!("{:+.2}", a.clock_offset_ms),
+                    rtt_ms: format!("{:.2}", a.rtt_ms),
+                    lost: a.status != "finished",
+                    status: match (a.status.as_str(), a.lost_at_s) {
+                        ("finished", _) => "finished".into(),
+                        (_, Some(at)) => format!(
+                            "lost at {at:.1} s: {}",
+                            a.reason.as_deref().unwrap_or("unknown")
+                        ),
+                        (s, None) => s.to_string(),
+                    },
+                })
+                .collect(),
             correctness: run.correctness.as_ref().map(|c| CorrectnessView {
                 ok: c.lost == 0
                     && c.duplicated == 0

@@ -35,6 +35,9 @@ pub struct Results {
     pub recovery: Vec<Recovery>,
     #[serde(default)]
     pub correctness: Option<Correctness>,
+    /// The load agents, when the load came from agents.
+    #[serde(default)]
+    pub agents: Vec<Agent>,
     #[serde(default)]
     pub slo: Option<Slo>,
     #[serde(default)]
@@ -277,4 +280,24 @@ fn describe_fault(action: &str, node: Option<u64>, groups: Option<&[Vec<u64>]>) 
         label.push_str(&groups.join(" | "));
     }
     label
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Agent {
+    pub index: u32,
+    pub name: String,
+    pub addr: String,
+    #[serde(default)]
+    pub clock_offset_ms: f64,
+    #[serde(default)]
+    pub rtt_ms: f64,
+    pub status: String,
+    #[serde(default)]
+    pub lost_at_s: Option<f64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub operations: u64,
+    #[serde(default)]
+    pub ops_per_s: f64,
 }

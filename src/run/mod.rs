@@ -8,6 +8,7 @@
 //! acknowledged message was lost (unless the experiment expects loss).
 
 pub mod admin;
+pub mod agents;
 pub mod faults;
 pub mod poll;
 pub mod results;
@@ -64,6 +65,9 @@ pub fn load_table(path: &Path, sets: &[String]) -> anyhow::Result<toml::Table> {
 
 async fn run_experiment(args: RunArgs) -> anyhow::Result<bool> {
     let mut table = load_table(&args.experiment, &args.set)?;
+    if let Some(n) = args.agents {
+        set_key(&mut table, &format!("loadgen.local_agents={n}")).map_err(|e| anyhow::anyhow!(e))?;
+    }
     let sweep = table.remove("sweep");
     let name = table
         .get("name")
@@ -178,17 +182,44 @@ pub async fn run_one(
     }
     describe(&experiment, cluster.is_some());
     let progress = Progress::new(duration);
-    let output = engine::run(
-        EngineConfig {
-            target: target.clone(),
-            workload: experiment.workload.clone(),
-            seed: experiment.seed,
-            share: Share { index: 0, count: 1 },
-            run_id: format!("{}-{}", experiment.name, started_at.format("%Y%m%d%H%M%S")),
-        },
-        |live, elapsed| progress.update(live, elapsed),
-    )
-    .await;
+    let engine_config = EngineConfig {
+        target: target.clone(),
+        workload: experiment.workload.clone(),
+        seed: experiment.seed,
+        share: Share { index: 0, count: 1 },
+        run_id: format!("{}-{}", experiment.name, started_at.format("%Y%m%d%H%M%S")),
+    };
+    let l = &experiment.loadgen;
+    let (output, agent_reports) = if l.agents.is_empty() && l.local_agents == 0 {
+        let output = engine::run(engine_config, |live, elapsed| {
+            progress.update(live, elapsed)
+        })
+        .await;
+        (output, Vec::new())
+    } else {
+        let local = if l.local_agents > 0 {
+            Some(agents::LocalAgents::start(l.local_agents).await?)
+        } else {
+            None
+        };
+        let (addrs, token) = match &local {
+            Some(local) => (local.addrs.clone(), local.token.clone()),
+            None => (
+                l.agents.clone(),
+                l.token
+                    .clone()
+                    .or_else(|| std::env::var("CLUSTERBENCH_AGENT_TOKEN").ok())
+                    .context("loadgen.agents needs a token: loadgen.token or CLUSTERBENCH_AGENT_TOKEN")?,
+            ),
+        };
+        eprintln!("load from {} agent(s): {}", addrs.len(), addrs.join(", "));
+        let driven = agents::drive(&addrs, &token, engine_config, |live, elapsed| {
+            progress.update(live, elapsed)
+        })
+        .await;
+        drop(local);
+        driven?
+    };
     progress.finish();
 
     // Undo what is still in force, then let replication settle.
@@ -246,6 +277,7 @@ pub async fn run_one(
         changes,
         recovery,
         correctness,
+        agent_reports,
     );
     let path = out.join("results.json");
     let json = serde_json::to_value(&results)?;

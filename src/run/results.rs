@@ -29,6 +29,9 @@ pub struct Results {
     pub view_changes: Vec<ViewChange>,
     pub recovery: Vec<Recovery>,
     pub correctness: Option<Correctness>,
+    /// The agents the load came from, when it came from agents.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<super::agents::AgentReport>,
     pub slo: SloVerdicts,
     pub verdict: Verdict,
 }
@@ -86,6 +89,7 @@ impl Results {
         view_changes: Vec<ViewChange>,
         recovery: Vec<Recovery>,
         correctness: Option<Correctness>,
+        agents: Vec<super::agents::AgentReport>,
     ) -> Results {
         let slo = slo_verdicts(experiment, &operations);
         let mut reasons = Vec::new();
@@ -96,6 +100,24 @@ impl Results {
             if c.corrupted > 0 {
                 reasons.push(format!("{} corrupted message(s)", c.corrupted));
             }
+        }
+        if agents.iter().any(|a| a.status != "finished")
+            && correctness.as_ref().is_some_and(|c| c.lost > 0)
+        {
+            reasons.push(
+                "an agent was lost: messages it deleted (POP3/IMAP) after its last report are \
+                 unknown to the checker, so some of the lost may have been deleted by it"
+                    .into(),
+            );
+        }
+        for a in agents.iter().filter(|a| a.status != "finished") {
+            reasons.push(format!(
+                "agent {} ({}) lost at {:.1} s: {} (its data up to then is kept)",
+                a.name,
+                a.addr,
+                a.lost_at_s.unwrap_or(0.0),
+                a.reason.as_deref().unwrap_or("unknown")
+            ));
         }
         Results {
             schema_version: SCHEMA_VERSION,
@@ -134,6 +156,7 @@ impl Results {
             view_changes,
             recovery,
             correctness,
+            agents,
             verdict: Verdict {
                 pass: reasons.is_empty(),
                 reasons,

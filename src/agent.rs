@@ -1,0 +1,303 @@
+//! `clusterbench agent`: a load agent. It waits for a coordinator (`clusterbench run` with
+//! `[loadgen] agents` or `--agents N`), runs the share of the workload it is handed from the
+//! agreed instant, and streams what it records back once a second, so the coordinator can merge
+//! every agent's histograms exactly and keeps an agent's data up to the moment it is lost.
+//!
+//! The protocol is one JSON object per line over TCP ([`ToAgent`], [`ToCoordinator`]), each line
+//! at most [`FRAME_BYTES_MAX`]:
+//!
+//! 1. coordinator `hello {version, token}`; agent `welcome {version, name}`, or `refused {reason}`
+//!    and closes (a wrong token, or another clusterbench version);
+//! 2. any number of `clock {t0_ns}` / `clock {t0_ns, agent_ns}` round trips: the coordinator
+//!    estimates the agent's clock offset from the one with the shortest round trip;
+//! 3. coordinator `start {config, start_at_unix_ns}` (the instant in the agent's own clock); the
+//!    agent sends `delta {...}` about once a second and `done {elapsed_s}` at the end. If the
+//!    coordinator goes away, the agent stops the run and waits for the next coordinator.
+//!
+//! One coordinator at a time; a second one is served when the first has finished.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use loadgen::engine::{self, Acked, Delta, EngineConfig};
+use loadgen::message::Verified;
+use loadgen::metrics::{LiveFigures, RecorderState};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::cli::AgentArgs;
+
+/// Longest protocol line (a second's delta at a very high rate stays far below this).
+pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// How far in the future a start may be.
+pub const START_DELAY_MAX: Duration = Duration::from_secs(60);
+/// Deltas waiting to be sent at most (one a second: a coordinator that reads nothing for this
+/// long loses the oldest).
+pub const DELTAS_QUEUED_MAX: usize = 3_600;
+/// The protocol's version: agents and coordinators of other versions refuse each other.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What a coordinator says.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToAgent {
+    Hello { version: String, token: String },
+    Clock { t0_ns: u64 },
+    Start { config: Box<EngineConfig>, start_at_unix_ns: u64 },
+}
+
+/// What an agent says.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToCoordinator {
+    Welcome {
+        version: String,
+        name: String,
+    },
+    Refused {
+        reason: String,
+    },
+    Clock {
+        t0_ns: u64,
+        agent_ns: u64,
+    },
+    Delta(Box<WireDelta>),
+    Done {
+        elapsed_s: f64,
+    },
+}
+
+/// A [`Delta`] on the wire, with the agent's live figures for the coordinator's progress line.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireDelta {
+    pub elapsed_s: f64,
+    pub live: LiveFigures,
+    pub recorder: RecorderState,
+    pub acked: Vec<Acked>,
+    pub retrieved: Vec<(String, Verified)>,
+    pub deleted: Vec<(String, String)>,
+}
+
+/// Nanoseconds since the Unix epoch on this host's clock.
+pub fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Reads one line and parses it; `Ok(None)` at end of stream.
+pub async fn read_frame<T: for<'de> Deserialize<'de>>(
+    r: &mut (impl AsyncBufRead + Unpin),
+) -> anyhow::Result<Option<T>> {
+    let mut line = Vec::new();
+    let n = (&mut *r)
+        .take(FRAME_BYTES_MAX as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        line.len() <= FRAME_BYTES_MAX,
+        "a protocol line is longer than {FRAME_BYTES_MAX} bytes"
+    );
+    Ok(Some(
+        serde_json::from_slice(&line).context("a malformed protocol line")?,
+    ))
+}
+
+/// Writes one message as a line.
+pub async fn write_frame(w: &mut (impl AsyncWrite + Unpin), m: &impl Serialize) -> anyhow::Result<()> {
+    let mut line = serde_json::to_vec(m)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("agent")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: AgentArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.token.is_empty(), "--token must not be empty");
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "agent".into());
+        format!("{host}:{}", addr.port())
+    });
+    // The line a supervisor (or `clusterbench run --agents N`) waits for.
+    println!("READY agent {addr}");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        eprintln!("agent {name}: coordinator {peer} connected");
+        match session(stream, &args.token, &name).await {
+            Ok(()) => eprintln!("agent {name}: coordinator {peer} finished"),
+            Err(e) => eprintln!("agent {name}: coordinator {peer}: {e:#}"),
+        }
+    }
+}
+
+async fn session(stream: TcpStream, token: &str, name: &str) -> anyhow::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let hello = tokio::time::timeout(Duration::from_secs(10), read_frame::<ToAgent>(&mut r))
+        .await
+        .context("no hello within 10 s")??;
+    match hello {
+        Some(ToAgent::Hello { version, token: t }) => {
+            let refusal = if version != VERSION {
+                Some(format!(
+                    "version mismatch: this agent is clusterbench {VERSION}, the coordinator {version}"
+                ))
+            } else if t != token {
+                Some("wrong token".to_string())
+            } else {
+                None
+            };
+            if let Some(reason) = refusal {
+                write_frame(&mut w, &ToCoordinator::Refused { reason: reason.clone() }).await?;
+                anyhow::bail!("refused: {reason}");
+            }
+        }
+        Some(_) => {
+            write_frame(
+                &mut w,
+                &ToCoordinator::Refused {
+                    reason: "expected hello first".into(),
+                },
+            )
+            .await?;
+            anyhow::bail!("a coordinator spoke before saying hello");
+        }
+        None => return Ok(()),
+    }
+    write_frame(
+        &mut w,
+        &ToCoordinator::Welcome {
+            version: VERSION.into(),
+            name: name.into(),
+        },
+    )
+    .await?;
+    loop {
+        match read_frame::<ToAgent>(&mut r).await? {
+            None => return Ok(()),
+            Some(ToAgent::Clock { t0_ns }) => {
+                write_frame(
+                    &mut w,
+                    &ToCoordinator::Clock {
+                        t0_ns,
+                        agent_ns: unix_ns(),
+                    },
+                )
+                .await?
+            }
+            Some(ToAgent::Start {
+                config,
+                start_at_unix_ns,
+            }) => return drive(*config, start_at_unix_ns, r, w).await,
+            Some(ToAgent::Hello { .. }) => anyhow::bail!("hello twice"),
+        }
+    }
+}
+
+/// Runs the share from the agreed instant, streaming deltas, until the end or until the
+/// coordinator goes away.
+async fn drive(
+    config: EngineConfig,
+    start_at_unix_ns: u64,
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+) -> anyhow::Result<()> {
+    let delay = Duration::from_nanos(start_at_unix_ns.saturating_sub(unix_ns()));
+    anyhow::ensure!(
+        delay <= START_DELAY_MAX,
+        "the start is {:.1} s away, more than {} s",
+        delay.as_secs_f64(),
+        START_DELAY_MAX.as_secs()
+    );
+    tokio::time::sleep(delay).await;
+    let started = tokio::time::Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<WireDelta>(DELTAS_QUEUED_MAX);
+    let live = std::sync::Arc::new(std::sync::Mutex::new(None::<LiveFigures>));
+    let engine = {
+        let live = live.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let live_for_progress = live.clone();
+            engine::run_streaming(
+                config,
+                move |figures, _| *live_for_progress.lock().unwrap() = Some(figures.clone()),
+                Some(move |d: Delta| {
+                    let figures = live.lock().unwrap().clone();
+                    let _ = tx.try_send(wire(d, started.elapsed(), figures));
+                }),
+            )
+            .await
+        })
+    };
+    drop(tx);
+    tokio::pin!(engine);
+    let mut closed = Vec::new();
+    let mut from_coordinator = r.take(1024);
+    loop {
+        tokio::select! {
+            output = &mut engine => {
+                let output = output.context("the engine failed")?;
+                while let Ok(d) = rx.try_recv() {
+                    write_frame(&mut w, &ToCoordinator::Delta(Box::new(d))).await?;
+                }
+                let last = Delta {
+                    recorder: output.recorder,
+                    acked: output.acked,
+                    retrieved: output.retrieved,
+                    deleted: output.deleted,
+                };
+                let figures = live.lock().unwrap().clone();
+                write_frame(&mut w, &ToCoordinator::Delta(Box::new(wire(last, output.elapsed, figures)))).await?;
+                write_frame(&mut w, &ToCoordinator::Done { elapsed_s: output.elapsed.as_secs_f64() }).await?;
+                return Ok(());
+            }
+            Some(d) = rx.recv() => {
+                write_frame(&mut w, &ToCoordinator::Delta(Box::new(d))).await?;
+            }
+            n = from_coordinator.read_until(b'\n', &mut closed) => {
+                // The coordinator says nothing during a run: end of stream (or anything else)
+                // means it is gone, and the run stops.
+                engine.abort();
+                anyhow::bail!("the coordinator went away during the run ({n:?})");
+            }
+        }
+    }
+}
+
+fn wire(d: Delta, elapsed: Duration, live: Option<LiveFigures>) -> WireDelta {
+    WireDelta {
+        elapsed_s: elapsed.as_secs_f64(),
+        live: live.unwrap_or(LiveFigures {
+            ops_per_s: 0.0,
+            errors_per_s: 0.0,
+            errors_total: 0,
+            p99_ms: None,
+        }),
+        recorder: d.recorder.to_state(),
+        acked: d.acked,
+        retrieved: d.retrieved,
+        deleted: d.deleted,
+    }
+}
