@@ -135,7 +135,11 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "agent".into());
-        format!("{host}:{}", addr.port())
+        if addr.ip().is_unspecified() {
+            format!("{host}:{}", addr.port())
+        } else {
+            format!("{host}@{addr}")
+        }
     });
     // The line a supervisor (or `clusterbench run --agents N`) waits for.
     println!("READY agent {addr}");
@@ -146,13 +150,19 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         eprintln!("agent {name}: coordinator {peer} connected");
         match session(stream, &args.token, &name).await {
-            Ok(()) => eprintln!("agent {name}: coordinator {peer} finished"),
+            Ok(ran) => {
+                eprintln!("agent {name}: coordinator {peer} finished");
+                if ran && args.once {
+                    return Ok(());
+                }
+            }
             Err(e) => eprintln!("agent {name}: coordinator {peer}: {e:#}"),
         }
     }
 }
 
-async fn session(stream: TcpStream, token: &str, name: &str) -> anyhow::Result<()> {
+/// Serves one coordinator; `Ok(true)` when it ran a workload to its end.
+async fn session(stream: TcpStream, token: &str, name: &str) -> anyhow::Result<bool> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let hello = tokio::time::timeout(Duration::from_secs(10), read_frame::<ToAgent>(&mut r))
@@ -184,7 +194,7 @@ async fn session(stream: TcpStream, token: &str, name: &str) -> anyhow::Result<(
             .await?;
             anyhow::bail!("a coordinator spoke before saying hello");
         }
-        None => return Ok(()),
+        None => return Ok(false),
     }
     write_frame(
         &mut w,
@@ -196,7 +206,7 @@ async fn session(stream: TcpStream, token: &str, name: &str) -> anyhow::Result<(
     .await?;
     loop {
         match read_frame::<ToAgent>(&mut r).await? {
-            None => return Ok(()),
+            None => return Ok(false),
             Some(ToAgent::Clock { t0_ns }) => {
                 write_frame(
                     &mut w,
@@ -210,7 +220,7 @@ async fn session(stream: TcpStream, token: &str, name: &str) -> anyhow::Result<(
             Some(ToAgent::Start {
                 config,
                 start_at_unix_ns,
-            }) => return drive(*config, start_at_unix_ns, r, w).await,
+            }) => return drive(*config, start_at_unix_ns, r, w).await.map(|()| true),
             Some(ToAgent::Hello { .. }) => anyhow::bail!("hello twice"),
         }
     }

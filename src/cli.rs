@@ -69,9 +69,12 @@ pub struct AgentArgs {
     /// The token a coordinator must present.
     #[arg(long, env = "CLUSTERBENCH_AGENT_TOKEN", hide_env_values = true)]
     pub token: String,
-    /// This agent's name in reports (default: the host name and port).
+    /// This agent's name in reports (default: the host name and listen address).
     #[arg(long)]
     pub name: Option<String>,
+    /// Exit after serving one run (for a Kubernetes Job or a Compose service that should end).
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Args)]

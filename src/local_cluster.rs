@@ -259,7 +259,10 @@ impl LocalCluster {
             config.cluster = cluster_settings.clone();
             config.listen = listen_for(args.host, args.base_port, id)?;
             if let Some(peer) = peers.iter().find(|p| p.id == id) {
-                config.listen.peer = peer.addr;
+                config.listen.peer = peer
+                    .addr
+                    .parse()
+                    .with_context(|| format!("node {id}'s peer address {}", peer.addr))?;
             }
             config.cluster.peers = peers.clone();
             config
@@ -350,7 +353,7 @@ fn peer_addresses(
                     })?;
                 Ok(cluster::config::Peer {
                     id,
-                    addr: SocketAddr::new(host, p),
+                    addr: SocketAddr::new(host, p).to_string(),
                 })
             })
             .collect();
@@ -366,7 +369,7 @@ fn peer_addresses(
         .map(|(l, id)| {
             Ok(cluster::config::Peer {
                 id,
-                addr: l.local_addr()?,
+                addr: l.local_addr()?.to_string(),
             })
         })
         .collect()

@@ -230,7 +230,9 @@ fn wrong_tokens_versions_and_unreachable_agents_are_clear_errors() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = closed.local_addr().unwrap().to_string();
     drop(closed);
-    let experiment = format!("{EXPERIMENT}\n[loadgen]\nagents = [\"{addr}\"]\ntoken = \"t\"\n");
+    let experiment = format!(
+        "{EXPERIMENT}\n[loadgen]\nagents = [\"{addr}\"]\ntoken = \"t\"\nconnect_timeout_s = 1\n"
+    );
     let (output, _) = run(dir.path(), &experiment, &[]);
     let log = text(&output);
     assert!(!output.status.success());

@@ -180,8 +180,13 @@ pub struct ClusterConfig {
 #[serde(deny_unknown_fields)]
 pub struct Peer {
     pub id: u32,
-    pub addr: SocketAddr,
+    /// `ip:port` or `hostname:port` (resolved again at every connection attempt, so a peer
+    /// that comes back at another address, as a Kubernetes pod does, is found).
+    pub addr: String,
 }
+
+/// Longest peer address.
+pub const PEER_ADDR_BYTES_MAX: usize = 255;
 
 /// Node ids are limited so that a node id fits in the low bits of a cluster-wide UID.
 pub const NODE_ID_MAX: u32 = 63;
@@ -219,6 +224,16 @@ impl ClusterConfig {
             }
             if !seen.insert(p.id) {
                 return Err(format!("cluster.peers: node id {} is listed twice", p.id));
+            }
+            let port_ok = p
+                .addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok || p.addr.len() > PEER_ADDR_BYTES_MAX {
+                return Err(format!(
+                    "cluster.peers: node {}'s addr {:?} is not host:port",
+                    p.id, p.addr
+                ));
             }
         }
         if !self.peers.is_empty() && !seen.contains(&own) {

@@ -5,7 +5,6 @@
 //! carries out what it asks (sends, timers). Everyone else reads the view through a `watch`.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,8 +74,8 @@ pub fn start(
                 .cluster
                 .peers
                 .iter()
-                .map(|p| (p.id, p.addr))
-                .collect::<std::collections::BTreeMap<u32, SocketAddr>>();
+                .map(|p| (p.id, p.addr.clone()))
+                .collect::<std::collections::BTreeMap<u32, String>>();
             let (t, rx) = Transport::start(
                 TransportConfig {
                     id,

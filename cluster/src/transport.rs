@@ -11,7 +11,6 @@
 //! here: blocked peers are cut in both directions, outgoing messages can be delayed or lost.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,7 +92,8 @@ impl<M> Clone for Link<M> {
 /// Which peer a link task serves.
 struct Peer {
     id: u32,
-    addr: SocketAddr,
+    /// `host:port`, resolved at every connection attempt.
+    addr: String,
     connected: Arc<AtomicBool>,
 }
 
@@ -101,7 +101,7 @@ struct Peer {
 pub struct TransportConfig {
     pub id: u32,
     /// Every other node's peer address (this node's own entry, if present, is ignored).
-    pub peers: BTreeMap<u32, SocketAddr>,
+    pub peers: BTreeMap<u32, String>,
     /// Shared by the cluster's nodes; a connection that does not present it is closed.
     pub secret: String,
     pub frame_bytes_max: usize,
@@ -122,7 +122,7 @@ where
     ) -> (Transport<M>, mpsc::Receiver<(u32, M)>) {
         let config = Arc::new(config);
         let mut links = BTreeMap::new();
-        for (&peer, &addr) in &config.peers {
+        for (&peer, addr) in &config.peers {
             if peer == config.id {
                 continue;
             }
@@ -139,7 +139,7 @@ where
                 config.clone(),
                 Peer {
                     id: peer,
-                    addr,
+                    addr: addr.clone(),
                     connected,
                 },
                 rx,
@@ -215,7 +215,7 @@ async fn link<M: Serialize>(
         if *shutdown.borrow() {
             return;
         }
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr.as_str())).await {
             Ok(Ok(s)) => s,
             _ => {
                 tokio::select! {
@@ -418,8 +418,12 @@ mod tests {
     ) {
         let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peers: BTreeMap<u32, SocketAddr> =
-            [(1, l1.local_addr().unwrap()), (2, l2.local_addr().unwrap())].into();
+        let peers: BTreeMap<u32, String> = [
+            (1, l1.local_addr().unwrap().to_string()),
+            // By name: resolved when connecting.
+            (2, format!("localhost:{}", l2.local_addr().unwrap().port())),
+        ]
+        .into();
         let (stop, shutdown) = watch::channel(false);
         let f1 = Arc::new(FaultSwitch::default());
         let cfg = |id| TransportConfig {
@@ -491,7 +495,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (_stop, shutdown) = watch::channel(false);
-        let peers: BTreeMap<u32, SocketAddr> = [(1, addr), (2, addr)].into();
+        let peers: BTreeMap<u32, String> = [(1, addr.to_string()), (2, addr.to_string())].into();
         let (_t, mut r) = Transport::<String>::start(
             TransportConfig {
                 id: 1,

@@ -202,7 +202,7 @@ pub const AGENTS_MAX: usize = 256;
 
 /// Where the load comes from: this process (the default), `local_agents` agent processes this
 /// run starts on this machine, or agents already running elsewhere (`clusterbench agent`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoadgenSection {
     /// `host:port` of running agents.
@@ -212,6 +212,20 @@ pub struct LoadgenSection {
     /// The agents' token; default: the environment's `CLUSTERBENCH_AGENT_TOKEN`.
     #[serde(skip_serializing)]
     pub token: Option<String>,
+    /// How long to keep trying to reach an agent that is not up yet (refused, or its name does
+    /// not resolve yet), as when agents and coordinator start together.
+    pub connect_timeout_s: f64,
+}
+
+impl Default for LoadgenSection {
+    fn default() -> Self {
+        LoadgenSection {
+            agents: Vec::new(),
+            local_agents: 0,
+            token: None,
+            connect_timeout_s: 30.0,
+        }
+    }
 }
 
 /// The bundled cluster's shape.
@@ -433,6 +447,9 @@ impl Experiment {
         if l.agents.len() > AGENTS_MAX || l.local_agents as usize > AGENTS_MAX {
             return Err(format!("loadgen: at most {AGENTS_MAX} agents"));
         }
+        if !(l.connect_timeout_s > 0.0 && l.connect_timeout_s <= 3600.0) {
+            return Err("loadgen.connect_timeout_s: must be > 0 and <= 3600".into());
+        }
         if let Some(bad) = l.agents.iter().find(|a| !a.contains(':')) {
             return Err(format!("loadgen.agents: {bad:?} is not host:port"));
         }
@@ -458,9 +475,12 @@ impl Experiment {
         if let Some(t) = &self.target {
             for (key, addrs) in [("smtp", &t.smtp), ("pop3", &t.pop3), ("imap", &t.imap)] {
                 for a in addrs {
-                    if a.parse::<std::net::SocketAddr>().is_err() {
+                    let ok = a.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok()
+                    });
+                    if !ok {
                         return Err(format!(
-                            "target.{key}: {a:?} is not an address like 127.0.0.1:25"
+                            "target.{key}: {a:?} is not an address like 127.0.0.1:25 or mail.example.com:25"
                         ));
                     }
                 }

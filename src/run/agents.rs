@@ -118,11 +118,36 @@ struct Connected {
     rtt_ns: u64,
 }
 
-async fn connect(addr: &str, token: &str) -> anyhow::Result<Connected> {
+/// Connects, retrying a refused connection or an unresolved name until `patience` has passed.
+async fn reach(addr: &str, patience: Duration) -> anyhow::Result<TcpStream> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await;
+        match attempt {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(e)) if Instant::now() + Duration::from_millis(500) < deadline => {
+                tracing::debug!("agent {addr}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(Err(e)) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "agent {addr} is unreachable (tried for {:.0} s)",
+                        patience.as_secs_f64()
+                    )
+                })
+            }
+            Err(_) => bail!(
+                "agent {addr} is unreachable: no connection within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+        }
+    }
+}
+
+async fn connect(addr: &str, token: &str, patience: Duration) -> anyhow::Result<Connected> {
+    let stream = reach(addr, patience).await?;
     tokio::time::timeout(CONNECT_TIMEOUT, async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("agent {addr} is unreachable"))?;
         let _ = stream.set_nodelay(true);
         let (r, mut writer) = stream.into_split();
         let mut reader = BufReader::new(r);
@@ -186,13 +211,14 @@ enum Event {
 pub async fn drive(
     addrs: &[String],
     token: &str,
+    patience: Duration,
     base: EngineConfig,
     mut progress: impl FnMut(&LiveFigures, Duration),
 ) -> anyhow::Result<(RunOutput, Vec<AgentReport>)> {
     let count = addrs.len() as u32;
     let mut connected = Vec::with_capacity(addrs.len());
     for addr in addrs {
-        connected.push(connect(addr, token).await?);
+        connected.push(connect(addr, token, patience).await?);
     }
     for c in &connected {
         eprintln!(

@@ -104,13 +104,10 @@ pub async fn run_one(
     // The target.
     let (cluster, target, token) = match &experiment.target {
         Some(t) => {
-            let parse = |v: &Vec<String>| -> Vec<SocketAddr> {
-                v.iter().filter_map(|a| a.parse().ok()).collect()
-            };
             let target = Target {
-                smtp: parse(&t.smtp),
-                pop3: parse(&t.pop3),
-                imap: parse(&t.imap),
+                smtp: resolve("target.smtp", &t.smtp).await?,
+                pop3: resolve("target.pop3", &t.pop3).await?,
+                imap: resolve("target.imap", &t.imap).await?,
                 domain: t.domain.clone(),
                 user_pattern: t.user_pattern.clone(),
                 user_first: t.user_first,
@@ -213,7 +210,8 @@ pub async fn run_one(
             ),
         };
         eprintln!("load from {} agent(s): {}", addrs.len(), addrs.join(", "));
-        let driven = agents::drive(&addrs, &token, engine_config, |live, elapsed| {
+        let patience = Duration::from_secs_f64(l.connect_timeout_s);
+        let driven = agents::drive(&addrs, &token, patience, engine_config, |live, elapsed| {
             progress.update(live, elapsed)
         })
         .await;
@@ -298,6 +296,22 @@ pub async fn run_one(
         cluster.stop().await;
     }
     Ok((json, results.verdict.pass))
+}
+
+/// `ip:port` or `host:port` front ends, resolved once (the first address of each name); an
+/// address that does not resolve is an error that names it.
+async fn resolve(key: &str, addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        let first = tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(a.as_str()))
+            .await
+            .map_err(|_| anyhow::anyhow!("{key}: {a:?} did not resolve within 10 s"))?
+            .with_context(|| format!("{key}: {a:?} is not host:port that resolves"))?
+            .next()
+            .with_context(|| format!("{key}: {a:?} resolves to no address"))?;
+        out.push(first);
+    }
+    Ok(out)
 }
 
 fn admin_addrs(cluster: &LocalCluster) -> Vec<(u32, SocketAddr)> {
