@@ -23,7 +23,9 @@ use loadgen::engine::{self, Acked, Delta, EngineConfig};
 use loadgen::message::Verified;
 use loadgen::metrics::{LiveFigures, RecorderState};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::cli::AgentArgs;
@@ -42,30 +44,28 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToAgent {
-    Hello { version: String, token: String },
-    Clock { t0_ns: u64 },
-    Start { config: Box<EngineConfig>, start_at_unix_ns: u64 },
+    Hello {
+        version: String,
+        token: String,
+    },
+    Clock {
+        t0_ns: u64,
+    },
+    Start {
+        config: Box<EngineConfig>,
+        start_at_unix_ns: u64,
+    },
 }
 
 /// What an agent says.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToCoordinator {
-    Welcome {
-        version: String,
-        name: String,
-    },
-    Refused {
-        reason: String,
-    },
-    Clock {
-        t0_ns: u64,
-        agent_ns: u64,
-    },
+    Welcome { version: String, name: String },
+    Refused { reason: String },
+    Clock { t0_ns: u64, agent_ns: u64 },
     Delta(Box<WireDelta>),
-    Done {
-        elapsed_s: f64,
-    },
+    Done { elapsed_s: f64 },
 }
 
 /// A [`Delta`] on the wire, with the agent's live figures for the coordinator's progress line.
@@ -108,7 +108,10 @@ pub async fn read_frame<T: for<'de> Deserialize<'de>>(
 }
 
 /// Writes one message as a line.
-pub async fn write_frame(w: &mut (impl AsyncWrite + Unpin), m: &impl Serialize) -> anyhow::Result<()> {
+pub async fn write_frame(
+    w: &mut (impl AsyncWrite + Unpin),
+    m: &impl Serialize,
+) -> anyhow::Result<()> {
     let mut line = serde_json::to_vec(m)?;
     line.push(b'\n');
     w.write_all(&line).await?;
@@ -180,7 +183,13 @@ async fn session(stream: TcpStream, token: &str, name: &str) -> anyhow::Result<b
                 None
             };
             if let Some(reason) = refusal {
-                write_frame(&mut w, &ToCoordinator::Refused { reason: reason.clone() }).await?;
+                write_frame(
+                    &mut w,
+                    &ToCoordinator::Refused {
+                        reason: reason.clone(),
+                    },
+                )
+                .await?;
                 anyhow::bail!("refused: {reason}");
             }
         }

@@ -180,7 +180,10 @@ fn a_killed_agent_is_named_in_a_finished_report() {
     assert_eq!(output.status.code(), Some(1), "{log}");
     let r = results.unwrap_or_else(|| panic!("no results.json: {log}"));
     let agents = r["agents"].as_array().unwrap();
-    let lost = agents.iter().find(|a| a["addr"] == victim.as_str()).unwrap();
+    let lost = agents
+        .iter()
+        .find(|a| a["addr"] == victim.as_str())
+        .unwrap();
     assert_eq!(lost["status"], "lost", "{lost}");
     assert!(lost["lost_at_s"].as_f64().unwrap() < 8.0, "{lost}");
     // Its data up to then is kept.
@@ -189,7 +192,10 @@ fn a_killed_agent_is_named_in_a_finished_report() {
     assert!(reasons.contains(&victim), "{reasons}");
     assert_eq!(r["correctness"]["lost"], 0, "{log}");
     let html = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
-    assert!(html.contains("lost at"), "the report does not name the lost agent");
+    assert!(
+        html.contains("lost at"),
+        "the report does not name the lost agent"
+    );
     assert!(html.contains(&victim));
 }
 
@@ -212,7 +218,10 @@ fn wrong_tokens_versions_and_unreachable_agents_are_clear_errors() {
         .unwrap();
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line).unwrap();
-    assert!(line.contains("refused") && line.contains("version mismatch"), "{line}");
+    assert!(
+        line.contains("refused") && line.contains("version mismatch"),
+        "{line}"
+    );
     // Garbage gets no run either, and the agent lives on for the next coordinator.
     let mut s = TcpStream::connect(&agent.addr).unwrap();
     s.write_all(b"not json\n").unwrap();

@@ -88,7 +88,8 @@ fn check_node_config(text: &str, peers: &[String]) {
     for p in &config.cluster.peers {
         let mut c = config.clone();
         c.id = p.id;
-        c.validate().unwrap_or_else(|e| panic!("as node {}: {e}", p.id));
+        c.validate()
+            .unwrap_or_else(|e| panic!("as node {}: {e}", p.id));
     }
 }
 
@@ -131,7 +132,10 @@ fn kubernetes_manifests_agree_with_each_other_and_with_clusterbench() {
             .replace("exec clusterbench ", "")
             .replace("$(( ${HOSTNAME##*-} + 1 ))", &(ordinal + 1).to_string());
         parses(
-            &line.split_whitespace().map(String::from).collect::<Vec<_>>(),
+            &line
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>(),
             &env_names(container),
         );
     }
@@ -180,7 +184,11 @@ fn the_compose_file_agrees_with_its_configuration_files() {
         .map(|k| k.as_str().unwrap().to_string())
         .collect();
     let node_toml = std::fs::read_to_string(format!("{ROOT}/deploy/compose/node.toml")).unwrap();
-    let nodes: Vec<String> = names.iter().filter(|n| n.starts_with("node")).cloned().collect();
+    let nodes: Vec<String> = names
+        .iter()
+        .filter(|n| n.starts_with("node"))
+        .cloned()
+        .collect();
     let peers: Vec<String> = nodes.iter().map(|n| format!("{n}:7000")).collect();
     check_node_config(&node_toml, &peers);
     for (name, service) in services {

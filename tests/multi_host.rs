@@ -66,7 +66,15 @@ impl Net {
             ])?;
             ip(&["-n", &sw, "link", "set", &port, "master", "br0"])?;
             ip(&["-n", &sw, "link", "set", &port, "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("10.77.0.{octet}/24"), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.77.0.{octet}/24"),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
@@ -212,7 +220,9 @@ fn an_experiment_across_namespaced_hosts_survives_a_link_going_down() {
     let mut net = match Net::build(&hosts) {
         Ok(net) => net,
         Err(e) if !required => {
-            eprintln!("SKIPPED: cannot create network namespaces (needs root and iproute2's ip): {e}");
+            eprintln!(
+                "SKIPPED: cannot create network namespaces (needs root and iproute2's ip): {e}"
+            );
             return;
         }
         Err(e) => panic!("CLUSTERBENCH_REQUIRE_NETNS=1 but network namespaces cannot be made: {e}"),
@@ -294,11 +304,11 @@ token = "{AGENT_TOKEN}"
     );
     assert!(split, "node 1 never saw node 3 leave: {log}");
     assert!(healed, "node 3 never rejoined");
-    let results: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap_or_else(
-            |e| panic!("no results.json ({e}): {log}"),
-        ))
-        .unwrap();
+    let results: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("results.json"))
+            .unwrap_or_else(|e| panic!("no results.json ({e}): {log}")),
+    )
+    .unwrap();
     let agents = results["agents"].as_array().unwrap();
     assert_eq!(agents.len(), 2);
     for a in agents {

@@ -79,7 +79,10 @@ repeat = 2
         let results = read_json(&out.join(r["dir"].as_str().unwrap()).join("results.json"));
         assert_eq!(results["correctness"]["lost"], 0, "{}", r["dir"]);
         assert!(
-            results["operations"]["ops"]["smtp"]["count"].as_u64().unwrap() > 0,
+            results["operations"]["ops"]["smtp"]["count"]
+                .as_u64()
+                .unwrap()
+                > 0,
             "{}",
             r["dir"]
         );

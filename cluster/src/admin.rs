@@ -186,6 +186,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
                 DiskConfig::Modelled {
                     syncs_per_s,
                     latency_ms,
+                    ..
                 } => (Some(syncs_per_s), Some(latency_ms)),
             };
             Disk {

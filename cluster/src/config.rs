@@ -50,7 +50,22 @@ pub enum DiskConfig {
     Modelled {
         syncs_per_s: f64,
         latency_ms: f64,
+        /// Where the log's bookkeeping goes.
+        log: LogDevice,
     },
+}
+
+/// Where a modelled node keeps its replication log's bookkeeping (acknowledgements, owed changes,
+/// flags, expunges, profiles). Message copies always cost a sync of the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogDevice {
+    /// An NVRAM-like fast log: bookkeeping rides along with the batch for free (the default).
+    #[default]
+    Nvram,
+    /// On the disk: every bookkeeping record costs a sync too, as on Porcupine's machines
+    /// without NVRAM.
+    Disk,
 }
 
 /// The TOML shape of [`DiskConfig`]: one flat table, so that a parameter given to the wrong model
@@ -63,6 +78,8 @@ struct DiskSpec {
     syncs_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<LogDevice>,
 }
 
 impl TryFrom<DiskSpec> for DiskConfig {
@@ -70,10 +87,11 @@ impl TryFrom<DiskSpec> for DiskConfig {
 
     fn try_from(spec: DiskSpec) -> Result<Self, String> {
         match spec.model.as_str() {
-            "real" => match (spec.syncs_per_s, spec.latency_ms) {
-                (None, None) => Ok(DiskConfig::Real),
+            "real" => match (spec.syncs_per_s, spec.latency_ms, spec.log) {
+                (None, None, None) => Ok(DiskConfig::Real),
                 _ => Err(
-                    "disk: syncs_per_s and latency_ms apply only to model = \"modelled\"".into(),
+                    "disk: syncs_per_s, latency_ms and log apply only to model = \"modelled\""
+                        .into(),
                 ),
             },
             "modelled" => Ok(DiskConfig::Modelled {
@@ -81,6 +99,7 @@ impl TryFrom<DiskSpec> for DiskConfig {
                     .syncs_per_s
                     .ok_or("disk: model = \"modelled\" needs syncs_per_s")?,
                 latency_ms: spec.latency_ms.unwrap_or(0.0),
+                log: spec.log.unwrap_or_default(),
             }),
             other => Err(format!(
                 "disk.model: unknown model {other:?}; expected \"real\" or \"modelled\""
@@ -96,14 +115,17 @@ impl From<DiskConfig> for DiskSpec {
                 model: "real".into(),
                 syncs_per_s: None,
                 latency_ms: None,
+                log: None,
             },
             DiskConfig::Modelled {
                 syncs_per_s,
                 latency_ms,
+                log,
             } => DiskSpec {
                 model: "modelled".into(),
                 syncs_per_s: Some(syncs_per_s),
                 latency_ms: Some(latency_ms),
+                log: Some(log),
             },
         }
     }
@@ -116,6 +138,7 @@ impl DiskConfig {
             DiskConfig::Modelled {
                 syncs_per_s,
                 latency_ms,
+                ..
             } => {
                 if !(syncs_per_s.is_finite() && syncs_per_s > 0.0) {
                     return Err(format!(
@@ -448,9 +471,23 @@ mod tests {
             c.disk,
             DiskConfig::Modelled {
                 syncs_per_s: 200.0,
-                latency_ms: 5.0
+                latency_ms: 5.0,
+                log: LogDevice::Nvram,
             }
         );
+        let c = NodeConfig::from_toml(
+            "[disk]\nmodel = \"modelled\"\nsyncs_per_s = 200\nlog = \"disk\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.disk,
+            DiskConfig::Modelled {
+                log: LogDevice::Disk,
+                ..
+            }
+        ));
+        let err = NodeConfig::from_toml("[disk]\nmodel = \"real\"\nlog = \"disk\"\n").unwrap_err();
+        assert!(err.contains("log"), "{err}");
         assert_eq!(NodeConfig::from_toml("").unwrap().disk, DiskConfig::Real);
         let err = NodeConfig::from_toml(
             "[disk]\nmodel = \"modelled\"\nsyncs_per_s = 0\nlatency_ms = 5\n",

@@ -215,17 +215,18 @@ async fn link<M: Serialize>(
         if *shutdown.borrow() {
             return;
         }
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr.as_str())).await {
-            Ok(Ok(s)) => s,
-            _ => {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {},
-                    _ = shutdown.wait_for(|s| *s) => return,
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr.as_str())).await {
+                Ok(Ok(s)) => s,
+                _ => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {},
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
+            };
         backoff = BACKOFF_MIN;
         let _ = stream.set_nodelay(true);
         // The peer never writes on this connection: a read that ends means it is gone, which

@@ -390,6 +390,18 @@ pub fn check(
     c
 }
 
+/// `skew_model = "hot-node"`: the users whose login name is homed on the first of `hot_nodes`
+/// (empty for other models).
+fn hot_users(workload: &Workload, target: &Target) -> Vec<u64> {
+    if workload.skew_model != crate::workload::SkewModel::HotNode {
+        return Vec::new();
+    }
+    let slots = workload.hot_nodes.unwrap_or(1);
+    (0..workload.users)
+        .filter(|&u| crate::workload::home_slot(&target.user(u), slots) == 0)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,16 +457,4 @@ mod tests {
         assert_eq!(c.duplicated, 1);
         assert_eq!(c.corrupted, 1);
     }
-}
-
-/// `skew_model = "hot-node"`: the users whose login name is homed on the first of `hot_nodes`
-/// (empty for other models).
-fn hot_users(workload: &Workload, target: &Target) -> Vec<u64> {
-    if workload.skew_model != crate::workload::SkewModel::HotNode {
-        return Vec::new();
-    }
-    let slots = workload.hot_nodes.unwrap_or(1);
-    (0..workload.users)
-        .filter(|&u| crate::workload::home_slot(&target.user(u), slots) == 0)
-        .collect()
 }

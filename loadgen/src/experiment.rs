@@ -76,7 +76,10 @@ pub const PROBES_MAX: u32 = 40;
 impl Saturate {
     pub fn validate(&self, key: &str) -> Result<(), String> {
         if !(self.start_per_s > 0.0 && self.start_per_s <= crate::workload::RATE_PER_S_MAX) {
-            return Err(format!("{key}.start_per_s: must be > 0 and <= {}", crate::workload::RATE_PER_S_MAX));
+            return Err(format!(
+                "{key}.start_per_s: must be > 0 and <= {}",
+                crate::workload::RATE_PER_S_MAX
+            ));
         }
         if !(self.precision > 0.0 && self.precision < 1.0) {
             return Err(format!("{key}.precision: must be between 0 and 1"));
@@ -417,9 +420,11 @@ impl Experiment {
         let w = &mut experiment.workload;
         if w.skew_model == crate::workload::SkewModel::HotNode && w.hot_nodes.is_none() {
             if experiment.target.is_some() {
-                return Err("workload.hot_nodes: skew_model = \"hot-node\" against an external \
+                return Err(
+                    "workload.hot_nodes: skew_model = \"hot-node\" against an external \
                             target needs the number of home nodes to hash users over"
-                    .into());
+                        .into(),
+                );
             }
             w.hot_nodes = Some(experiment.cluster.nodes);
         }
@@ -657,9 +662,10 @@ mod tests {
         assert!(plan_sweep(&bad).unwrap_err().contains("cluster.nodes"));
         let bad: toml::Table = toml::from_str("repeat = 0\n\"cluster.nodes\" = [1]\n").unwrap();
         assert!(plan_sweep(&bad).unwrap_err().contains("repeat"));
-        let sat: toml::Table =
-            toml::from_str("saturate = { start_per_s = 20, probes = 6 }\n\"cluster.nodes\" = [1]\n")
-                .unwrap();
+        let sat: toml::Table = toml::from_str(
+            "saturate = { start_per_s = 20, probes = 6 }\n\"cluster.nodes\" = [1]\n",
+        )
+        .unwrap();
         let plan = plan_sweep(&sat).unwrap();
         assert_eq!(plan.keys, vec!["cluster.nodes"]);
         let s = plan.saturate.unwrap();

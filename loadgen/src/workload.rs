@@ -116,13 +116,13 @@ impl Workload {
             }
             if let Some(n) = self.hot_nodes {
                 if !(1..=HOT_NODES_MAX).contains(&n) {
-                    return Err(format!(
-                        "workload.hot_nodes: must be 1 to {HOT_NODES_MAX}"
-                    ));
+                    return Err(format!("workload.hot_nodes: must be 1 to {HOT_NODES_MAX}"));
                 }
             }
         } else if self.hot_nodes.is_some() {
-            return Err("workload.hot_nodes: only means something with skew_model = \"hot-node\"".into());
+            return Err(
+                "workload.hot_nodes: only means something with skew_model = \"hot-node\"".into(),
+            );
         }
         if !(self.duration_s > 0.0 && self.duration_s <= DURATION_S_MAX) {
             return Err(format!(

@@ -197,7 +197,12 @@ async fn connect(addr: &str, token: &str, patience: Duration) -> anyhow::Result<
         })
     })
     .await
-    .with_context(|| format!("agent {addr}: no answer within {} s", CONNECT_TIMEOUT.as_secs()))?
+    .with_context(|| {
+        format!(
+            "agent {addr}: no answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        )
+    })?
 }
 
 enum Event {

@@ -66,7 +66,8 @@ pub fn load_table(path: &Path, sets: &[String]) -> anyhow::Result<toml::Table> {
 async fn run_experiment(args: RunArgs) -> anyhow::Result<bool> {
     let mut table = load_table(&args.experiment, &args.set)?;
     if let Some(n) = args.agents {
-        set_key(&mut table, &format!("loadgen.local_agents={n}")).map_err(|e| anyhow::anyhow!(e))?;
+        set_key(&mut table, &format!("loadgen.local_agents={n}"))
+            .map_err(|e| anyhow::anyhow!(e))?;
     }
     let sweep = table.remove("sweep");
     let name = table
@@ -206,7 +207,9 @@ pub async fn run_one(
                 l.token
                     .clone()
                     .or_else(|| std::env::var("CLUSTERBENCH_AGENT_TOKEN").ok())
-                    .context("loadgen.agents needs a token: loadgen.token or CLUSTERBENCH_AGENT_TOKEN")?,
+                    .context(
+                        "loadgen.agents needs a token: loadgen.token or CLUSTERBENCH_AGENT_TOKEN",
+                    )?,
             ),
         };
         eprintln!("load from {} agent(s): {}", addrs.len(), addrs.join(", "));
@@ -303,12 +306,13 @@ pub async fn run_one(
 async fn resolve(key: &str, addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
     let mut out = Vec::with_capacity(addrs.len());
     for a in addrs {
-        let first = tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(a.as_str()))
-            .await
-            .map_err(|_| anyhow::anyhow!("{key}: {a:?} did not resolve within 10 s"))?
-            .with_context(|| format!("{key}: {a:?} is not host:port that resolves"))?
-            .next()
-            .with_context(|| format!("{key}: {a:?} resolves to no address"))?;
+        let first =
+            tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(a.as_str()))
+                .await
+                .map_err(|_| anyhow::anyhow!("{key}: {a:?} did not resolve within 10 s"))?
+                .with_context(|| format!("{key}: {a:?} is not host:port that resolves"))?
+                .next()
+                .with_context(|| format!("{key}: {a:?} resolves to no address"))?;
         out.push(first);
     }
     Ok(out)

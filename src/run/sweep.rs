@@ -114,12 +114,9 @@ pub async fn run(
                 }
                 // The configuration's run is the probe at its capacity; if none passed, the
                 // lowest rate tried (and the configuration fails).
-                let shown = found.best().or_else(|| {
-                    found
-                        .probes
-                        .iter()
-                        .min_by(|a, b| a.rate.total_cmp(&b.rate))
-                });
+                let shown = found
+                    .best()
+                    .or_else(|| found.probes.iter().min_by(|a, b| a.rate.total_cmp(&b.rate)));
                 let Some(shown) = shown else {
                     anyhow::bail!("the capacity search of {dir} ran no probe");
                 };
@@ -215,9 +212,10 @@ fn print_table(entries: &[serde_json::Value], results: &[serde_json::Value]) {
         println!(
             "{:<48} {:>10} {:>10.1} {:>10.1} {:>6} {:>6}",
             entry["dir"].as_str().unwrap_or(""),
-            entry["capacity_per_s"]
-                .as_f64()
-                .map_or(if saturated { "-".into() } else { String::new() }, |c| format!("{c:.1}")),
+            entry["capacity_per_s"].as_f64().map_or(
+                if saturated { "-".into() } else { String::new() },
+                |c| format!("{c:.1}")
+            ),
             smtp["throughput_per_s"].as_f64().unwrap_or(0.0),
             smtp["p99_ms"].as_f64().unwrap_or(0.0),
             r["correctness"]["lost"]

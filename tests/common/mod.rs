@@ -375,7 +375,10 @@ pub fn open_in_chromium(page: &std::path::Path) -> String {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "chromium failed: {log}");
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
-    assert!(size > 10_000, "the screenshot is (nearly) empty: {size} bytes");
+    assert!(
+        size > 10_000,
+        "the screenshot is (nearly) empty: {size} bytes"
+    );
     // The page's own console: any error it logged would show as a CONSOLE line.
     assert!(
         !log.contains("CONSOLE("),

@@ -180,6 +180,7 @@ async fn modelled_disk_charges_one_sync_per_record() {
     let disk = DiskConfig::Modelled {
         syncs_per_s: 100.0,
         latency_ms: 0.0,
+        log: Default::default(),
     };
     let store = Store::open(dir.path(), 1, disk, Arc::new(Metrics::new())).unwrap();
     let start = std::time::Instant::now();
@@ -200,6 +201,37 @@ async fn modelled_disk_charges_one_sync_per_record() {
     drop(store);
     let store = open(dir.path());
     assert_eq!(store.snapshot("a").messages.len(), 20);
+}
+
+#[tokio::test]
+async fn a_modelled_log_on_the_disk_charges_bookkeeping_too() {
+    for (log, expected) in [
+        (crate::config::LogDevice::Nvram, 4),
+        (crate::config::LogDevice::Disk, 8),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let disk = DiskConfig::Modelled {
+            syncs_per_s: 10_000.0,
+            latency_ms: 0.0,
+            log,
+        };
+        let store = Store::open(dir.path(), 1, disk, metrics.clone()).unwrap();
+        for i in 0..4 {
+            // A first replica's copy that owes node 2 a push...
+            let uid = store
+                .store(NewMessage {
+                    uid: None,
+                    targets: vec![2],
+                    ..replica("a", 0, &format!("m{i}\r\n"))
+                })
+                .await
+                .unwrap();
+            // ... and node 2's acknowledgement: bookkeeping.
+            store.acked("a", uid, 2).await.unwrap();
+        }
+        assert_eq!(metrics.modelled_syncs_total.get(), expected, "{log:?}");
+    }
 }
 
 fn replica(user: &str, uid: u32, text: &str) -> NewMessage {

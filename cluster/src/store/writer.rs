@@ -170,12 +170,20 @@ impl Writer {
             }
         }
         if !buf.is_empty() {
-            // The modelled device charges a sync per message copy written; the small bookkeeping
-            // records (flags, expunges, acknowledgements) ride along in the same batch.
+            // The modelled device charges a sync per message copy written; the bookkeeping
+            // records (flags, expunges, acknowledgements, owed changes) ride along in the same
+            // batch on an NVRAM-like log, and cost a sync each on a log on the disk.
+            let every_record = matches!(
+                self.disk,
+                DiskConfig::Modelled {
+                    log: crate::config::LogDevice::Disk,
+                    ..
+                }
+            );
             let records = pending
                 .iter()
                 .flat_map(|p| &p.records)
-                .filter(|(_, r)| matches!(r, Record::Deliver { .. }))
+                .filter(|(_, r)| every_record || matches!(r, Record::Deliver { .. }))
                 .count();
             let result = self
                 .head
@@ -243,6 +251,7 @@ impl Writer {
             DiskConfig::Modelled {
                 syncs_per_s,
                 latency_ms,
+                ..
             } => {
                 let seconds = records as f64 / syncs_per_s + latency_ms / 1000.0;
                 self.shared
