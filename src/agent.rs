@@ -32,6 +32,8 @@ use crate::cli::AgentArgs;
 
 /// Longest protocol line (a second's delta at a very high rate stays far below this).
 pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// How long a coordinator may stay silent between its hello and its start.
+pub const IDLE_MAX: Duration = Duration::from_secs(120);
 /// How far in the future a start may be.
 pub const START_DELAY_MAX: Duration = Duration::from_secs(60);
 /// Deltas waiting to be sent at most (one a second: a coordinator that reads nothing for this
@@ -214,7 +216,15 @@ async fn session(stream: TcpStream, token: &str, name: &str) -> anyhow::Result<b
     )
     .await?;
     loop {
-        match read_frame::<ToAgent>(&mut r).await? {
+        let frame = tokio::time::timeout(IDLE_MAX, read_frame::<ToAgent>(&mut r))
+            .await
+            .with_context(|| {
+                format!(
+                    "the coordinator said nothing for {} s before starting",
+                    IDLE_MAX.as_secs()
+                )
+            })??;
+        match frame {
             None => return Ok(false),
             Some(ToAgent::Clock { t0_ns }) => {
                 write_frame(

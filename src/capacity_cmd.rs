@@ -235,9 +235,9 @@ async fn probe(table: &toml::Table, rate: f64, out: &Path, file: &Path) -> anyho
     // rate. A target that falls behind drains a backlog after the load ends, which stretches
     // the run; in a short probe its p99 may still look fine.
     let ops = &results["operations"];
-    let attempted: f64 = ops["ops"]
-        .as_object()
-        .map_or(0.0, |o| o.values().filter_map(|v| v["attempted"].as_f64()).sum());
+    let attempted: f64 = ops["ops"].as_object().map_or(0.0, |o| {
+        o.values().filter_map(|v| v["attempted"].as_f64()).sum()
+    });
     let measured_s = ops["measured_s"].as_f64().unwrap_or(0.0);
     let keeps_up = measured_s > 0.0 && attempted / measured_s >= KEEP_UP * rate;
     Ok(Probe {

@@ -426,16 +426,8 @@ async fn start_node(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM the node if this
-    // supervisor dies, so nodes never outlive a killed `cluster up`.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Nodes never outlive a killed `cluster up`.
+    die_with_parent(&mut command);
     let mut child = command.spawn().context("spawning a node process")?;
     let pid = child.id().context("node process has no pid")?;
     let stdout = child.stdout.take().context("node stdout")?;
@@ -568,4 +560,18 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Asks the kernel to SIGTERM the child `command` starts when this process dies, so nodes and
+/// agents never outlive a killed supervisor or run.
+pub fn die_with_parent(command: &mut tokio::process::Command) {
+    // SAFETY: prctl is async-signal-safe, and the closure touches nothing else.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

@@ -29,29 +29,11 @@ settle_s = 10
 "#;
 
 fn run(dir: &Path, experiment: &str, extra: &[&str]) -> (Output, Option<Value>) {
-    let file = dir.join("e.toml");
-    std::fs::write(&file, experiment).unwrap();
-    let out = dir.join("out");
-    let output = Command::new(BIN)
-        .arg("run")
-        .arg(&file)
-        .arg("--out")
-        .arg(&out)
-        .args(extra)
-        .output()
-        .unwrap();
-    let results = std::fs::read_to_string(out.join("results.json"))
-        .ok()
-        .map(|t| serde_json::from_str(&t).unwrap());
-    (output, results)
+    common::run_experiment(dir, experiment, extra)
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    common::output_text(output)
 }
 
 /// A `clusterbench agent` on a free loopback port; killed when dropped.

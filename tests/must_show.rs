@@ -26,11 +26,7 @@ fn run(experiment: &Path, out: &Path, set: &[&str]) -> Output {
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    common::output_text(output)
 }
 
 fn read_json(path: &Path) -> Value {

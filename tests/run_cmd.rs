@@ -7,33 +7,15 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{require_tool, BIN};
+use common::require_tool;
 use serde_json::Value;
 
 fn run(dir: &Path, experiment: &str, extra: &[&str]) -> (Output, Option<Value>) {
-    let file = dir.join("experiment.toml");
-    std::fs::write(&file, experiment).unwrap();
-    let out_dir = dir.join("out");
-    let output = Command::new(BIN)
-        .arg("run")
-        .arg(&file)
-        .arg("--out")
-        .arg(&out_dir)
-        .args(extra)
-        .output()
-        .unwrap();
-    let results = std::fs::read_to_string(out_dir.join("results.json"))
-        .ok()
-        .map(|t| serde_json::from_str(&t).unwrap());
-    (output, results)
+    common::run_experiment(dir, experiment, extra)
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    common::output_text(output)
 }
 
 #[test]

@@ -71,15 +71,7 @@ impl LocalAgents {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .kill_on_drop(true);
-            // SAFETY: prctl is async-signal-safe; agents never outlive a killed run.
-            unsafe {
-                command.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            crate::local_cluster::die_with_parent(&mut command);
             let mut child = command.spawn().context("spawning an agent process")?;
             let stdout = child.stdout.take().context("agent stdout")?;
             let mut lines = BufReader::new(stdout).lines();

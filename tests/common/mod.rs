@@ -387,3 +387,36 @@ pub fn open_in_chromium(page: &std::path::Path) -> String {
     let out = chromium(&["--dump-dom"]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Writes `experiment` to `dir/experiment.toml` and runs `clusterbench run` on it with results in
+/// `dir/out` (plus `extra` arguments); returns the output and results.json, if written.
+pub fn run_experiment(
+    dir: &Path,
+    experiment: &str,
+    extra: &[&str],
+) -> (std::process::Output, Option<Value>) {
+    let file = dir.join("experiment.toml");
+    std::fs::write(&file, experiment).unwrap();
+    let out_dir = dir.join("out");
+    let output = Command::new(BIN)
+        .arg("run")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out_dir)
+        .args(extra)
+        .output()
+        .unwrap();
+    let results = std::fs::read_to_string(out_dir.join("results.json"))
+        .ok()
+        .map(|t| serde_json::from_str(&t).unwrap());
+    (output, results)
+}
+
+/// A command's stdout and stderr, for an assertion message.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
