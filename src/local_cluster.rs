@@ -417,8 +417,7 @@ async fn start_node(
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let exe = std::env::current_exe().context("finding the clusterbench executable")?;
-    let mut command = tokio::process::Command::new(exe);
+    let mut command = tokio::process::Command::new(own_executable()?);
     command
         .arg("node")
         .arg("--config")
@@ -574,4 +573,15 @@ pub fn die_with_parent(command: &mut tokio::process::Command) {
             Ok(())
         });
     }
+}
+
+/// This very executable, to start nodes and agents with: `/proc/self/exe` where there is one
+/// (it still runs if the file was replaced, say by a rebuild, during a long sweep), else the
+/// path it was started from.
+pub fn own_executable() -> anyhow::Result<std::path::PathBuf> {
+    let proc_self = std::path::Path::new("/proc/self/exe");
+    if proc_self.exists() {
+        return Ok(proc_self.to_path_buf());
+    }
+    std::env::current_exe().context("finding the clusterbench executable")
 }

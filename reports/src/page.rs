@@ -92,6 +92,8 @@ struct RunView {
     view_changes: usize,
     correctness: Option<CorrectnessView>,
     agents: Vec<AgentRow>,
+    /// The replication backlog at the end of the load, in words.
+    settle: Option<String>,
     experiment: String,
     environment: Vec<KeyValue>,
 }
@@ -287,6 +289,15 @@ impl RunView {
             series_note,
             faults: fault_rows(run),
             view_changes: run.view_changes.len(),
+            settle: run.settle.as_ref().map(|s| match (s.backlog_at_load_end, s.drained_s) {
+                (0, _) => "Nothing was owed to a replica when the load ended.".to_string(),
+                (n, Some(d)) => format!(
+                    "{n} replica copies or changes were still owed when the load ended (optimistic replication acknowledges first); they drained in {d:.1} s."
+                ),
+                (n, None) => format!(
+                    "{n} replica copies or changes were still owed when the load ended, and had not drained when the check began."
+                ),
+            }),
             agents: run
                 .agents
                 .iter()

@@ -38,6 +38,9 @@ pub struct Results {
     /// The load agents, when the load came from agents.
     #[serde(default)]
     pub agents: Vec<Agent>,
+    /// The replication backlog at the end of the load and its drain (bundled cluster).
+    #[serde(default)]
+    pub settle: Option<Settle>,
     #[serde(default)]
     pub slo: Option<Slo>,
     #[serde(default)]
@@ -300,4 +303,11 @@ pub struct Agent {
     pub operations: u64,
     #[serde(default)]
     pub ops_per_s: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settle {
+    pub backlog_at_load_end: u64,
+    #[serde(default)]
+    pub drained_s: Option<f64>,
 }

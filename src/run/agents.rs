@@ -58,7 +58,7 @@ pub struct LocalAgents {
 impl LocalAgents {
     pub async fn start(n: u32) -> anyhow::Result<LocalAgents> {
         let token = format!("{:032x}", rand::random::<u128>());
-        let exe = std::env::current_exe().context("finding the clusterbench executable")?;
+        let exe = crate::local_cluster::own_executable()?;
         let mut children = Vec::new();
         let mut addrs = Vec::new();
         for i in 0..n {

@@ -224,6 +224,7 @@ pub async fn run_one(
     progress.finish();
 
     // Undo what is still in force, then let replication settle.
+    let mut settled = None;
     if let (Some(cluster), Some(task)) = (&cluster, fault_task) {
         let pending = task.await.unwrap_or_default();
         faults::undo_rest(
@@ -235,12 +236,7 @@ pub async fn run_one(
             &windows,
         )
         .await;
-        settle(
-            cluster,
-            &log,
-            Duration::from_secs_f64(experiment.check.settle_s),
-        )
-        .await;
+        settled = Some(settle(cluster, Duration::from_secs_f64(experiment.check.settle_s)).await);
     }
 
     // The correctness check.
@@ -278,6 +274,7 @@ pub async fn run_one(
         changes,
         recovery,
         correctness,
+        settled,
         agent_reports,
     );
     let path = out.join("results.json");
@@ -387,13 +384,15 @@ async fn start_cluster(experiment: &Experiment, dir: &Path) -> anyhow::Result<Lo
 }
 
 /// Waits (at most `limit`) until every answering node has no replication backlog.
-async fn settle(
-    cluster: &Arc<Mutex<LocalCluster>>,
-    log: &Arc<std::sync::Mutex<poll::PollLog>>,
-    limit: Duration,
-) {
-    let deadline = Instant::now() + limit;
+/// Waits (at most `limit`) until no node owes a replica anything; returns the backlog at the
+/// end of the load and how long it took to drain (`None`: not within `limit`). Optimistic
+/// replication acknowledges before it copies, so a saturated cluster can acknowledge faster than
+/// it replicates: the drain time says by how much.
+async fn settle(cluster: &Arc<Mutex<LocalCluster>>, limit: Duration) -> results::Settle {
+    let started = Instant::now();
+    let deadline = started + limit;
     let token = cluster.lock().await.file.admin_token.clone();
+    let mut first = None;
     loop {
         let addrs = admin_addrs(&*cluster.lock().await);
         let mut backlog = 0;
@@ -402,14 +401,20 @@ async fn settle(
                 backlog += s["replication"]["backlog"].as_u64().unwrap_or(0);
             }
         }
+        let at_load_end = *first.get_or_insert(backlog);
         if backlog == 0 {
-            return;
+            return results::Settle {
+                backlog_at_load_end: at_load_end,
+                drained_s: Some(started.elapsed().as_secs_f64()),
+            };
         }
         if Instant::now() > deadline {
             eprintln!("replication backlog still {backlog} after {limit:?}; checking anyway");
-            return;
+            return results::Settle {
+                backlog_at_load_end: at_load_end,
+                drained_s: None,
+            };
         }
-        let _ = log;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

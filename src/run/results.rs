@@ -29,6 +29,8 @@ pub struct Results {
     pub view_changes: Vec<ViewChange>,
     pub recovery: Vec<Recovery>,
     pub correctness: Option<Correctness>,
+    /// The bundled cluster's replication backlog after the load, and its drain.
+    pub settle: Option<Settle>,
     /// The agents the load came from, when it came from agents.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<super::agents::AgentReport>,
@@ -70,6 +72,14 @@ pub struct SloCheck {
     pub pass: bool,
 }
 
+/// Replica copies and owed changes not yet acknowledged when the load ended, and how long they
+/// took to drain (`None`: not within `check.settle_s`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Settle {
+    pub backlog_at_load_end: u64,
+    pub drained_s: Option<f64>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Verdict {
     /// False when an acknowledged message was lost (and loss was not expected).
@@ -89,6 +99,7 @@ impl Results {
         view_changes: Vec<ViewChange>,
         recovery: Vec<Recovery>,
         correctness: Option<Correctness>,
+        settle: Option<Settle>,
         agents: Vec<super::agents::AgentReport>,
     ) -> Results {
         let slo = slo_verdicts(experiment, &operations);
@@ -156,6 +167,7 @@ impl Results {
             view_changes,
             recovery,
             correctness,
+            settle,
             agents,
             verdict: Verdict {
                 pass: reasons.is_empty(),
@@ -202,6 +214,16 @@ impl Results {
                 f(r.convergence_s),
                 f(r.throughput_recovered_s),
                 f(r.reintegration_s)
+            );
+        }
+        if let Some(s) = self.settle.as_ref().filter(|s| s.backlog_at_load_end > 0) {
+            println!(
+                "replication: {} owed at the end of the load, {}",
+                s.backlog_at_load_end,
+                s.drained_s
+                    .map_or("not drained in time".to_string(), |d| format!(
+                        "drained in {d:.1} s"
+                    ))
             );
         }
         if let Some(c) = &self.correctness {
