@@ -256,8 +256,7 @@ async fn probe(table: &toml::Table, rate: f64, out: &Path, file: &Path) -> anyho
                     .is_some_and(|d| d <= DRAIN_SHARE_MAX * duration_s)
         }
     };
-    let keeps_up =
-        measured_s > 0.0 && attempted / measured_s >= KEEP_UP * rate && replicates;
+    let keeps_up = measured_s > 0.0 && attempted / measured_s >= KEEP_UP * rate && replicates;
     Ok(Probe {
         rate,
         pass: lossless && keeps_up && results["slo"]["pass"].as_bool() == Some(true),
