@@ -155,6 +155,7 @@ fn compare_finds_a_rerun_unchanged_and_a_halved_disk_regressed() {
     let log = text(&same);
     assert_eq!(same.status.code(), Some(0), "{log}");
     assert!(log.contains("no regression"), "{log}");
+    eprintln!("against a rerun:\n{log}");
 
     let slower = compare(&halved);
     let log = text(&slower);
@@ -165,6 +166,7 @@ fn compare_finds_a_rerun_unchanged_and_a_halved_disk_regressed() {
         .find(|l| l.contains("smtp throughput"))
         .unwrap_or_else(|| panic!("no smtp throughput line: {log}"));
     assert!(throughput_line.contains("regressed"), "{log}");
+    eprintln!("against the halved disk:\n{log}");
 }
 
 #[test]
