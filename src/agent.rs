@@ -14,8 +14,10 @@
 //!    agent sends `delta {...}` about once a second and `done {elapsed_s}` at the end. If the
 //!    coordinator goes away, the agent stops the run and waits for the next coordinator.
 //!
-//! One coordinator at a time; a second one is served when the first has finished.
+//! One coordinator at a time: while one holds the agent, another is refused as busy.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -32,13 +34,16 @@ use crate::cli::AgentArgs;
 
 /// Longest protocol line (a second's delta at a very high rate stays far below this).
 pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// How long a coordinator may stay silent between its hello and its start.
-pub const IDLE_MAX: Duration = Duration::from_secs(120);
+/// How long a coordinator may stay silent between its hello and its start (longer than the
+/// longest `loadgen.connect_timeout_s`, for which it may be waiting on other agents).
+pub const IDLE_MAX: Duration = Duration::from_secs(3_700);
+/// How long one message to the coordinator may take to write during a run before the
+/// coordinator counts as gone (its host died, or the network between is cut).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections an agent serves at once (one coordinator, the rest are told it is busy).
+pub const SESSIONS_MAX: usize = 64;
 /// How far in the future a start may be.
 pub const START_DELAY_MAX: Duration = Duration::from_secs(60);
-/// Deltas waiting to be sent at most (one a second: a coordinator that reads nothing for this
-/// long loses the oldest).
-pub const DELTAS_QUEUED_MAX: usize = 3_600;
 /// The protocol's version: agents and coordinators of other versions refuse each other.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -150,24 +155,59 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     println!("READY agent {addr}");
     use std::io::Write as _;
     std::io::stdout().flush()?;
+    let busy = Arc::new(AtomicBool::new(false));
+    let (ran_tx, mut ran_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut sessions = tokio::task::JoinSet::new();
     loop {
-        let (stream, peer) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
-        eprintln!("agent {name}: coordinator {peer} connected");
-        match session(stream, &args.token, &name).await {
-            Ok(ran) => {
-                eprintln!("agent {name}: coordinator {peer} finished");
-                if ran && args.once {
-                    return Ok(());
-                }
-            }
-            Err(e) => eprintln!("agent {name}: coordinator {peer}: {e:#}"),
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = ran_rx.recv(), if args.once => return Ok(()),
+        };
+        // Sessions end on their own (timeouts everywhere); reap the finished ones.
+        while sessions.try_join_next().is_some() {}
+        if sessions.len() >= SESSIONS_MAX {
+            eprintln!("agent {name}: {peer} refused: {SESSIONS_MAX} connections already");
+            continue;
         }
+        let _ = stream.set_nodelay(true);
+        let (token, name, busy, ran_tx) = (
+            args.token.clone(),
+            name.clone(),
+            busy.clone(),
+            ran_tx.clone(),
+        );
+        sessions.spawn(async move {
+            eprintln!("agent {name}: coordinator {peer} connected");
+            match session(stream, &token, &name, &busy).await {
+                Ok(ran) => {
+                    eprintln!("agent {name}: coordinator {peer} finished");
+                    if ran {
+                        let _ = ran_tx.try_send(());
+                    }
+                }
+                Err(e) => eprintln!("agent {name}: coordinator {peer}: {e:#}"),
+            }
+        });
     }
 }
 
-/// Serves one coordinator; `Ok(true)` when it ran a workload to its end.
-async fn session(stream: TcpStream, token: &str, name: &str) -> anyhow::Result<bool> {
+/// Releases the agent for the next coordinator when a session that held it ends.
+struct Held<'a>(&'a AtomicBool);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Serves one coordinator; `Ok(true)` when it ran a workload to its end. While one coordinator
+/// holds the agent, others are refused as busy.
+async fn session(
+    stream: TcpStream,
+    token: &str,
+    name: &str,
+    busy: &AtomicBool,
+) -> anyhow::Result<bool> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let hello = tokio::time::timeout(Duration::from_secs(10), read_frame::<ToAgent>(&mut r))
@@ -181,6 +221,8 @@ async fn session(stream: TcpStream, token: &str, name: &str) -> anyhow::Result<b
                 ))
             } else if t != token {
                 Some("wrong token".to_string())
+            } else if busy.swap(true, Ordering::SeqCst) {
+                Some("busy: serving another coordinator".to_string())
             } else {
                 None
             };
@@ -207,6 +249,7 @@ async fn session(stream: TcpStream, token: &str, name: &str) -> anyhow::Result<b
         }
         None => return Ok(false),
     }
+    let _held = Held(busy);
     write_frame(
         &mut w,
         &ToCoordinator::Welcome {
@@ -239,17 +282,46 @@ async fn session(stream: TcpStream, token: &str, name: &str) -> anyhow::Result<b
             Some(ToAgent::Start {
                 config,
                 start_at_unix_ns,
-            }) => return drive(*config, start_at_unix_ns, r, w).await.map(|()| true),
+            }) => {
+                return drive(*config, start_at_unix_ns, name, r, w)
+                    .await
+                    .map(|()| true)
+            }
             Some(ToAgent::Hello { .. }) => anyhow::bail!("hello twice"),
         }
     }
 }
 
+/// What the engine handed over and the coordinator has not been sent yet: deltas that pile up
+/// while a write is slow are merged into one (exactly), so nothing is dropped and memory stays
+/// bounded by one delta.
+#[derive(Default)]
+struct Pending {
+    delta: Option<Delta>,
+    live: Option<LiveFigures>,
+}
+
+impl Pending {
+    fn add(&mut self, d: Delta) {
+        match &mut self.delta {
+            None => self.delta = Some(d),
+            Some(p) => {
+                p.recorder.merge(&d.recorder);
+                p.acked.extend(d.acked);
+                p.retrieved.extend(d.retrieved);
+                p.deleted.extend(d.deleted);
+            }
+        }
+    }
+}
+
 /// Runs the share from the agreed instant, streaming deltas, until the end or until the
-/// coordinator goes away.
+/// coordinator goes away (end of stream, or a write that does not complete within
+/// [`WRITE_TIMEOUT`]); in every case the load stops with the session.
 async fn drive(
     config: EngineConfig,
     start_at_unix_ns: u64,
+    name: &str,
     r: BufReader<tokio::net::tcp::OwnedReadHalf>,
     mut w: tokio::net::tcp::OwnedWriteHalf,
 ) -> anyhow::Result<()> {
@@ -260,58 +332,81 @@ async fn drive(
         delay.as_secs_f64(),
         START_DELAY_MAX.as_secs()
     );
-    tokio::time::sleep(delay).await;
-    let started = tokio::time::Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<WireDelta>(DELTAS_QUEUED_MAX);
-    let live = std::sync::Arc::new(std::sync::Mutex::new(None::<LiveFigures>));
+    let late_ms = unix_ns().saturating_sub(start_at_unix_ns) as f64 / 1e6;
+    if late_ms > 1.0 {
+        eprintln!("agent {name}: the start came {late_ms:.1} ms late; starting now");
+    }
+    let started = tokio::time::Instant::now() + delay;
+    let pending = Arc::new(std::sync::Mutex::new(Pending::default()));
+    let ready = Arc::new(tokio::sync::Notify::new());
     let engine = {
-        let live = live.clone();
-        let tx = tx.clone();
+        let (pending, ready) = (pending.clone(), ready.clone());
         tokio::spawn(async move {
-            let live_for_progress = live.clone();
+            tokio::time::sleep_until(started).await;
+            let live = pending.clone();
             engine::run_streaming(
                 config,
-                move |figures, _| *live_for_progress.lock().unwrap() = Some(figures.clone()),
+                move |figures, _| live.lock().unwrap().live = Some(figures.clone()),
                 Some(move |d: Delta| {
-                    let figures = live.lock().unwrap().clone();
-                    let _ = tx.try_send(wire(d, started.elapsed(), figures));
+                    pending.lock().unwrap().add(d);
+                    ready.notify_one();
                 }),
             )
             .await
         })
     };
-    drop(tx);
-    tokio::pin!(engine);
+    // However this function ends, the load ends with it.
+    let mut engine = AbortOnDrop(engine);
     let mut closed = Vec::new();
     let mut from_coordinator = r.take(1024);
     loop {
         tokio::select! {
-            output = &mut engine => {
+            output = &mut engine.0 => {
                 let output = output.context("the engine failed")?;
-                while let Ok(d) = rx.try_recv() {
-                    write_frame(&mut w, &ToCoordinator::Delta(Box::new(d))).await?;
-                }
-                let last = Delta {
+                let mut p = std::mem::take(&mut *pending.lock().unwrap());
+                p.add(Delta {
                     recorder: output.recorder,
                     acked: output.acked,
                     retrieved: output.retrieved,
                     deleted: output.deleted,
-                };
-                let figures = live.lock().unwrap().clone();
-                write_frame(&mut w, &ToCoordinator::Delta(Box::new(wire(last, output.elapsed, figures)))).await?;
-                write_frame(&mut w, &ToCoordinator::Done { elapsed_s: output.elapsed.as_secs_f64() }).await?;
+                });
+                let last = p.delta.take().expect("just added");
+                send(&mut w, ToCoordinator::Delta(Box::new(wire(last, output.elapsed, p.live)))).await?;
+                send(&mut w, ToCoordinator::Done { elapsed_s: output.elapsed.as_secs_f64() }).await?;
                 return Ok(());
             }
-            Some(d) = rx.recv() => {
-                write_frame(&mut w, &ToCoordinator::Delta(Box::new(d))).await?;
+            _ = ready.notified() => {
+                let (delta, live) = {
+                    let mut p = pending.lock().unwrap();
+                    (p.delta.take(), p.live.clone())
+                };
+                if let Some(d) = delta {
+                    let elapsed = tokio::time::Instant::now().saturating_duration_since(started);
+                    send(&mut w, ToCoordinator::Delta(Box::new(wire(d, elapsed, live)))).await?;
+                }
             }
             n = from_coordinator.read_until(b'\n', &mut closed) => {
                 // The coordinator says nothing during a run: end of stream (or anything else)
                 // means it is gone, and the run stops.
-                engine.abort();
                 anyhow::bail!("the coordinator went away during the run ({n:?})");
             }
         }
+    }
+}
+
+/// Writes one message to the coordinator within [`WRITE_TIMEOUT`].
+async fn send(w: &mut tokio::net::tcp::OwnedWriteHalf, m: ToCoordinator) -> anyhow::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, write_frame(w, &m))
+        .await
+        .context("the coordinator stopped reading")?
+}
+
+/// A task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

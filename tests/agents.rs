@@ -217,6 +217,34 @@ fn wrong_tokens_versions_and_unreachable_agents_are_clear_errors() {
     BufReader::new(&s).read_line(&mut line).unwrap();
     assert!(line.contains("refused"), "{line}");
 
+    // One coordinator at a time: while one holds the agent, another is told it is busy; when
+    // the first goes, the agent is free again.
+    let hello = b"{\"hello\":{\"version\":\"VERSION\",\"token\":\"right\"}}\n";
+    let hello = String::from_utf8_lossy(hello).replace("VERSION", env!("CARGO_PKG_VERSION"));
+    let greet = |expect: &str| {
+        let mut s = TcpStream::connect(&agent.addr).unwrap();
+        s.write_all(hello.as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        assert!(line.contains(expect), "{line}");
+        s
+    };
+    let holder = greet("welcome");
+    greet("busy");
+    drop(holder);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut s = TcpStream::connect(&agent.addr).unwrap();
+        s.write_all(hello.as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        if line.contains("welcome") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {line}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
     // An address where no agent listens: the run says which.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = closed.local_addr().unwrap().to_string();

@@ -81,6 +81,15 @@ pub async fn run(config: EngineConfig, progress: impl FnMut(&LiveFigures, Durati
     run_streaming(config, progress, None::<fn(Delta)>).await
 }
 
+/// A task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What an engine recorded since its previous delta: an agent streams these to its coordinator,
 /// which merges them (exactly, see [`Recorder::take_delta`]).
 pub struct Delta {
@@ -129,12 +138,14 @@ pub async fn run_streaming(
             None => tokio::spawn(open_loop(shared, schedule)),
         }
     };
+    // Dropping this future (an agent whose coordinator went away) must stop the load too, not
+    // only the reporting: the driver task is aborted with it, and its operations with the task.
+    let mut driver = AbortOnDrop(driver);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
-    tokio::pin!(driver);
     loop {
         tokio::select! {
-            _ = &mut driver => break,
+            _ = &mut driver.0 => break,
             _ = ticker.tick() => {
                 let elapsed = shared.start.elapsed();
                 let live = shared.recorder.lock().unwrap().live_at(elapsed);

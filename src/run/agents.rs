@@ -213,10 +213,19 @@ pub async fn drive(
     mut progress: impl FnMut(&LiveFigures, Duration),
 ) -> anyhow::Result<(RunOutput, Vec<AgentReport>)> {
     let count = addrs.len() as u32;
-    let mut connected = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        connected.push(connect(addr, token, patience).await?);
+    // All at once: an agent that is slow to come up does not keep the others waiting (an agent
+    // drops a coordinator that stays silent too long before its start).
+    let mut connecting = tokio::task::JoinSet::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let (addr, token) = (addr.clone(), token.to_string());
+        connecting.spawn(async move { (i, connect(&addr, &token, patience).await) });
     }
+    let mut slots: Vec<Option<Connected>> = (0..addrs.len()).map(|_| None).collect();
+    while let Some(joined) = connecting.join_next().await {
+        let (i, c) = joined.context("connecting to an agent")?;
+        slots[i] = Some(c?);
+    }
+    let connected: Vec<Connected> = slots.into_iter().flatten().collect();
     for c in &connected {
         eprintln!(
             "agent {} ({}): clock offset {:+.2} ms, round trip {:.2} ms",
@@ -307,13 +316,14 @@ pub async fn drive(
                             Ok(delta) => {
                                 reports[i].operations += delta.attempted();
                                 recorder.merge(&delta);
+                                output_acked.extend(d.acked);
+                                retrieved.extend(d.retrieved);
+                                deleted.extend(d.deleted);
+                                live[i] = Some(d.live);
                             }
+                            // All of it, so the counts and the checker's lists agree.
                             Err(e) => eprintln!("agent {}: a malformed delta ({e}), left out", reports[i].name),
                         }
-                        output_acked.extend(d.acked);
-                        retrieved.extend(d.retrieved);
-                        deleted.extend(d.deleted);
-                        live[i] = Some(d.live);
                     }
                     Event::Done(agent_elapsed) => {
                         reports[i].status = "finished".into();
@@ -341,6 +351,7 @@ pub async fn drive(
                     r.lost_at_s = Some(start.elapsed().as_secs_f64());
                     r.reason = Some(format!("did not finish within {} s of the workload's end", DRAIN_MAX.as_secs()));
                 }
+                elapsed = elapsed.max(duration);
                 break;
             }
         }
