@@ -80,7 +80,9 @@ pub enum ToCoordinator {
 pub struct WireDelta {
     pub elapsed_s: f64,
     pub live: LiveFigures,
-    pub recorder: RecorderState,
+    /// What was recorded since the previous delta (more than one when writes were slow);
+    /// merged in order, exactly.
+    pub recorders: Vec<RecorderState>,
     pub acked: Vec<Acked>,
     pub retrieved: Vec<(String, Verified)>,
     pub deleted: Vec<(String, String)>,
@@ -297,21 +299,43 @@ async fn session(
 /// bounded by one delta.
 #[derive(Default)]
 struct Pending {
-    delta: Option<Delta>,
+    delta: Option<WireDelta>,
     live: Option<LiveFigures>,
 }
 
 impl Pending {
+    /// Adds a delta to what waits; states are additive, so they simply queue up (one a second,
+    /// for at most [`WRITE_TIMEOUT`] before the session gives up).
     fn add(&mut self, d: Delta) {
-        match &mut self.delta {
-            None => self.delta = Some(d),
-            Some(p) => {
-                p.recorder.merge(&d.recorder);
-                p.acked.extend(d.acked);
-                p.retrieved.extend(d.retrieved);
-                p.deleted.extend(d.deleted);
-            }
-        }
+        let p = self.delta.get_or_insert_with(|| WireDelta {
+            elapsed_s: 0.0,
+            live: idle(),
+            recorders: Vec::new(),
+            acked: Vec::new(),
+            retrieved: Vec::new(),
+            deleted: Vec::new(),
+        });
+        p.recorders.push(d.recorder);
+        p.acked.extend(d.acked);
+        p.retrieved.extend(d.retrieved);
+        p.deleted.extend(d.deleted);
+    }
+
+    /// What waits, stamped for sending.
+    fn take(&mut self, elapsed: Duration) -> Option<WireDelta> {
+        let mut d = self.delta.take()?;
+        d.elapsed_s = elapsed.as_secs_f64();
+        d.live = self.live.clone().unwrap_or_else(idle);
+        Some(d)
+    }
+}
+
+fn idle() -> LiveFigures {
+    LiveFigures {
+        ops_per_s: 0.0,
+        errors_per_s: 0.0,
+        errors_total: 0,
+        p99_ms: None,
     }
 }
 
@@ -363,26 +387,25 @@ async fn drive(
         tokio::select! {
             output = &mut engine.0 => {
                 let output = output.context("the engine failed")?;
-                let mut p = std::mem::take(&mut *pending.lock().unwrap());
-                p.add(Delta {
-                    recorder: output.recorder,
-                    acked: output.acked,
-                    retrieved: output.retrieved,
-                    deleted: output.deleted,
-                });
-                let last = p.delta.take().expect("just added");
-                send(&mut w, ToCoordinator::Delta(Box::new(wire(last, output.elapsed, p.live)))).await?;
+                let last = {
+                    let mut p = pending.lock().unwrap();
+                    p.add(Delta {
+                        recorder: output.recorder.to_state(),
+                        acked: output.acked,
+                        retrieved: output.retrieved,
+                        deleted: output.deleted,
+                    });
+                    p.take(output.elapsed).expect("just added")
+                };
+                send(&mut w, ToCoordinator::Delta(Box::new(last))).await?;
                 send(&mut w, ToCoordinator::Done { elapsed_s: output.elapsed.as_secs_f64() }).await?;
                 return Ok(());
             }
             _ = ready.notified() => {
-                let (delta, live) = {
-                    let mut p = pending.lock().unwrap();
-                    (p.delta.take(), p.live.clone())
-                };
+                let elapsed = tokio::time::Instant::now().saturating_duration_since(started);
+                let delta = pending.lock().unwrap().take(elapsed);
                 if let Some(d) = delta {
-                    let elapsed = tokio::time::Instant::now().saturating_duration_since(started);
-                    send(&mut w, ToCoordinator::Delta(Box::new(wire(d, elapsed, live)))).await?;
+                    send(&mut w, ToCoordinator::Delta(Box::new(d))).await?;
                 }
             }
             n = from_coordinator.read_until(b'\n', &mut closed) => {
@@ -407,21 +430,5 @@ struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-fn wire(d: Delta, elapsed: Duration, live: Option<LiveFigures>) -> WireDelta {
-    WireDelta {
-        elapsed_s: elapsed.as_secs_f64(),
-        live: live.unwrap_or(LiveFigures {
-            ops_per_s: 0.0,
-            errors_per_s: 0.0,
-            errors_total: 0,
-            p99_ms: None,
-        }),
-        recorder: d.recorder.to_state(),
-        acked: d.acked,
-        retrieved: d.retrieved,
-        deleted: d.deleted,
     }
 }

@@ -91,9 +91,9 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// What an engine recorded since its previous delta: an agent streams these to its coordinator,
-/// which merges them (exactly, see [`Recorder::take_delta`]).
+/// which merges them (exactly, see [`Recorder::take_delta_state`]).
 pub struct Delta {
-    pub recorder: Recorder,
+    pub recorder: crate::metrics::RecorderState,
     pub acked: Vec<Acked>,
     pub retrieved: Vec<(String, Verified)>,
     pub deleted: Vec<(String, String)>,
@@ -151,7 +151,7 @@ pub async fn run_streaming(
                 let live = shared.recorder.lock().unwrap().live_at(elapsed);
                 progress(&live, elapsed);
                 if let Some(on_delta) = &mut on_delta {
-                    let recorder = shared.recorder.lock().unwrap().take_delta();
+                    let recorder = shared.recorder.lock().unwrap().take_delta_state();
                     let outcomes = std::mem::take(&mut *shared.outcomes.lock().unwrap());
                     on_delta(Delta {
                         recorder,

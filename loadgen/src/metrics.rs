@@ -63,6 +63,9 @@ pub struct Recorder {
     newest_interval: Option<usize>,
     series_dropped: u64,
     live: Live,
+    /// The lowest second of the series changed since the last [`Recorder::take_delta_state`]:
+    /// taking a delta looks at the seconds from here on only, not at the whole run.
+    dirty_from: Option<usize>,
 }
 
 impl Recorder {
@@ -76,6 +79,7 @@ impl Recorder {
             newest_interval: None,
             series_dropped: 0,
             live: Live::new(),
+            dirty_from: None,
         }
     }
 
@@ -112,6 +116,7 @@ impl Recorder {
             return;
         };
         self.grow_series_to(second);
+        self.mark_dirty(second);
         let slot = &mut self.intervals[second][index(kind)];
         match error {
             Some(_) => slot.errors += 1,
@@ -133,6 +138,13 @@ impl Recorder {
         }
         if !other.intervals.is_empty() {
             self.grow_series_to(other.intervals.len() - 1);
+        }
+        if let Some(first) = other
+            .intervals
+            .iter()
+            .position(|kinds| kinds.iter().any(|k| k.errors > 0 || !k.latency.is_empty()))
+        {
+            self.mark_dirty(first);
         }
         for (second, theirs) in other.intervals.iter().enumerate() {
             for (mine, theirs) in self.intervals[second].iter_mut().zip(theirs) {
@@ -196,27 +208,112 @@ impl Recorder {
         self.live.figures(now.as_secs())
     }
 
-    /// Operations recorded in the totals (after the warmup), successes and errors.
-    pub fn attempted(&self) -> u64 {
-        self.totals.iter().map(|t| t.attempted).sum()
+    /// Moves out everything recorded since the last call (totals and series; the live window
+    /// stays) in its wire form: an agent streams these, and merging them
+    /// ([`Recorder::merge_state`]) gives exactly what one recorder of all the operations would.
+    /// Costs the seconds changed since the last call, not the whole run.
+    pub fn take_delta_state(&mut self) -> RecorderState {
+        let totals = self
+            .totals
+            .iter_mut()
+            .map(|t| {
+                let state = TotalsState {
+                    seen: t.seen,
+                    attempted: t.attempted,
+                    errors: t.errors,
+                    errors_by_kind: std::mem::take(&mut t.errors_by_kind),
+                    histogram: encode_histogram(&t.latency_us),
+                };
+                // Whether a kind was ever seen stays, so a kind seen only early still shows.
+                t.attempted = 0;
+                t.errors = 0;
+                t.latency_us.reset();
+                state
+            })
+            .collect();
+        let mut intervals = Vec::new();
+        if let Some(from) = self.dirty_from.take() {
+            for (second, kinds) in self.intervals.iter_mut().enumerate().skip(from) {
+                for (kind, op) in kinds.iter_mut().enumerate() {
+                    let histogram = op.latency.histogram().map(|h| encode_histogram(&h));
+                    if op.errors > 0 || histogram.is_some() {
+                        intervals.push(IntervalState {
+                            second: second as u32,
+                            kind: kind as u8,
+                            errors: op.errors,
+                            histogram,
+                        });
+                    }
+                    *op = IntervalOp::default();
+                }
+            }
+        }
+        RecorderState {
+            warmup_s: self.warmup.as_secs_f64(),
+            totals,
+            intervals,
+            series_dropped: std::mem::take(&mut self.series_dropped),
+        }
     }
 
-    /// Moves out everything recorded since the last call (totals and series; the live window
-    /// stays), as a recorder of its own: an agent streams these, and merging them gives exactly
-    /// what one recorder of all the operations would.
-    pub fn take_delta(&mut self) -> Recorder {
-        let mut delta = Recorder::new(self.warmup);
-        std::mem::swap(&mut delta.totals, &mut self.totals);
-        std::mem::swap(&mut delta.intervals, &mut self.intervals);
-        delta.sealed_below = std::mem::take(&mut self.sealed_below);
-        delta.newest_interval = self.newest_interval;
-        delta.series_dropped = std::mem::take(&mut self.series_dropped);
-        // The totals keep whether a kind was ever seen, so a kind seen only in an early delta
-        // still shows.
-        for (mine, theirs) in self.totals.iter_mut().zip(&delta.totals) {
-            mine.seen |= theirs.seen;
+    /// Adds a [`RecorderState`] (from [`Recorder::to_state`] or
+    /// [`Recorder::take_delta_state`]) exactly, touching only the seconds it holds. A malformed
+    /// state is an error that says what is wrong, and adds nothing.
+    pub fn merge_state(&mut self, state: &RecorderState) -> Result<(), String> {
+        self.merge_states(std::slice::from_ref(state))
+    }
+
+    /// [`Recorder::merge_state`] for several states, all or none: if any is malformed, nothing
+    /// is added.
+    pub fn merge_states(&mut self, states: &[RecorderState]) -> Result<(), String> {
+        let decoded = states
+            .iter()
+            .map(Decoded::of)
+            .collect::<Result<Vec<_>, _>>()?;
+        for (state, d) in states.iter().zip(decoded) {
+            self.apply(state, d);
         }
-        delta
+        Ok(())
+    }
+
+    fn apply(&mut self, state: &RecorderState, decoded: Decoded) {
+        for ((mine, theirs), h) in self
+            .totals
+            .iter_mut()
+            .zip(&state.totals)
+            .zip(&decoded.totals)
+        {
+            mine.seen |= theirs.seen;
+            mine.attempted += theirs.attempted;
+            mine.errors += theirs.errors;
+            for (kind, n) in &theirs.errors_by_kind {
+                mine.count_error(kind, *n);
+            }
+            for v in h.iter_recorded() {
+                mine.latency_us.saturating_record_n(
+                    v.value_iterated_to().min(LATENCY_US_MAX),
+                    v.count_at_value(),
+                );
+            }
+        }
+        for (second, kind, errors, h) in decoded.intervals {
+            self.grow_series_to(second);
+            self.mark_dirty(second);
+            let slot = &mut self.intervals[second][kind];
+            slot.errors += errors;
+            if let Some(h) = h {
+                slot.latency.add(&h);
+                if second < self.sealed_below {
+                    slot.latency.seal();
+                }
+            }
+        }
+        self.series_dropped += state.series_dropped;
+        self.seal_old_seconds();
+    }
+
+    fn mark_dirty(&mut self, second: usize) {
+        self.dirty_from = Some(self.dirty_from.map_or(second, |d| d.min(second)));
     }
 
     /// Everything but the live window, in a form that crosses the network (histograms in
@@ -260,40 +357,8 @@ impl Recorder {
         if !(state.warmup_s >= 0.0 && state.warmup_s <= crate::workload::DURATION_S_MAX) {
             return Err(format!("warmup_s {} out of range", state.warmup_s));
         }
-        if state.totals.len() != 3 {
-            return Err(format!("{} totals, not 3", state.totals.len()));
-        }
         let mut r = Recorder::new(Duration::from_secs_f64(state.warmup_s));
-        for (mine, theirs) in r.totals.iter_mut().zip(&state.totals) {
-            let h = decode_histogram(&theirs.histogram).map_err(|e| e.to_string())?;
-            mine.seen = theirs.seen;
-            mine.attempted = theirs.attempted;
-            mine.errors = theirs.errors;
-            for (kind, n) in &theirs.errors_by_kind {
-                mine.count_error(kind, *n);
-            }
-            for v in h.iter_recorded() {
-                mine.latency_us.saturating_record_n(
-                    v.value_iterated_to().min(LATENCY_US_MAX),
-                    v.count_at_value(),
-                );
-            }
-        }
-        for i in &state.intervals {
-            let second = i.second as usize;
-            if second >= INTERVALS_MAX || i.kind > 2 {
-                return Err(format!("interval {second}/{} out of range", i.kind));
-            }
-            r.grow_series_to(second);
-            let slot = &mut r.intervals[second][i.kind as usize];
-            slot.errors += i.errors;
-            if let Some(encoded) = &i.histogram {
-                let h = decode_histogram(encoded).map_err(|e| e.to_string())?;
-                slot.latency.add(&h);
-            }
-        }
-        r.series_dropped = state.series_dropped;
-        r.seal_old_seconds();
+        r.merge_state(state)?;
         Ok(r)
     }
 
@@ -317,6 +382,39 @@ impl Recorder {
             }
             self.sealed_below += 1;
         }
+    }
+}
+
+/// A [`RecorderState`]'s histograms decoded and its seconds checked: what merging needs.
+struct Decoded {
+    totals: Vec<Histogram<u64>>,
+    /// (second, kind, errors, latency histogram)
+    intervals: Vec<(usize, usize, u64, Option<Histogram<u64>>)>,
+}
+
+impl Decoded {
+    fn of(state: &RecorderState) -> Result<Decoded, String> {
+        if state.totals.len() != 3 {
+            return Err(format!("{} totals, not 3", state.totals.len()));
+        }
+        let totals = state
+            .totals
+            .iter()
+            .map(|t| decode_histogram(&t.histogram).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut intervals = Vec::with_capacity(state.intervals.len());
+        for i in &state.intervals {
+            let second = i.second as usize;
+            if second >= INTERVALS_MAX || i.kind > 2 {
+                return Err(format!("interval {second}/{} out of range", i.kind));
+            }
+            let h = match &i.histogram {
+                Some(encoded) => Some(decode_histogram(encoded).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            intervals.push((second, i.kind as usize, i.errors, h));
+        }
+        Ok(Decoded { totals, intervals })
     }
 }
 
@@ -685,6 +783,10 @@ impl IntervalLatency {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        matches!(self, IntervalLatency::Empty)
+    }
+
     fn figures(&self) -> LatencyFigures {
         match self {
             IntervalLatency::Empty => LatencyFigures::default(),
@@ -1002,15 +1104,31 @@ mod tests {
             agents[(n % 2) as usize].record(kind, intended, latency_of(n), error);
             if n % 50 == 49 || n == 39_999 {
                 for agent in &mut agents {
-                    let state = agent.take_delta().to_state();
+                    let state = agent.take_delta_state();
                     let wire = serde_json::to_string(&state).unwrap();
                     let back: RecorderState = serde_json::from_str(&wire).unwrap();
-                    coordinator.merge(&Recorder::from_state(&back).unwrap());
+                    coordinator.merge_state(&back).unwrap();
                     deltas += 1;
                 }
             }
         }
         assert!(deltas > 1000);
+        // A delta holds (and costs) the seconds changed since the last one, not the whole run.
+        let mut agent = Recorder::new(warmup);
+        for second in 0..2000u64 {
+            agent.record(
+                OpKind::Smtp,
+                Duration::from_secs(second),
+                latency_of(second),
+                None,
+            );
+        }
+        assert_eq!(agent.take_delta_state().intervals.len(), 2000);
+        agent.record(OpKind::Smtp, Duration::from_secs(2000), latency_of(1), None);
+        let late = agent.take_delta_state();
+        assert_eq!(late.intervals.len(), 1);
+        assert_eq!(late.intervals[0].second, 2000);
+        assert!(agent.take_delta_state().intervals.is_empty());
         let elapsed = Duration::from_secs(800);
         assert_eq!(coordinator.summary(elapsed), all.summary(elapsed));
         let mut bad = all.to_state();

@@ -312,10 +312,15 @@ pub async fn drive(
                 let Some((i, event)) = event else { break };
                 match event {
                     Event::Delta(d) => {
-                        match Recorder::from_state(&d.recorder) {
-                            Ok(delta) => {
-                                reports[i].operations += delta.attempted();
-                                recorder.merge(&delta);
+                        // All of a delta or none of it, so the counts and the checker's lists agree.
+                        match recorder.merge_states(&d.recorders) {
+                            Ok(()) => {
+                                reports[i].operations += d
+                                    .recorders
+                                    .iter()
+                                    .flat_map(|r| &r.totals)
+                                    .map(|t| t.attempted)
+                                    .sum::<u64>();
                                 output_acked.extend(d.acked);
                                 retrieved.extend(d.retrieved);
                                 deleted.extend(d.deleted);
