@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use loadgen::engine::{self, Acked, Delta, EngineConfig};
+use loadgen::engine::{self, AbortOnDrop, Acked, Delta, EngineConfig};
 use loadgen::message::Verified;
 use loadgen::metrics::{LiveFigures, RecorderState};
 use serde::{Deserialize, Serialize};
@@ -309,7 +309,7 @@ impl Pending {
     fn add(&mut self, d: Delta) {
         let p = self.delta.get_or_insert_with(|| WireDelta {
             elapsed_s: 0.0,
-            live: idle(),
+            live: LiveFigures::default(),
             recorders: Vec::new(),
             acked: Vec::new(),
             retrieved: Vec::new(),
@@ -325,17 +325,8 @@ impl Pending {
     fn take(&mut self, elapsed: Duration) -> Option<WireDelta> {
         let mut d = self.delta.take()?;
         d.elapsed_s = elapsed.as_secs_f64();
-        d.live = self.live.clone().unwrap_or_else(idle);
+        d.live = self.live.clone().unwrap_or_default();
         Some(d)
-    }
-}
-
-fn idle() -> LiveFigures {
-    LiveFigures {
-        ops_per_s: 0.0,
-        errors_per_s: 0.0,
-        errors_total: 0,
-        p99_ms: None,
     }
 }
 
@@ -422,13 +413,4 @@ async fn send(w: &mut tokio::net::tcp::OwnedWriteHalf, m: ToCoordinator) -> anyh
     tokio::time::timeout(WRITE_TIMEOUT, write_frame(w, &m))
         .await
         .context("the coordinator stopped reading")?
-}
-
-/// A task that is aborted when its handle is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

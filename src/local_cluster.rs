@@ -67,6 +67,9 @@ pub struct NodeInfo {
     pub log: PathBuf,
 }
 
+/// Tries at starting a cluster whose free ports were taken in the meantime.
+pub const PORT_RACE_ATTEMPTS: u32 = 3;
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -177,6 +180,26 @@ impl LocalCluster {
 
     /// Starts the cluster and writes `DIR/cluster.json`.
     pub async fn start(spec: ClusterSpec) -> anyhow::Result<LocalCluster> {
+        // Free ports are picked before the nodes bind them; another process (a node's own
+        // outgoing connection, say) can take one in between. With ports picked for us, that
+        // is worth another try with new ones.
+        let mut attempt = 1;
+        loop {
+            match LocalCluster::start_once(spec.clone()).await {
+                Err(e)
+                    if spec.base_port.is_none()
+                        && attempt < PORT_RACE_ATTEMPTS
+                        && format!("{e:#}").contains("in use") =>
+                {
+                    eprintln!("a port was taken while the cluster started ({e:#}); trying again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(spec: ClusterSpec) -> anyhow::Result<LocalCluster> {
         let args = &spec;
         let template = spec.template.clone();
         if args.nodes == 0 || args.nodes > NODES_MAX {

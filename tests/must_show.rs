@@ -16,15 +16,6 @@ use std::process::{Command, Output};
 use common::{open_in_chromium, require_tool, BIN};
 use serde_json::Value;
 
-fn run(experiment: &Path, out: &Path, set: &[&str]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("run").arg(experiment).arg("--out").arg(out);
-    for s in set {
-        cmd.args(["--set", s]);
-    }
-    cmd.output().unwrap()
-}
-
 fn text(output: &Output) -> String {
     common::output_text(output)
 }
@@ -36,9 +27,9 @@ fn read_json(path: &Path) -> Value {
 #[test]
 fn a_sweep_of_nodes_and_replication_renders_in_a_browser() {
     let dir = tempfile::tempdir().unwrap();
-    let experiment = dir.path().join("sweep.toml");
-    std::fs::write(
-        &experiment,
+    let started = std::time::Instant::now();
+    let (output, _) = common::run_experiment(
+        dir.path(),
         r#"
 name = "nodes-by-replication"
 [cluster]
@@ -60,11 +51,9 @@ repeat = 2
 "cluster.nodes" = [1, 2, 4]
 "cluster.replication" = [1, 2]
 "#,
-    )
-    .unwrap();
+        &[],
+    );
     let out = dir.path().join("out");
-    let started = std::time::Instant::now();
-    let output = run(&experiment, &out, &[]);
     let log = text(&output);
     assert!(output.status.success(), "{log}");
     eprintln!("the sweep took {:.0} s", started.elapsed().as_secs_f64());
@@ -128,19 +117,19 @@ repeat = 3
 #[test]
 fn compare_finds_a_rerun_unchanged_and_a_halved_disk_regressed() {
     let dir = tempfile::tempdir().unwrap();
-    let experiment = dir.path().join("gate.toml");
-    std::fs::write(&experiment, DISK_BOUND).unwrap();
-    let baseline = dir.path().join("baseline");
-    let rerun = dir.path().join("rerun");
-    let halved = dir.path().join("halved");
-    for (out, set) in [
-        (&baseline, vec![]),
-        (&rerun, vec![]),
-        (&halved, vec!["cluster.disk.syncs_per_s=50"]),
+    for (side, set) in [
+        ("baseline", vec![]),
+        ("rerun", vec![]),
+        ("halved", vec!["--set", "cluster.disk.syncs_per_s=50"]),
     ] {
-        let output = run(&experiment, out, &set);
+        let side = dir.path().join(side);
+        std::fs::create_dir_all(&side).unwrap();
+        let (output, _) = common::run_experiment(&side, DISK_BOUND, &set);
         assert!(output.status.success(), "{}", text(&output));
     }
+    let baseline = dir.path().join("baseline/out");
+    let rerun = dir.path().join("rerun/out");
+    let halved = dir.path().join("halved/out");
     let gate = concat!(env!("CARGO_MANIFEST_DIR"), "/ci/gate.toml");
     let compare = |candidate: &Path| {
         Command::new(BIN)
@@ -172,9 +161,8 @@ fn compare_finds_a_rerun_unchanged_and_a_halved_disk_regressed() {
 #[test]
 fn a_saturated_sweep_runs_each_configuration_at_its_capacity() {
     let dir = tempfile::tempdir().unwrap();
-    let experiment = dir.path().join("sat.toml");
-    std::fs::write(
-        &experiment,
+    let (output, _) = common::run_experiment(
+        dir.path(),
         r#"
 name = "saturated"
 [cluster]
@@ -195,10 +183,9 @@ settle_s = 10
 "cluster.nodes" = [1, 2]
 saturate = { start_per_s = 20, precision = 0.5, probes = 5 }
 "#,
-    )
-    .unwrap();
+        &[],
+    );
     let out = dir.path().join("out");
-    let output = run(&experiment, &out, &[]);
     let log = text(&output);
     assert!(output.status.success(), "{log}");
     assert!(log.contains("capacity/s"), "{log}");

@@ -82,7 +82,7 @@ pub async fn run(config: EngineConfig, progress: impl FnMut(&LiveFigures, Durati
 }
 
 /// A task that is aborted when its handle is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

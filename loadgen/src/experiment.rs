@@ -200,6 +200,12 @@ impl Default for Experiment {
     }
 }
 
+/// `host:port` with a host and a port number (the host is resolved later).
+fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
 /// Most agents one run may use.
 pub const AGENTS_MAX: usize = 256;
 
@@ -455,7 +461,7 @@ impl Experiment {
         if !(l.connect_timeout_s > 0.0 && l.connect_timeout_s <= 3600.0) {
             return Err("loadgen.connect_timeout_s: must be > 0 and <= 3600".into());
         }
-        if let Some(bad) = l.agents.iter().find(|a| !a.contains(':')) {
+        if let Some(bad) = l.agents.iter().find(|a| !is_host_port(a)) {
             return Err(format!("loadgen.agents: {bad:?} is not host:port"));
         }
         let c = &self.cluster;
@@ -480,10 +486,7 @@ impl Experiment {
         if let Some(t) = &self.target {
             for (key, addrs) in [("smtp", &t.smtp), ("pop3", &t.pop3), ("imap", &t.imap)] {
                 for a in addrs {
-                    let ok = a.rsplit_once(':').is_some_and(|(host, port)| {
-                        !host.is_empty() && port.parse::<u16>().is_ok()
-                    });
-                    if !ok {
+                    if !is_host_port(a) {
                         return Err(format!(
                             "target.{key}: {a:?} is not an address like 127.0.0.1:25 or mail.example.com:25"
                         ));

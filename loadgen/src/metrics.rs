@@ -507,7 +507,7 @@ pub struct PointFigures {
 }
 
 /// Figures for a progress line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LiveFigures {
     /// Successful completions per second over the window.
     pub ops_per_s: f64,

@@ -380,12 +380,7 @@ pub async fn drive(
 
 /// The agents' live figures as one: rates add up, the worst p99 shows.
 fn combine(live: &[Option<LiveFigures>]) -> LiveFigures {
-    let mut all = LiveFigures {
-        ops_per_s: 0.0,
-        errors_per_s: 0.0,
-        errors_total: 0,
-        p99_ms: None,
-    };
+    let mut all = LiveFigures::default();
     for l in live.iter().flatten() {
         all.ops_per_s += l.ops_per_s;
         all.errors_per_s += l.errors_per_s;

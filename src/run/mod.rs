@@ -35,8 +35,6 @@ use results::Results;
 
 /// How long the bundled cluster may take to agree on one view before the load starts.
 pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Tries at starting the bundled cluster when a chosen port was taken in the meantime.
-pub const PORT_RACE_ATTEMPTS: u32 = 3;
 /// Mailboxes read at once by the correctness check.
 pub const CHECK_CONCURRENCY: usize = 16;
 
@@ -342,32 +340,20 @@ async fn start_cluster(experiment: &Experiment, dir: &Path) -> anyhow::Result<Lo
         template.disk.name(),
         dir.display()
     );
-    // Free ports are picked before the nodes bind them; another process (a node's own outgoing
-    // connection, say) can take one in between. That is worth another try with new ports.
-    let mut attempt = 1;
-    let cluster = loop {
-        let started = LocalCluster::start(ClusterSpec {
-            nodes: c.nodes,
-            dir: dir.to_path_buf(),
-            users: Some(c.users.unwrap_or(experiment.workload.users)),
-            password: None,
-            domain: None,
-            base_port: None,
-            host: std::net::IpAddr::from([127, 0, 0, 1]),
-            template: template.clone(),
-            replication: Some(c.replication),
-            spread: Some(c.spread),
-            placement: Some(placement),
-        })
-        .await;
-        match started {
-            Err(e) if attempt < PORT_RACE_ATTEMPTS && format!("{e:#}").contains("in use") => {
-                eprintln!("a port was taken while the cluster started ({e:#}); trying again");
-                attempt += 1;
-            }
-            other => break other?,
-        }
-    };
+    let cluster = LocalCluster::start(ClusterSpec {
+        nodes: c.nodes,
+        dir: dir.to_path_buf(),
+        users: Some(c.users.unwrap_or(experiment.workload.users)),
+        password: None,
+        domain: None,
+        base_port: None,
+        host: std::net::IpAddr::from([127, 0, 0, 1]),
+        template,
+        replication: Some(c.replication),
+        spread: Some(c.spread),
+        placement: Some(placement),
+    })
+    .await?;
     let token = cluster.file.admin_token.clone();
     let admins = admin_addrs(&cluster);
     let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
