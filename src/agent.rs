@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use loadgen::engine::{self, AbortOnDrop, Acked, Delta, EngineConfig};
-use loadgen::message::Verified;
+use loadgen::engine::{self, AbortOnDrop, Delta, EngineConfig};
+use loadgen::ledger::Ledger;
 use loadgen::metrics::{LiveFigures, RecorderState};
 use serde::{Deserialize, Serialize};
 use tokio::io::{
@@ -44,8 +44,10 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SESSIONS_MAX: usize = 64;
 /// How far in the future a start may be.
 pub const START_DELAY_MAX: Duration = Duration::from_secs(60);
-/// The protocol's version: agents and coordinators of other versions refuse each other.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The protocol's version: agents and coordinators of other versions refuse each other. The
+/// package version, and the wire format's revision (2: deltas carry a compact ledger of
+/// acknowledged messages), since builds of one package version can differ on the wire.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+wire2");
 
 /// What a coordinator says.
 #[derive(Debug, Serialize, Deserialize)]
@@ -83,9 +85,8 @@ pub struct WireDelta {
     /// What was recorded since the previous delta (more than one when writes were slow);
     /// merged in order, exactly.
     pub recorders: Vec<RecorderState>,
-    pub acked: Vec<Acked>,
-    pub retrieved: Vec<(String, Verified)>,
-    pub deleted: Vec<(String, String)>,
+    /// Messages acknowledged and read back since the previous delta.
+    pub ledger: Ledger,
 }
 
 /// Nanoseconds since the Unix epoch on this host's clock.
@@ -311,14 +312,10 @@ impl Pending {
             elapsed_s: 0.0,
             live: LiveFigures::default(),
             recorders: Vec::new(),
-            acked: Vec::new(),
-            retrieved: Vec::new(),
-            deleted: Vec::new(),
+            ledger: Ledger::default(),
         });
         p.recorders.push(d.recorder);
-        p.acked.extend(d.acked);
-        p.retrieved.extend(d.retrieved);
-        p.deleted.extend(d.deleted);
+        p.ledger.merge(d.ledger);
     }
 
     /// What waits, stamped for sending.
@@ -382,9 +379,7 @@ async fn drive(
                     let mut p = pending.lock().unwrap();
                     p.add(Delta {
                         recorder: output.recorder.to_state(),
-                        acked: output.acked,
-                        retrieved: output.retrieved,
-                        deleted: output.deleted,
+                        ledger: output.ledger,
                     });
                     p.take(output.elapsed).expect("just added")
                 };

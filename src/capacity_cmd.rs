@@ -11,6 +11,7 @@ use loadgen::experiment::{set_value, Experiment};
 use serde_json::json;
 
 use crate::cli::CapacityArgs;
+use crate::run::results::Outcome;
 use crate::run::{load_table, run_one};
 
 /// Probe runs at most (doubling plus bisection).
@@ -227,7 +228,7 @@ async fn probe(table: &toml::Table, rate: f64, out: &Path, file: &Path) -> anyho
     let experiment =
         Experiment::from_table(t).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let dir = format!("rate={rate:.1}");
-    let (results, lossless) = run_one(experiment, &out.join(&dir)).await?;
+    let (results, outcome) = run_one(experiment, &out.join(&dir)).await?;
     let smtp = &results["operations"]["ops"]["smtp"];
     let error_rate = results["slo"]["checks"]
         .as_array()
@@ -259,7 +260,7 @@ async fn probe(table: &toml::Table, rate: f64, out: &Path, file: &Path) -> anyho
     let keeps_up = measured_s > 0.0 && attempted / measured_s >= KEEP_UP * rate && replicates;
     Ok(Probe {
         rate,
-        pass: lossless && keeps_up && results["slo"]["pass"].as_bool() == Some(true),
+        pass: outcome == Outcome::Pass && keeps_up,
         smtp_per_s: smtp["throughput_per_s"].as_f64().unwrap_or(0.0),
         p99_ms: smtp["p99_ms"].as_f64().unwrap_or(0.0),
         error_rate,

@@ -8,7 +8,9 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // 2, as for a bad command line: the job could not be done at all. (Exit 1 is kept
+            // for "done, and it failed", such as mail lost in a run.)
+            std::process::ExitCode::from(2)
         }
     }
 }

@@ -274,6 +274,9 @@ settle_s = 5
 [loadgen]
 agents = ["10.77.0.11:7700", "10.77.0.12:7700"]
 token = "{AGENT_TOKEN}"
+[slo]   # this test judges what was lost, not how fast: limits any busy runner meets
+p99_ms = {{ smtp = 60000, pop3 = 60000, imap = 60000 }}
+error_rate_max = 1.0
 "#
         ),
     )

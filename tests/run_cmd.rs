@@ -39,6 +39,9 @@ at_s = 4
 action = "kill"
 node = 2
 duration_s = 3
+[slo]   # this test judges what was lost, not how fast: limits any busy runner meets
+p99_ms = { smtp = 60000, pop3 = 60000, imap = 60000 }
+error_rate_max = 1.0
 "#,
         &[],
     );
@@ -105,6 +108,9 @@ node = 1
 duration_s = 3
 [check]
 enabled = false
+[slo]   # this test judges what was lost, not how fast: limits any busy runner meets
+p99_ms = { smtp = 60000, pop3 = 60000, imap = 60000 }
+error_rate_max = 1.0
 "#,
         &[],
     );
@@ -152,6 +158,9 @@ action = "kill"
 node = 3
 [check]
 settle_s = 5
+[slo]   # this test judges what was lost, not how fast: limits any busy runner meets
+p99_ms = { smtp = 60000, pop3 = 60000, imap = 60000 }
+error_rate_max = 1.0
 "#;
     let (output, results) = run(dir.path(), experiment, &[]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
@@ -172,10 +181,10 @@ settle_s = 5
 fn a_wrong_experiment_key_is_an_error_that_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let (output, _) = run(dir.path(), "[workload]\nduration = 5\n", &[]);
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(text(&output).contains("duration"), "{}", text(&output));
     let (output, _) = run(dir.path(), "", &["--set", "cluster.nodez=3"]);
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     assert!(text(&output).contains("nodez"), "{}", text(&output));
 }
 
@@ -221,8 +230,8 @@ duration_s = 4
 warmup_s = 0
 rate = {{ per_s = 200 }}
 mix = {{ smtp = 1.0, pop3 = 0.0, imap = 0.0 }}
-[check]
-enabled = false
+[slo]   # this test judges what was lost, not how fast: limits any busy runner meets
+p99_ms = {{ smtp = 60000 }}
 "#
         ),
         &[],
@@ -236,6 +245,64 @@ enabled = false
     let smtp = &r["operations"]["ops"]["smtp"];
     assert!(smtp["count"].as_u64().unwrap() > 600, "{smtp}");
     assert_eq!(smtp["errors"], 0, "{smtp}");
+    // A sink keeps nothing to read back: its messages are unverified, and say why, not lost.
+    let c = &r["correctness"];
+    assert_eq!(c["lost"], 0, "{c}");
+    assert!(c["acknowledged"].as_u64().unwrap() > 600, "{c}");
+    assert_eq!(c["unverified"], c["acknowledged"], "{c}");
+    assert!(
+        c["unverified_reason"].as_str().unwrap().contains("POP3"),
+        "{c}"
+    );
+    assert!(text.contains("unverified:"), "{text}");
+    // Only SMTP ran (the mix left POP3 and IMAP out), and the error-rate limit nobody set is
+    // marked as a default.
+    assert_eq!(
+        r["operations"]["ops"].as_object().unwrap().len(),
+        1,
+        "{}",
+        r["operations"]["ops"]
+    );
+    let checks = r["slo"]["checks"].as_array().unwrap();
+    let p99 = checks.iter().find(|c| c["what"] == "smtp p99 ms").unwrap();
+    assert_eq!(p99["default"], false, "{p99}");
+    let errors = checks.iter().find(|c| c["what"] == "error rate").unwrap();
+    assert_eq!(errors["default"], true, "{errors}");
+}
+
+/// A run that loses nothing but misses its SLO fails, with an exit code of its own (3), as k6's
+/// thresholds fail a build; the verdict names the limit.
+#[test]
+fn a_missed_slo_fails_the_run_with_its_own_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, results) = run(
+        dir.path(),
+        r#"
+name = "slo"
+[cluster]
+nodes = 1
+replication = 1
+[workload]
+users = 10
+duration_s = 2
+warmup_s = 0
+rate = { per_s = 20 }
+mix = { smtp = 1.0 }
+[slo]
+p99_ms = { smtp = 0.001 }
+"#,
+        &[],
+    );
+    let log = text(&output);
+    assert_eq!(output.status.code(), Some(3), "{log}");
+    let r = results.unwrap();
+    assert_eq!(r["correctness"]["lost"], 0, "{log}");
+    assert_eq!(r["verdict"]["pass"], false);
+    assert_eq!(r["verdict"]["exit_code"], 3);
+    assert!(log.contains("verdict: FAIL"), "{log}");
+    assert!(log.contains("SLO missed: smtp p99 ms"), "{log}");
+    // `mix = { smtp = 1.0 }` is SMTP only.
+    assert_eq!(r["operations"]["ops"].as_object().unwrap().len(), 1);
 }
 
 #[test]
@@ -256,6 +323,9 @@ mix = { smtp = 1.0, pop3 = 0.0, imap = 0.0 }
 [sweep]
 "cluster.nodes" = [1, 2]
 "cluster.replication" = [1, 2]
+[slo]   # this test judges what was lost, not how fast: limits any busy runner meets
+p99_ms = { smtp = 60000, pop3 = 60000, imap = 60000 }
+error_rate_max = 1.0
 "#,
         &[],
     );

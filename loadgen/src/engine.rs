@@ -7,7 +7,6 @@
 //! comparison. Front ends are picked round robin, as DNS would. The engine never buffers the whole
 //! schedule: it is generated lazily, and in-flight operations are bounded.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -16,7 +15,8 @@ use tokio::time::Instant;
 
 use crate::drivers::smtp::SmtpDriver;
 use crate::drivers::{imap, pop3, OpError, SessionResult};
-use crate::message::{self, Verified};
+use crate::ledger::{self, Ledger};
+use crate::message;
 use crate::metrics::{LiveFigures, Recorder};
 use crate::workload::{Planned, PlannedOp, Schedule, Share, Workload};
 use crate::{OpKind, Target};
@@ -38,40 +38,20 @@ pub struct EngineConfig {
     pub run_id: String,
 }
 
-/// A message the target acknowledged (SMTP 250 after DATA).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Acked {
-    pub id: String,
-    /// Recipient user names.
-    pub users: Vec<String>,
-    /// Seconds from run start when the 250 came.
-    pub at_s: f64,
-}
-
 /// What a run produced.
 pub struct RunOutput {
     pub recorder: Recorder,
-    pub acked: Vec<Acked>,
-    /// Messages read by POP3/IMAP sessions during the run: (user, what was found).
-    pub retrieved: Vec<(String, Verified)>,
-    /// Messages deleted (committed) by sessions during the run: (user, id).
-    pub deleted: Vec<(String, String)>,
+    /// Acknowledged messages and what sessions read back, for the correctness check.
+    pub ledger: Ledger,
     pub started_at: SystemTime,
     pub elapsed: Duration,
-}
-
-#[derive(Default)]
-struct Outcomes {
-    acked: Vec<Acked>,
-    retrieved: Vec<(String, Verified)>,
-    deleted: Vec<(String, String)>,
 }
 
 struct Shared {
     config: EngineConfig,
     smtp: Option<SmtpDriver>,
     recorder: Mutex<Recorder>,
-    outcomes: Mutex<Outcomes>,
+    ledger: Mutex<Ledger>,
     start: Instant,
 }
 
@@ -94,9 +74,7 @@ impl<T> Drop for AbortOnDrop<T> {
 /// which merges them (exactly, see [`Recorder::take_delta_state`]).
 pub struct Delta {
     pub recorder: crate::metrics::RecorderState,
-    pub acked: Vec<Acked>,
-    pub retrieved: Vec<(String, Verified)>,
-    pub deleted: Vec<(String, String)>,
+    pub ledger: Ledger,
 }
 
 /// [`run`], and with `on_delta` about once a second everything recorded since the previous call
@@ -114,7 +92,7 @@ pub async fn run_streaming(
     let shared = Arc::new(Shared {
         smtp,
         recorder: Mutex::new(Recorder::new(warmup)),
-        outcomes: Mutex::new(Outcomes::default()),
+        ledger: Mutex::new(Ledger::default()),
         start: Instant::now(),
         config,
     });
@@ -152,25 +130,18 @@ pub async fn run_streaming(
                 progress(&live, elapsed);
                 if let Some(on_delta) = &mut on_delta {
                     let recorder = shared.recorder.lock().unwrap().take_delta_state();
-                    let outcomes = std::mem::take(&mut *shared.outcomes.lock().unwrap());
-                    on_delta(Delta {
-                        recorder,
-                        acked: outcomes.acked,
-                        retrieved: outcomes.retrieved,
-                        deleted: outcomes.deleted,
-                    });
+                    let ledger = shared.ledger.lock().unwrap().take();
+                    on_delta(Delta { recorder, ledger });
                 }
             }
         }
     }
     let elapsed = shared.start.elapsed();
     let recorder = std::mem::replace(&mut *shared.recorder.lock().unwrap(), Recorder::new(warmup));
-    let outcomes = std::mem::take(&mut *shared.outcomes.lock().unwrap());
+    let ledger = shared.ledger.lock().unwrap().take();
     RunOutput {
         recorder,
-        acked: outcomes.acked,
-        retrieved: outcomes.retrieved,
-        deleted: outcomes.deleted,
+        ledger,
         started_at,
         elapsed,
     }
@@ -227,8 +198,7 @@ async fn execute(shared: &Shared, planned: Planned, intended: Instant) {
             to,
             size_bytes,
         } => {
-            let id = format!("{}-{}", shared.config.run_id, planned.seq);
-            let users: Vec<String> = to.iter().map(|&u| target.user(u)).collect();
+            let id = ledger::message_id(&shared.config.run_id, planned.seq);
             let addresses: Vec<String> = to.iter().map(|&u| target.address(u)).collect();
             let sender = target.address(*from);
             let msg = {
@@ -251,13 +221,7 @@ async fn execute(shared: &Shared, planned: Planned, intended: Instant) {
                         }
                     }
                     if r.is_ok() {
-                        let at_s = shared.start.elapsed().as_secs_f64();
-                        shared
-                            .outcomes
-                            .lock()
-                            .unwrap()
-                            .acked
-                            .push(Acked { id, users, at_s });
+                        shared.ledger.lock().unwrap().ack(planned.seq, to);
                     }
                     r
                 }
@@ -303,102 +267,13 @@ async fn session(shared: &Shared, kind: OpKind, user_index: u64, seq: u64) -> Re
             break;
         }
     }
-    // What was retrieved counts even when the session failed afterwards.
-    let mut outcomes = shared.outcomes.lock().unwrap();
-    for v in result.retrieved {
-        outcomes.retrieved.push((user.clone(), v));
-    }
-    for id in result.deleted {
-        outcomes.deleted.push((user.clone(), id));
+    // What was retrieved counts even when the session failed afterwards. (Deleted messages
+    // were all retrieved first.)
+    let mut ledger = shared.ledger.lock().unwrap();
+    for v in &result.retrieved {
+        ledger.read(&shared.config.run_id, user_index, v);
     }
     attempt
-}
-
-/// Counts of a correctness check.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct Correctness {
-    pub acknowledged: u64,
-    /// Acknowledged messages found, during the run or at the end (at least once, intact).
-    pub retrieved: u64,
-    pub lost: u64,
-    /// Acknowledged messages found more than once in one final listing.
-    pub duplicated: u64,
-    /// Messages whose body did not match their checksum.
-    pub corrupted: u64,
-    /// Messages found that no one acknowledged (sent but the 250 was lost, or foreign).
-    pub unacknowledged_found: u64,
-    /// Mailboxes that could not be read at the end.
-    pub unreadable_mailboxes: u64,
-    /// A few lost ids, for the report.
-    pub lost_examples: Vec<String>,
-}
-
-/// Judges a run: every acknowledged message must have been read intact during the run or be in
-/// its recipients' mailboxes at the end. `final_listing` maps user → what its mailbox holds now
-/// (`None` if it could not be read).
-pub fn check(
-    acked: &[Acked],
-    retrieved_during: &[(String, Verified)],
-    final_listing: &HashMap<String, Option<Vec<Verified>>>,
-) -> Correctness {
-    use std::collections::{HashMap as Map, HashSet};
-    let mut c = Correctness {
-        acknowledged: acked.len() as u64,
-        ..Default::default()
-    };
-    // (user, id) pairs expected: one per recipient.
-    let mut found: HashSet<(String, String)> = HashSet::new();
-    for (user, v) in retrieved_during {
-        if let Some(id) = &v.id {
-            if v.intact {
-                found.insert((user.clone(), id.clone()));
-            } else {
-                c.corrupted += 1;
-            }
-        }
-    }
-    let acked_ids: HashSet<&str> = acked.iter().map(|a| a.id.as_str()).collect();
-    let mut duplicated: HashSet<String> = HashSet::new();
-    for (user, listing) in final_listing {
-        let Some(listing) = listing else {
-            c.unreadable_mailboxes += 1;
-            continue;
-        };
-        let mut counts: Map<&str, u32> = Map::new();
-        for v in listing {
-            let Some(id) = &v.id else { continue };
-            if !v.intact {
-                c.corrupted += 1;
-                continue;
-            }
-            *counts.entry(id.as_str()).or_default() += 1;
-            if !acked_ids.contains(id.as_str()) {
-                c.unacknowledged_found += 1;
-            }
-            found.insert((user.clone(), id.clone()));
-        }
-        for (id, n) in counts {
-            if n > 1 && acked_ids.contains(id) {
-                duplicated.insert(id.to_string());
-            }
-        }
-    }
-    for a in acked {
-        let complete = a
-            .users
-            .iter()
-            .all(|u| found.contains(&(u.clone(), a.id.clone())));
-        if complete {
-            c.retrieved += 1;
-        } else {
-            c.lost += 1;
-            if c.lost_examples.len() < 20 {
-                c.lost_examples.push(a.id.clone());
-            }
-        }
-    }
-    c.duplicated = duplicated.len() as u64;
-    c
 }
 
 /// `skew_model = "hot-node"`: the users whose login name is homed on the first of `hot_nodes`
@@ -411,61 +286,4 @@ fn hot_users(workload: &Workload, target: &Target) -> Vec<u64> {
     (0..workload.users)
         .filter(|&u| crate::workload::home_slot(&target.user(u), slots) == 0)
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v(id: &str, intact: bool) -> Verified {
-        Verified {
-            id: Some(id.into()),
-            intact,
-        }
-    }
-
-    #[test]
-    fn the_check_counts_lost_duplicated_and_corrupted() {
-        let acked = vec![
-            Acked {
-                id: "a".into(),
-                users: vec!["u1".into()],
-                at_s: 0.0,
-            },
-            Acked {
-                id: "b".into(),
-                users: vec!["u1".into(), "u2".into()],
-                at_s: 0.0,
-            },
-            Acked {
-                id: "c".into(),
-                users: vec!["u2".into()],
-                at_s: 0.0,
-            },
-            Acked {
-                id: "d".into(),
-                users: vec!["u2".into()],
-                at_s: 0.0,
-            },
-        ];
-        let during = vec![("u1".to_string(), v("a", true))];
-        let mut listing = HashMap::new();
-        listing.insert("u1".to_string(), Some(vec![v("b", true)]));
-        listing.insert(
-            "u2".to_string(),
-            Some(vec![
-                v("b", true),
-                v("c", true),
-                v("c", true),
-                v("d", false),
-            ]),
-        );
-        let c = check(&acked, &during, &listing);
-        assert_eq!(c.acknowledged, 4);
-        assert_eq!(c.retrieved, 3);
-        assert_eq!(c.lost, 1);
-        assert_eq!(c.lost_examples, vec!["d".to_string()]);
-        assert_eq!(c.duplicated, 1);
-        assert_eq!(c.corrupted, 1);
-    }
 }

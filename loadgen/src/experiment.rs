@@ -343,20 +343,91 @@ pub struct FaultSpec {
     pub skew_ms: Option<i64>,
 }
 
-/// Service-level objectives the run is judged against.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Service-level objectives the run is judged against. A limit the file leaves out gets its
+/// default ([`Slo::DEFAULT_P99_MS`], [`Slo::DEFAULT_ERROR_RATE_MAX`]), and results say which
+/// limits were defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Slo {
     pub p99_ms: SloLatency,
-    pub error_rate_max: f64,
+    pub error_rate_max: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// p99 latency limits per operation, in milliseconds; `None`: not set (the default applies).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SloLatency {
     pub smtp: Option<f64>,
     pub pop3: Option<f64>,
     pub imap: Option<f64>,
+}
+
+/// A limit and whether the experiment file set it (else it is the default).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
+    pub value: f64,
+    pub default: bool,
+}
+
+impl Slo {
+    /// p99 limits when the file sets none: SMTP 250 ms, POP3 and IMAP sessions 500 ms.
+    pub const DEFAULT_P99_MS: [(OpKind, f64); 3] = [
+        (OpKind::Smtp, 250.0),
+        (OpKind::Pop3, 500.0),
+        (OpKind::Imap, 500.0),
+    ];
+    /// The error-rate limit when the file sets none.
+    pub const DEFAULT_ERROR_RATE_MAX: f64 = 0.01;
+
+    /// The p99 limit of `kind`, set or default.
+    pub fn p99_limit(&self, kind: OpKind) -> Limit {
+        match self.p99_ms.get(kind) {
+            Some(value) => Limit {
+                value,
+                default: false,
+            },
+            None => Limit {
+                value: Slo::DEFAULT_P99_MS
+                    .iter()
+                    .find(|(k, _)| *k == kind)
+                    .map_or(f64::INFINITY, |(_, v)| *v),
+                default: true,
+            },
+        }
+    }
+
+    /// The error-rate limit, set or default.
+    pub fn error_rate_limit(&self) -> Limit {
+        match self.error_rate_max {
+            Some(value) => Limit {
+                value,
+                default: false,
+            },
+            None => Limit {
+                value: Slo::DEFAULT_ERROR_RATE_MAX,
+                default: true,
+            },
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(e) = self.error_rate_max {
+            if !(0.0..=1.0).contains(&e) {
+                return Err("slo.error_rate_max: must be between 0 and 1".into());
+            }
+        }
+        for kind in OpKind::ALL {
+            if let Some(v) = self.p99_ms.get(kind) {
+                if !(v > 0.0 && v.is_finite()) {
+                    return Err(format!(
+                        "slo.p99_ms.{}: must be a positive number of milliseconds",
+                        kind.name()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl SloLatency {
@@ -366,25 +437,6 @@ impl SloLatency {
             OpKind::Pop3 => self.pop3,
             OpKind::Imap => self.imap,
         }
-    }
-}
-
-impl Default for Slo {
-    fn default() -> Self {
-        Slo {
-            p99_ms: SloLatency {
-                smtp: Some(250.0),
-                pop3: Some(500.0),
-                imap: Some(500.0),
-            },
-            error_rate_max: 0.01,
-        }
-    }
-}
-
-impl Default for SloLatency {
-    fn default() -> Self {
-        Slo::default().p99_ms
     }
 }
 
@@ -578,9 +630,7 @@ impl Experiment {
                 _ => {}
             }
         }
-        if !(0.0..=1.0).contains(&self.slo.error_rate_max) {
-            return Err("slo.error_rate_max: must be between 0 and 1".into());
-        }
+        self.slo.validate()?;
         if !(0.0..=3600.0).contains(&self.check.settle_s) {
             return Err("check.settle_s: must be 0 to 3600".into());
         }

@@ -8,6 +8,7 @@
 pub mod drivers;
 pub mod engine;
 pub mod experiment;
+pub mod ledger;
 pub mod message;
 pub mod metrics;
 pub mod workload;

@@ -401,13 +401,17 @@ impl From<Rate> for RateTable {
     }
 }
 
-/// Relative weights of the operation kinds (normalized, so `{ smtp = 9, pop3 = 1, imap = 0 }` is
-/// fine).
+/// Relative weights of the operation kinds (normalized, so `{ smtp = 9, pop3 = 1 }` is fine). A
+/// kind a given mix leaves out has weight 0: `mix = { smtp = 1.0 }` is SMTP only. Without a
+/// `mix` at all the default mix applies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct Mix {
+    #[serde(default)]
     pub smtp: f64,
+    #[serde(default)]
     pub pop3: f64,
+    #[serde(default)]
     pub imap: f64,
 }
 
@@ -1140,6 +1144,16 @@ mod tests {
                 "{text}: {problem:?} does not name {key}"
             );
         }
+    }
+
+    #[test]
+    fn a_mix_that_leaves_a_kind_out_has_none_of_it() {
+        let w: Workload = toml::from_str("mix = { smtp = 1.0 }").unwrap();
+        assert_eq!((w.mix.smtp, w.mix.pop3, w.mix.imap), (1.0, 0.0, 0.0));
+        let w: Workload = toml::from_str("mix = { imap = 2 }").unwrap();
+        assert_eq!((w.mix.smtp, w.mix.pop3, w.mix.imap), (0.0, 0.0, 2.0));
+        let w: Workload = toml::from_str("users = 5").unwrap();
+        assert_eq!(w.mix, Mix::default());
     }
 
     #[test]

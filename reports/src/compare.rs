@@ -1,97 +1,64 @@
 //! Compares a baseline configuration with a candidate: repetitions of each (parsed results.json
-//! files), figure by figure, with a confidence interval of the relative change and a verdict
-//! against noise thresholds (`ci/gate.toml`), for a CI gate and for people.
+//! files), figure by figure, with a confidence interval of the change, a p-value corrected for
+//! the number of metrics, the smallest change the comparison could have detected, and a verdict
+//! against noise thresholds ([`Gate`]), for a CI gate and for people.
 //!
-//! It works from each run's summary figures (throughput, percentiles, error counts, recovery
-//! times), never from the serialized histograms. Like the rest of this crate it does no I/O and
-//! reads no clock; its resampling is seeded, so the same inputs always give the same verdicts.
+//! How a verdict is reached (the reasons are in [`crate::stats`]): each figure is compared on a
+//! log scale (a relative change; the error rate on its own scale) by Welch's t over the
+//! repetitions, where each side's variance is the larger of the spread between its runs and the
+//! runs' own sampling error (order-statistic bounds of a quantile from the run's HdrHistogram,
+//! batch means of the per-second throughput, the binomial error of the error rate). A metric
+//! regresses when the change is beyond the gate's threshold *and* its one-sided p-value,
+//! adjusted by Holm over all metrics of the comparison, is at most 1 − confidence: so two
+//! unchanged configurations are called regressed on any metric at most that often. A quantile
+//! with fewer samples in a run than a distribution-free interval needs (299 for a p99 at 95 %),
+//! or a figure with no spread to go by, says "not enough data" instead of a verdict.
+//!
+//! Like the rest of this crate it does no I/O and reads no clock; the same inputs always give
+//! the same verdicts.
 
-use serde::{Deserialize, Serialize};
+use hdrhistogram::Histogram;
+use serde::Serialize;
 
 use crate::format::{fmt_ms, fmt_percent, fmt_rate, NONE};
+pub use crate::gate::{Gate, MetricGate};
 use crate::schema::Results;
+use crate::stats;
 use crate::ReportError;
 
-/// Bootstrap resamples per metric.
-pub const BOOTSTRAP_RESAMPLES: usize = 2_000;
-/// Each metric's bootstrap starts from this seed, so a metric's interval does not depend on
-/// which other metrics were compared.
-const BOOTSTRAP_SEED: u64 = 0x636c_7573_7465_7262; // "clusterb"
-/// Below this many repetitions on either side the normal approximation of Mann-Whitney's U is
-/// too rough to quote, and no p-value is given.
-pub const MANN_WHITNEY_N_MIN: usize = 8;
-/// At most this many runs per side: the rank test sorts and the bootstrap resamples them.
+/// At most this many runs per side.
 pub const COMPARE_RUNS_MAX: usize = 10_000;
+/// The power at which [`MetricComparison::detectable`] is quoted: a change that large is flagged
+/// in this share of comparisons at the noise seen.
+pub const DETECT_POWER: f64 = 0.8;
 
 const TEMPLATE_NAME: &str = "compare.html";
 const TEMPLATE: &str = include_str!("../templates/compare.html");
 const STYLE: &str = include_str!("../templates/style.css");
 
-/// Noise thresholds and test settings (from ci/gate.toml, all optional with defaults).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Gate {
-    /// A throughput drop up to this fraction is noise.
-    pub throughput_drop_max: f64,
-    /// A latency (p50, p99) rise up to this fraction is noise.
-    pub latency_rise_max: f64,
-    /// A recovery time (convergence, throughput back) rise up to this fraction is noise.
-    pub recovery_rise_max: f64,
-    /// An error-rate rise up to this much, absolute (0.005 = half a percentage point), is noise.
-    pub error_rate_rise_max: f64,
-    /// Confidence level of the intervals, in (0, 1).
-    pub confidence: f64,
-}
-
-impl Default for Gate {
-    fn default() -> Gate {
-        Gate {
-            throughput_drop_max: 0.05,
-            latency_rise_max: 0.10,
-            recovery_rise_max: 0.25,
-            error_rate_rise_max: 0.005,
-            confidence: 0.95,
-        }
-    }
-}
-
-impl Gate {
-    /// Reads a gate file; keys left out keep their defaults, an unknown key is an error naming it.
-    pub fn from_toml(text: &str) -> Result<Gate, String> {
-        let gate: Gate = toml::from_str(text).map_err(|e| e.message().to_string())?;
-        gate.validate()?;
-        Ok(gate)
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        let thresholds = [
-            ("throughput_drop_max", self.throughput_drop_max),
-            ("latency_rise_max", self.latency_rise_max),
-            ("recovery_rise_max", self.recovery_rise_max),
-            ("error_rate_rise_max", self.error_rate_rise_max),
-        ];
-        for (key, value) in thresholds {
-            if !(value.is_finite() && value >= 0.0) {
-                return Err(format!("{key} is {value}: give a number of 0 or more"));
-            }
-        }
-        if !(self.confidence > 0.0 && self.confidence < 1.0) {
-            return Err(format!(
-                "confidence is {}: give a number between 0 and 1, such as 0.95",
-                self.confidence
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// How a metric moved, beyond noise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Improved,
     Unchanged,
     Regressed,
+    /// Too few samples or runs to judge this metric (see [`MetricComparison::note`]).
+    NotEnoughData,
+    /// The gate leaves this metric out.
+    Ignored,
+}
+
+impl Verdict {
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Improved => "improved",
+            Verdict::Unchanged => "unchanged",
+            Verdict::Regressed => "regressed",
+            Verdict::NotEnoughData => "not enough data",
+            Verdict::Ignored => "ignored",
+        }
+    }
 }
 
 /// One figure of the baseline against the same figure of the candidate.
@@ -102,19 +69,29 @@ pub struct MetricComparison {
     /// `ops/s`, `ms`, `s` or `ratio`.
     pub unit: String,
     pub bigger_is_better: bool,
+    /// Runs of each side that have the figure.
+    pub baseline_runs: usize,
+    pub candidate_runs: usize,
     /// Mean over the baseline's runs.
     pub baseline: f64,
     /// Mean over the candidate's runs.
     pub candidate: f64,
-    /// Relative: candidate / baseline - 1 (infinite when the baseline is 0 and the candidate
-    /// is not; `null` in JSON).
+    /// Relative change (the ratio of geometric means − 1 for figures compared on a log scale;
+    /// infinite when the baseline is 0 and the candidate is not, `null` in JSON).
     pub change: f64,
-    /// The confidence interval of the relative change; the point change when a side has one run.
-    pub ci_low: f64,
-    pub ci_high: f64,
-    /// Two-sided Mann-Whitney U, when both sides have [`MANN_WHITNEY_N_MIN`] runs or more.
+    /// The `confidence` interval of the relative change; `None` without a verdict.
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+    /// One-sided p-value in the direction of the change, Holm-adjusted over the metrics judged.
     pub p_value: Option<f64>,
+    /// The gate's threshold for this metric (relative; absolute for the error rate).
+    pub threshold: f64,
+    /// The smallest change in the worse direction this comparison would flag with probability
+    /// [`DETECT_POWER`] at the noise it saw (at least the threshold), in the threshold's terms.
+    pub detectable: Option<f64>,
     pub verdict: Verdict,
+    /// Why there is no verdict, or what to bear in mind about it.
+    pub note: Option<String>,
 }
 
 /// Every figure the two sides share, and whether any regressed.
@@ -122,6 +99,13 @@ pub struct MetricComparison {
 pub struct Comparison {
     pub metrics: Vec<MetricComparison>,
     pub regressed: bool,
+    /// The gate's confidence: 1 − the family-wise false-alarm rate.
+    pub confidence: f64,
+    /// Runs on each side.
+    pub baseline_runs: usize,
+    pub candidate_runs: usize,
+    /// What limits this comparison (one run a side, fewer runs than the gate asks for).
+    pub warnings: Vec<String>,
 }
 
 /// Compares repetitions of a baseline configuration with repetitions of a candidate (each a
@@ -138,33 +122,129 @@ pub fn compare(
     gate.validate().map_err(ReportError::Gate)?;
     let baseline = parse_side("baseline", baseline)?;
     let candidate = parse_side("candidate", candidate)?;
+    Ok(compare_runs(&baseline, &candidate, gate))
+}
 
-    let mut metrics = Vec::new();
-    for kind in metric_kinds(&baseline, &candidate) {
-        let b: Vec<f64> = baseline.iter().filter_map(|r| kind.value(r)).collect();
-        let c: Vec<f64> = candidate.iter().filter_map(|r| kind.value(r)).collect();
+/// One run ready for comparison: its results and its decoded latency histograms.
+#[derive(Clone)]
+pub struct Run {
+    pub results: Results,
+    histograms: std::collections::BTreeMap<String, Histogram<u64>>,
+}
+
+impl Run {
+    /// Reads a run's results.json; histograms that do not decode are left out (their quantiles
+    /// are then judged on the spread between runs alone).
+    pub fn from_json(value: &serde_json::Value) -> Result<Run, ReportError> {
+        let results = Results::from_json(value)?;
+        let histograms = results
+            .operations
+            .ops
+            .iter()
+            .filter_map(|(op, s)| {
+                let encoded = s.histogram.as_deref()?;
+                decode_histogram(encoded).map(|h| (op.clone(), h))
+            })
+            .collect();
+        Ok(Run {
+            results,
+            histograms,
+        })
+    }
+}
+
+/// [`compare`] of runs already read, for calibration, which compares many splits of one set.
+pub fn compare_runs(baseline: &[Run], candidate: &[Run], gate: &Gate) -> Comparison {
+    let alpha = 1.0 - gate.confidence;
+    let mut judged: Vec<Judged> = Vec::new();
+    for kind in metric_kinds(baseline, candidate) {
+        let b: Vec<Obs> = baseline
+            .iter()
+            .filter_map(|r| kind.observe(r, gate.confidence))
+            .collect();
+        let c: Vec<Obs> = candidate
+            .iter()
+            .filter_map(|r| kind.observe(r, gate.confidence))
+            .collect();
         if b.is_empty() || c.is_empty() {
             continue;
         }
-        metrics.push(compare_metric(&kind, &b, &c, gate));
+        judged.push(judge(&kind, &b, &c, gate));
     }
+
+    // Holm over the metrics that get a verdict, separately for "worse" and "better".
+    let tested: Vec<usize> = (0..judged.len())
+        .filter(|&i| judged[i].test.is_some())
+        .collect();
+    let m = tested.len().max(1);
+    let worse: Vec<f64> = tested
+        .iter()
+        .map(|&i| judged[i].test.as_ref().map_or(1.0, |t| t.p_worse))
+        .collect();
+    let better: Vec<f64> = tested
+        .iter()
+        .map(|&i| judged[i].test.as_ref().map_or(1.0, |t| t.p_better))
+        .collect();
+    let (worse, better) = (stats::holm(&worse), stats::holm(&better));
+    for (k, &i) in tested.iter().enumerate() {
+        let j = &mut judged[i];
+        let t = j.test.as_ref().expect("tested metrics have a test");
+        let moved = t.moved;
+        let threshold = j.out.threshold;
+        j.out.verdict = if worse[k] <= alpha && moved > threshold {
+            Verdict::Regressed
+        } else if better[k] <= alpha && moved < -threshold {
+            Verdict::Improved
+        } else {
+            Verdict::Unchanged
+        };
+        j.out.p_value = Some(if moved >= 0.0 { worse[k] } else { better[k] });
+        j.out.detectable = Some(t.detectable(alpha / m as f64).max(threshold));
+    }
+
+    let metrics: Vec<MetricComparison> = judged.into_iter().map(|j| j.out).collect();
     let regressed = metrics.iter().any(|m| m.verdict == Verdict::Regressed);
-    Ok(Comparison { metrics, regressed })
+    let mut warnings = Vec::new();
+    if baseline.len() == 1 || candidate.len() == 1 {
+        warnings.push(
+            "one run on a side: only each run's own sampling error is counted, not the noise \
+             between runs, so a verdict is only as good as the machine was quiet; repeat each \
+             side 3 or more times for a gate"
+                .to_string(),
+        );
+    }
+    if let Some(r) = gate.repetitions {
+        for (side, n) in [("baseline", baseline.len()), ("candidate", candidate.len())] {
+            if n < r as usize {
+                warnings.push(format!(
+                    "the gate asks for {r} runs a side; the {side} has {n}"
+                ));
+            }
+        }
+    }
+    Comparison {
+        metrics,
+        regressed,
+        confidence: gate.confidence,
+        baseline_runs: baseline.len(),
+        candidate_runs: candidate.len(),
+        warnings,
+    }
 }
 
-/// A plain-text table for the terminal, one metric a line, then the overall outcome.
+/// A plain-text table for the terminal, one metric a line, then notes and the overall outcome.
 pub fn comparison_table(c: &Comparison) -> String {
     let header = [
-        "metric",
-        "baseline",
-        "candidate",
-        "change",
-        "interval",
-        "p",
-        "verdict",
-    ]
-    .map(String::from);
-    let rows: Vec<[String; 7]> = c
+        "metric".to_string(),
+        "baseline".into(),
+        "candidate".into(),
+        "change".into(),
+        format!("{:.0}% interval", c.confidence * 100.0),
+        "p (Holm)".into(),
+        "detectable".into(),
+        "verdict".into(),
+    ];
+    let rows: Vec<[String; 8]> = c
         .metrics
         .iter()
         .map(MetricRow::of)
@@ -183,7 +263,7 @@ pub fn comparison_table(c: &Comparison) -> String {
             let pad = " ".repeat(w - cell.chars().count());
             // The metric name reads left-aligned, figures right-aligned, the verdict last.
             match i {
-                0 | 6 => line.push_str(&format!("{cell}{pad}")),
+                0 | 7 => line.push_str(&format!("{cell}{pad}")),
                 _ => line.push_str(&format!("{pad}{cell}")),
             }
             line.push_str("  ");
@@ -191,8 +271,24 @@ pub fn comparison_table(c: &Comparison) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    let notes = notes(c);
+    if !notes.is_empty() {
+        out.push('\n');
+        for note in notes {
+            out.push_str(&format!("note: {note}\n"));
+        }
+    }
     out.push_str(&format!("\n{}\n", outcome(c)));
     out
+}
+
+/// The notes under the table: each metric without a verdict and why, then the warnings.
+fn notes(c: &Comparison) -> Vec<String> {
+    c.metrics
+        .iter()
+        .filter_map(|m| m.note.as_ref().map(|n| format!("{}: {n}", m.metric)))
+        .chain(c.warnings.iter().cloned())
+        .collect()
 }
 
 /// The comparison for tools: `{"regressed": bool, "metrics": [{...}]}` with every field of
@@ -224,12 +320,26 @@ pub fn render_comparison(c: &Comparison) -> Result<String, ReportError> {
         style: STYLE,
         regressed: c.regressed,
         outcome: outcome(c),
+        confidence: format!("{:.0}%", c.confidence * 100.0),
+        false_alarm: format!("{:.0}%", (1.0 - c.confidence) * 100.0),
         rows: c.metrics.iter().map(MetricRow::of).collect(),
+        notes: notes(c),
     };
     crate::page::render_template(TEMPLATE_NAME, TEMPLATE, &page)
 }
 
-fn parse_side(side: &'static str, runs: &[serde_json::Value]) -> Result<Vec<Results>, ReportError> {
+/// Decodes a results.json histogram (base64 of HdrHistogram V2, with or without DEFLATE).
+pub fn decode_histogram(encoded: &str) -> Option<Histogram<u64>> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .ok()
+}
+
+fn parse_side(side: &'static str, runs: &[serde_json::Value]) -> Result<Vec<Run>, ReportError> {
     if runs.is_empty() {
         return Err(ReportError::CompareNoRuns { side });
     }
@@ -243,7 +353,7 @@ fn parse_side(side: &'static str, runs: &[serde_json::Value]) -> Result<Vec<Resu
     runs.iter()
         .enumerate()
         .map(|(i, value)| {
-            Results::from_json(value).map_err(|e| ReportError::InCompareRun {
+            Run::from_json(value).map_err(|e| ReportError::InCompareRun {
                 side,
                 run: i + 1,
                 runs: runs.len(),
@@ -254,7 +364,8 @@ fn parse_side(side: &'static str, runs: &[serde_json::Value]) -> Result<Vec<Resu
 }
 
 /// One figure to compare, and how to read it from a run.
-enum MetricKind {
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricKind {
     Throughput(String),
     P50(String),
     P99(String),
@@ -263,8 +374,18 @@ enum MetricKind {
     ThroughputRecovered(u64),
 }
 
+/// One run's figure and, where the run itself tells, its sampling error.
+#[derive(Debug, Clone, Copy)]
+struct Obs {
+    value: f64,
+    /// Standard error of `value` from the run's own data (same units).
+    se: Option<f64>,
+    /// Samples behind a quantile.
+    samples: Option<u64>,
+}
+
 impl MetricKind {
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         match self {
             MetricKind::Throughput(op) => format!("{op} throughput_per_s"),
             MetricKind::P50(op) => format!("{op} p50_ms"),
@@ -277,7 +398,7 @@ impl MetricKind {
         }
     }
 
-    fn unit(&self) -> &'static str {
+    pub fn unit(&self) -> &'static str {
         match self {
             MetricKind::Throughput(_) => "ops/s",
             MetricKind::P50(_) | MetricKind::P99(_) => "ms",
@@ -286,33 +407,48 @@ impl MetricKind {
         }
     }
 
-    fn bigger_is_better(&self) -> bool {
+    pub fn bigger_is_better(&self) -> bool {
         matches!(self, MetricKind::Throughput(_))
     }
 
-    /// The noise threshold, and whether it applies to the absolute (not relative) change.
-    fn threshold(&self, gate: &Gate) -> (f64, bool) {
+    /// Whether the threshold applies to the absolute change (the error rate) rather than the
+    /// relative one.
+    pub fn absolute(&self) -> bool {
+        matches!(self, MetricKind::ErrorRate)
+    }
+
+    /// The quantile a latency metric is.
+    fn quantile(&self) -> Option<f64> {
         match self {
-            MetricKind::Throughput(_) => (gate.throughput_drop_max, false),
-            MetricKind::P50(_) | MetricKind::P99(_) => (gate.latency_rise_max, false),
-            MetricKind::ErrorRate => (gate.error_rate_rise_max, true),
+            MetricKind::P50(_) => Some(0.5),
+            MetricKind::P99(_) => Some(0.99),
+            _ => None,
+        }
+    }
+
+    /// The gate's threshold for this metric: its own override, else its kind's.
+    pub fn threshold(&self, gate: &Gate) -> f64 {
+        if let Some(t) = gate.metric.get(&self.name()).and_then(|m| m.threshold) {
+            return t;
+        }
+        match self {
+            MetricKind::Throughput(_) => gate.throughput_drop_max,
+            MetricKind::P50(_) | MetricKind::P99(_) => gate.latency_rise_max,
+            MetricKind::ErrorRate => gate.error_rate_rise_max,
             MetricKind::Convergence(_) | MetricKind::ThroughputRecovered(_) => {
-                (gate.recovery_rise_max, false)
+                gate.recovery_rise_max
             }
         }
     }
 
     /// The figure in one run; `None` when the run lacks it.
-    fn value(&self, run: &Results) -> Option<f64> {
+    pub fn value(&self, run: &Results) -> Option<f64> {
         let value = match self {
             MetricKind::Throughput(op) => run.operations.ops.get(op).map(|o| o.throughput_per_s),
             MetricKind::P50(op) => run.operations.ops.get(op).map(|o| o.p50_ms),
             MetricKind::P99(op) => run.operations.ops.get(op).map(|o| o.p99_ms),
             MetricKind::ErrorRate => {
-                let ops = run.operations.ops.values();
-                let (errors, total) = ops.fold((0u64, 0u64), |(e, t), o| {
-                    (e + o.errors, t + o.count + o.errors)
-                });
+                let (errors, total) = error_counts(run);
                 Some(if total == 0 {
                     0.0
                 } else {
@@ -326,6 +462,99 @@ impl MetricKind {
         };
         value.filter(|v| v.is_finite())
     }
+
+    /// The figure with its sampling error in this run.
+    fn observe(&self, run: &Run, confidence: f64) -> Option<Obs> {
+        let value = self.value(&run.results)?;
+        let results = &run.results;
+        let (se, samples) = match self {
+            MetricKind::Throughput(op) => {
+                let counts = measured_seconds(results, op);
+                let se = stats::batch_means_relative_se(&counts).map(|r| r * value);
+                (se, None)
+            }
+            MetricKind::P50(op) | MetricKind::P99(op) => {
+                let q = self.quantile().expect("a latency metric is a quantile");
+                let samples = results.operations.ops.get(op).map(|o| o.count);
+                let se = run
+                    .histograms
+                    .get(op)
+                    .and_then(|h| quantile_se_log(h, q, confidence))
+                    .map(|se_log| se_log * value);
+                (se, samples)
+            }
+            MetricKind::ErrorRate => {
+                let (_, total) = error_counts(results);
+                let se = (total > 0).then(|| {
+                    let n = total as f64;
+                    // At least half an error's worth, so that no errors on both sides still
+                    // has a sampling error.
+                    let p = value.max(0.5 / n).min(1.0);
+                    (p * (1.0 - p) / n).sqrt()
+                });
+                (se, None)
+            }
+            MetricKind::Convergence(_) | MetricKind::ThroughputRecovered(_) => (None, None),
+        };
+        Some(Obs { value, se, samples })
+    }
+}
+
+/// Errors and attempts over every operation of a run.
+fn error_counts(run: &Results) -> (u64, u64) {
+    run.operations
+        .ops
+        .values()
+        .fold((0, 0), |(e, t), o| (e + o.errors, t + o.count + o.errors))
+}
+
+/// Successful operations of `op` in each second of the measured part of a run (after the
+/// warmup, before the load's end), zeros included.
+fn measured_seconds(run: &Results, op: &str) -> Vec<f64> {
+    let ops = &run.operations;
+    let duration = run
+        .experiment
+        .get("workload")
+        .and_then(|w| w.get("duration_s"))
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(ops.warmup_s + ops.measured_s);
+    let first = ops.warmup_s.ceil().max(0.0) as u64;
+    let end = duration.floor().max(0.0) as u64;
+    if end <= first {
+        return Vec::new();
+    }
+    let mut counts = vec![0.0; (end - first) as usize];
+    for point in &ops.series {
+        if (first..end).contains(&point.t_s) {
+            if let Some(f) = point.per_op.get(op) {
+                counts[(point.t_s - first) as usize] = f.count as f64;
+            }
+        }
+    }
+    counts
+}
+
+/// The standard error of a quantile on a log scale, from the distribution-free interval of the
+/// order statistics around it; `None` when the histogram is too small for one.
+fn quantile_se_log(h: &Histogram<u64>, q: f64, confidence: f64) -> Option<f64> {
+    let n = h.len();
+    let (l, u) = stats::quantile_ranks(n, q, confidence)?;
+    let low = value_at_rank(h, l)?.max(1) as f64;
+    let high = value_at_rank(h, u)?.max(1) as f64;
+    let z = stats::z_quantile(0.5 + confidence / 2.0);
+    Some((high.ln() - low.ln()) / (2.0 * z))
+}
+
+/// The `rank`-th smallest recorded value (1-based).
+fn value_at_rank(h: &Histogram<u64>, rank: u64) -> Option<u64> {
+    let mut seen = 0;
+    for v in h.iter_recorded() {
+        seen += v.count_at_value();
+        if seen >= rank {
+            return Some(h.highest_equivalent(v.value_iterated_to()));
+        }
+    }
+    None
 }
 
 /// A run's recovery figures of one fault: by the fault index it records, else by position.
@@ -339,12 +568,14 @@ fn recovery(run: &Results, fault: u64) -> Option<&crate::schema::Recovery> {
 
 /// The metrics in display order: per operation (in the report's order), the error rate, then
 /// per fault. Operations and faults the two sides do not share are left out.
-fn metric_kinds(baseline: &[Results], candidate: &[Results]) -> Vec<MetricKind> {
-    let has_op =
-        |runs: &[Results], op: &str| runs.iter().any(|r| r.operations.ops.contains_key(op));
+pub fn metric_kinds(baseline: &[Run], candidate: &[Run]) -> Vec<MetricKind> {
+    let has_op = |runs: &[Run], op: &str| {
+        runs.iter()
+            .any(|r| r.results.operations.ops.contains_key(op))
+    };
     let mut ops: Vec<String> = Vec::new();
     for run in baseline {
-        for op in run.op_names() {
+        for op in run.results.op_names() {
             if !ops.contains(&op) && has_op(candidate, &op) {
                 ops.push(op);
             }
@@ -358,11 +589,12 @@ fn metric_kinds(baseline: &[Results], candidate: &[Results]) -> Vec<MetricKind> 
     }
     kinds.push(MetricKind::ErrorRate);
 
-    let faults = |runs: &[Results]| -> Vec<u64> {
+    let faults = |runs: &[Run]| -> Vec<u64> {
         let mut faults: Vec<u64> = runs
             .iter()
             .flat_map(|r| {
-                r.recovery
+                r.results
+                    .recovery
                     .iter()
                     .enumerate()
                     .map(|(i, rec)| rec.fault.unwrap_or(i as u64))
@@ -382,52 +614,149 @@ fn metric_kinds(baseline: &[Results], candidate: &[Results]) -> Vec<MetricKind> 
     kinds
 }
 
-fn compare_metric(kind: &MetricKind, b: &[f64], c: &[f64], gate: &Gate) -> MetricComparison {
-    let base = mean(b);
-    let cand = mean(c);
-    let diff = cand - base;
-    // The interval of the difference of means; a single run on a side has no spread to resample.
-    let (diff_low, diff_high) = if b.len() >= 2 && c.len() >= 2 {
-        bootstrap_diff(b, c, gate.confidence)
-    } else {
-        (diff, diff)
-    };
-    let p_value = if b.len() >= MANN_WHITNEY_N_MIN && c.len() >= MANN_WHITNEY_N_MIN {
-        Some(mann_whitney_p(b, c))
-    } else {
-        None
-    };
+/// A metric's comparison before the family-wise correction.
+struct Judged {
+    out: MetricComparison,
+    test: Option<Test>,
+}
 
-    // `worse` turns "higher" into "worse": +1 when smaller is better, -1 when bigger is.
-    let worse = if kind.bigger_is_better() { -1.0 } else { 1.0 };
-    let (threshold, absolute) = kind.threshold(gate);
-    let moved = worse * if absolute { diff } else { relative(diff, base) };
-    let all_worse = worse * diff_low > 0.0 && worse * diff_high > 0.0;
-    let all_better = worse * diff_low < 0.0 && worse * diff_high < 0.0;
-    let verdict = if moved > threshold && all_worse {
-        Verdict::Regressed
-    } else if moved < -threshold && all_better {
-        Verdict::Improved
-    } else {
-        Verdict::Unchanged
-    };
+/// What the correction needs of one metric's test.
+struct Test {
+    diff: stats::Difference,
+    /// One-sided p-values, uncorrected.
+    p_worse: f64,
+    p_better: f64,
+    /// The change in the worse direction, in the threshold's terms (positive: worse).
+    moved: f64,
+    log_scale: bool,
+    bigger_is_better: bool,
+    absolute: bool,
+    base: f64,
+}
 
-    MetricComparison {
-        metric: kind.name(),
-        unit: kind.unit().into(),
-        bigger_is_better: kind.bigger_is_better(),
-        baseline: base,
-        candidate: cand,
-        change: relative(diff, base),
-        ci_low: relative(diff_low, base),
-        ci_high: relative(diff_high, base),
-        p_value,
-        verdict,
+impl Test {
+    /// The smallest worse change detected with [`DETECT_POWER`] at one-sided level `alpha`, in
+    /// the threshold's terms.
+    fn detectable(&self, alpha: f64) -> f64 {
+        let d = self.diff.detectable(alpha, DETECT_POWER);
+        if self.log_scale {
+            if self.bigger_is_better {
+                1.0 - (-d).exp()
+            } else {
+                d.exp() - 1.0
+            }
+        } else if self.absolute {
+            d
+        } else if self.base != 0.0 {
+            d / self.base.abs()
+        } else {
+            f64::INFINITY
+        }
     }
 }
 
-fn mean(values: &[f64]) -> f64 {
-    values.iter().sum::<f64>() / values.len() as f64
+/// Everything about one metric but the family-wise correction.
+fn judge(kind: &MetricKind, b: &[Obs], c: &[Obs], gate: &Gate) -> Judged {
+    let values = |side: &[Obs]| side.iter().map(|o| o.value).collect::<Vec<f64>>();
+    let (bv, cv) = (values(b), values(c));
+    let (base, cand) = (stats::mean(&bv), stats::mean(&cv));
+    let threshold = kind.threshold(gate);
+    let mut out = MetricComparison {
+        metric: kind.name(),
+        unit: kind.unit().into(),
+        bigger_is_better: kind.bigger_is_better(),
+        baseline_runs: b.len(),
+        candidate_runs: c.len(),
+        baseline: base,
+        candidate: cand,
+        change: relative(cand - base, base),
+        ci_low: None,
+        ci_high: None,
+        p_value: None,
+        threshold,
+        detectable: None,
+        verdict: Verdict::NotEnoughData,
+        note: None,
+    };
+    if gate.metric.get(&out.metric).is_some_and(|m| m.ignore) {
+        out.verdict = Verdict::Ignored;
+        out.note = Some("left out by the gate".into());
+        return Judged { out, test: None };
+    }
+    if let Some(q) = kind.quantile() {
+        let needed = stats::quantile_samples_min(q, gate.confidence);
+        let fewest = b.iter().chain(c).filter_map(|o| o.samples).min();
+        if let Some(fewest) = fewest.filter(|&f| f < needed) {
+            out.note = Some(format!(
+                "not enough data: a p{} needs at least {needed} samples in every run to be known \
+                 within {:.0}% confidence; the fewest here: {fewest}",
+                (q * 100.0).round(),
+                gate.confidence * 100.0
+            ));
+            return Judged { out, test: None };
+        }
+    }
+
+    // A relative change is judged on a log scale; the error rate (and anything at 0) as is.
+    let log_scale = !kind.absolute() && bv.iter().chain(&cv).all(|v| *v > 0.0);
+    let scaled = |side: &[Obs]| -> (Vec<f64>, Option<Vec<f64>>) {
+        let values = side
+            .iter()
+            .map(|o| if log_scale { o.value.ln() } else { o.value })
+            .collect();
+        let within = side
+            .iter()
+            .map(|o| o.se.map(|se| if log_scale { se / o.value } else { se }))
+            .collect::<Option<Vec<f64>>>();
+        (values, within)
+    };
+    let (b_scaled, b_within) = scaled(b);
+    let (c_scaled, c_within) = scaled(c);
+    let (Some(be), Some(ce)) = (
+        stats::estimate(&b_scaled, b_within.as_deref()),
+        stats::estimate(&c_scaled, c_within.as_deref()),
+    ) else {
+        out.note = Some(
+            "not enough data: one run on a side and no sampling error to go by; repeat each \
+             side (3 or more runs)"
+                .into(),
+        );
+        return Judged { out, test: None };
+    };
+    let diff = stats::welch(&be, &ce);
+    let worse = if kind.bigger_is_better() { -1.0 } else { 1.0 };
+    let to_change = |d: f64| {
+        if log_scale {
+            d.exp_m1()
+        } else {
+            relative(d, base)
+        }
+    };
+    out.change = to_change(diff.diff);
+    let (low, high) = diff.interval(gate.confidence);
+    out.ci_low = Some(to_change(low));
+    out.ci_high = Some(to_change(high));
+    let moved = worse
+        * if kind.absolute() {
+            diff.diff
+        } else {
+            out.change
+        };
+    let test = Test {
+        diff,
+        p_worse: diff.p_one_sided(worse),
+        p_better: diff.p_one_sided(-worse),
+        moved,
+        log_scale,
+        bigger_is_better: kind.bigger_is_better(),
+        absolute: kind.absolute(),
+        base,
+    };
+    out.verdict = Verdict::Unchanged;
+    Judged {
+        out,
+        test: Some(test),
+    }
 }
 
 /// A difference as a fraction of the baseline; from a zero baseline any change is infinite.
@@ -441,116 +770,28 @@ fn relative(diff: f64, base: f64) -> f64 {
     }
 }
 
-/// The `confidence` percentile interval of mean(candidate) - mean(baseline), each side resampled
-/// with replacement [`BOOTSTRAP_RESAMPLES`] times from a fixed seed.
-fn bootstrap_diff(b: &[f64], c: &[f64], confidence: f64) -> (f64, f64) {
-    let mut rng = SplitMix64(BOOTSTRAP_SEED);
-    let mut resample = |values: &[f64]| -> f64 {
-        let sum: f64 = (0..values.len())
-            .map(|_| values[rng.below(values.len())])
-            .sum();
-        sum / values.len() as f64
-    };
-    let mut diffs: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
-        .map(|_| resample(c) - resample(b))
-        .collect();
-    diffs.sort_by(f64::total_cmp);
-    let tail = (1.0 - confidence) / 2.0;
-    (percentile(&diffs, tail), percentile(&diffs, 1.0 - tail))
-}
-
-/// The nearest-rank percentile of sorted values, `q` in [0, 1].
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast and good enough to pick resample indices.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..n (multiply-shift; the bias is below 2^-50 for any n this module sees).
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-}
-
-/// Two-sided p-value of the Mann-Whitney U test by the normal approximation, with the tie
-/// correction and a continuity correction.
-fn mann_whitney_p(b: &[f64], c: &[f64]) -> f64 {
-    let (n1, n2) = (b.len() as f64, c.len() as f64);
-    let mut all: Vec<(f64, bool)> = b
-        .iter()
-        .map(|&v| (v, true))
-        .chain(c.iter().map(|&v| (v, false)))
-        .collect();
-    all.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let n = all.len();
-    let mut rank_sum_b = 0.0;
-    let mut ties = 0.0;
-    let mut i = 0;
-    while i < n {
-        let mut j = i;
-        while j + 1 < n && all[j + 1].0 == all[i].0 {
-            j += 1;
-        }
-        // Tied values share the mean of their ranks (ranks count from 1).
-        let rank = (i + j) as f64 / 2.0 + 1.0;
-        let t = (j - i + 1) as f64;
-        ties += t * t * t - t;
-        rank_sum_b += rank * all[i..=j].iter().filter(|(_, is_b)| *is_b).count() as f64;
-        i = j + 1;
-    }
-    let u = rank_sum_b - n1 * (n1 + 1.0) / 2.0;
-    let mu = n1 * n2 / 2.0;
-    let total = n as f64;
-    let variance = n1 * n2 / 12.0 * ((total + 1.0) - ties / (total * (total - 1.0)));
-    if variance <= 0.0 {
-        return 1.0;
-    }
-    let z = ((u - mu).abs() - 0.5).max(0.0) / variance.sqrt();
-    erfc(z / std::f64::consts::SQRT_2).min(1.0)
-}
-
-/// The complementary error function (Numerical Recipes' `erfcc`, fractional error < 1.2e-7).
-fn erfc(x: f64) -> f64 {
-    let t = 1.0 / (1.0 + 0.5 * x.abs());
-    let poly = -x * x - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let r = t * poly.exp();
-    if x >= 0.0 {
-        r
-    } else {
-        2.0 - r
-    }
-}
-
 fn outcome(c: &Comparison) -> String {
     let count = |v: Verdict| c.metrics.iter().filter(|m| m.verdict == v).count();
-    let (regressed, improved) = (count(Verdict::Regressed), count(Verdict::Improved));
     let head = if c.regressed {
         "REGRESSED"
     } else {
         "NO REGRESSION"
     };
+    let mut parts = vec![
+        format!("{} regressed", count(Verdict::Regressed)),
+        format!("{} improved", count(Verdict::Improved)),
+        format!("{} unchanged", count(Verdict::Unchanged)),
+    ];
+    for v in [Verdict::NotEnoughData, Verdict::Ignored] {
+        if count(v) > 0 {
+            parts.push(format!("{} {}", count(v), v.label()));
+        }
+    }
     format!(
-        "{head}: {regressed} regressed, {improved} improved, {} unchanged of {} metrics",
-        c.metrics.len() - regressed - improved,
-        c.metrics.len()
+        "{head}: {} of {} metrics (chance of a false alarm on any metric at most {:.0}%)",
+        parts.join(", "),
+        c.metrics.len(),
+        (1.0 - c.confidence) * 100.0
     )
 }
 
@@ -560,7 +801,10 @@ struct ComparePage {
     style: &'static str,
     regressed: bool,
     outcome: String,
+    confidence: String,
+    false_alarm: String,
     rows: Vec<MetricRow>,
+    notes: Vec<String>,
 }
 
 /// One metric as display-ready strings, shared by the terminal table and the page.
@@ -572,6 +816,7 @@ struct MetricRow {
     change: String,
     interval: String,
     p_value: String,
+    detectable: String,
     verdict: &'static str,
     better: &'static str,
 }
@@ -592,18 +837,37 @@ impl MetricRow {
         } else {
             m.unit.as_str()
         };
+        let interval = match (m.ci_low, m.ci_high) {
+            (Some(low), Some(high)) => format!("{} … {}", fmt_change(low), fmt_change(high)),
+            _ => NONE.into(),
+        };
+        // In the worse direction: a drop for throughput, a rise for the rest.
+        let detectable = m.detectable.map_or(NONE.into(), |d| {
+            if m.unit == "ratio" {
+                format!("+{:.2} pp", d * 100.0)
+            } else if !d.is_finite() {
+                NONE.into()
+            } else if m.bigger_is_better {
+                format!("-{:.1} %", d * 100.0)
+            } else {
+                format!("+{:.1} %", d * 100.0)
+            }
+        });
         MetricRow {
             metric: m.metric.clone(),
             baseline: format!("{} {unit}", figure(m.baseline)).trim_end().into(),
             candidate: format!("{} {unit}", figure(m.candidate)).trim_end().into(),
             change: fmt_change(m.change),
-            interval: format!("{} … {}", fmt_change(m.ci_low), fmt_change(m.ci_high)),
-            p_value: m.p_value.map_or(NONE.into(), |p| format!("{p:.3}")),
-            verdict: match m.verdict {
-                Verdict::Improved => "improved",
-                Verdict::Unchanged => "unchanged",
-                Verdict::Regressed => "regressed",
-            },
+            interval,
+            p_value: m.p_value.map_or(NONE.into(), |p| {
+                if p < 0.001 {
+                    "<0.001".into()
+                } else {
+                    format!("{p:.3}")
+                }
+            }),
+            detectable,
+            verdict: m.verdict.label(),
             better: if m.bigger_is_better {
                 "bigger is better"
             } else {
@@ -612,7 +876,7 @@ impl MetricRow {
         }
     }
 
-    fn cells(self) -> [String; 7] {
+    fn cells(self) -> [String; 8] {
         [
             self.metric,
             self.baseline,
@@ -620,6 +884,7 @@ impl MetricRow {
             self.change,
             self.interval,
             self.p_value,
+            self.detectable,
             self.verdict.into(),
         ]
     }
@@ -641,36 +906,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_bootstrap_replays_from_its_seed() {
-        let b = [100.0, 101.0, 99.0, 100.5];
-        let c = [90.0, 91.0, 89.5, 90.5];
-        let first = bootstrap_diff(&b, &c, 0.95);
-        assert_eq!(first, bootstrap_diff(&b, &c, 0.95));
-        assert!(first.0 <= first.1 && first.1 < 0.0, "{first:?}");
-    }
-
-    #[test]
-    fn mann_whitney_separates_disjoint_samples_and_not_equal_ones() {
-        let low: Vec<f64> = (0..10).map(f64::from).collect();
-        let high: Vec<f64> = (100..110).map(f64::from).collect();
-        let p = mann_whitney_p(&low, &high);
-        assert!(p < 0.001, "{p}");
-        assert_eq!(mann_whitney_p(&[5.0; 10], &[5.0; 10]), 1.0);
-        let p = mann_whitney_p(&low, &low);
-        assert!(p > 0.9, "{p}");
-    }
-
-    #[test]
-    fn erfc_matches_known_values() {
-        assert!((erfc(0.0) - 1.0).abs() < 1e-6);
-        assert!((erfc(1.0) - 0.157_299_2).abs() < 1e-6);
-        assert!((erfc(-1.0) - 1.842_700_8).abs() < 1e-6);
-    }
-
-    #[test]
     fn a_zero_baseline_changes_infinitely_or_not_at_all() {
         assert_eq!(relative(0.0, 0.0), 0.0);
         assert_eq!(relative(0.5, 0.0), f64::INFINITY);
         assert_eq!(relative(-5.0, 10.0), -0.5);
+    }
+
+    #[test]
+    fn ranks_read_back_from_a_histogram() {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for v in 1..=1000u64 {
+            h.record(v * 10).unwrap();
+        }
+        assert_eq!(value_at_rank(&h, 1), Some(10));
+        assert_eq!(value_at_rank(&h, 1000).map(|v| v / 10), Some(1000));
+        assert_eq!(value_at_rank(&h, 1001), None);
+        // Ranks 980..=999 or so around the p99 of 1000 values: a few percent on a log scale.
+        let se = quantile_se_log(&h, 0.99, 0.95).unwrap();
+        assert!(se > 0.001 && se < 0.02, "{se}");
     }
 }

@@ -11,16 +11,19 @@ mod charts;
 pub mod compare;
 mod error;
 mod format;
+pub mod gate;
 mod page;
 pub mod schema;
+pub mod stats;
 mod sweep;
 mod sweep_charts;
 
 pub use compare::{
-    benchmark_json, compare, comparison_json, comparison_table, render_comparison, Comparison,
-    Gate, MetricComparison, Verdict,
+    benchmark_json, compare, compare_runs, comparison_json, comparison_table, render_comparison,
+    Comparison, MetricComparison, Run, Verdict,
 };
 pub use error::ReportError;
+pub use gate::{Gate, MetricGate};
 pub use schema::SCHEMA_VERSION;
 pub use sweep::{SWEEP_RUNS_MAX, SWEEP_SCHEMA_VERSION};
 

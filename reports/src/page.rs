@@ -129,6 +129,7 @@ struct SloRow {
     limit: String,
     value: String,
     pass: bool,
+    default: bool,
 }
 
 #[derive(Serialize)]
@@ -181,6 +182,8 @@ struct CorrectnessView {
     unacknowledged_found: String,
     unreadable_mailboxes: String,
     unreadable_bad: bool,
+    unverified: String,
+    unverified_reason: Option<String>,
     lost_examples: Vec<String>,
     lost_examples_more: usize,
 }
@@ -270,6 +273,7 @@ impl RunView {
                             limit: fmt(c.limit),
                             value: fmt(c.value),
                             pass: c.pass,
+                            default: c.default,
                         }
                     })
                     .collect(),
@@ -324,7 +328,7 @@ impl RunView {
                 ok: c.lost == 0
                     && c.duplicated == 0
                     && c.corrupted == 0
-                    && c.unreadable_mailboxes == 0,
+                    && (c.unreadable_mailboxes == 0 || run.target.kind != "bundled"),
                 acknowledged: fmt_count(c.acknowledged),
                 retrieved: fmt_count(c.retrieved),
                 lost: fmt_count(c.lost),
@@ -335,7 +339,9 @@ impl RunView {
                 corrupted_bad: c.corrupted > 0,
                 unacknowledged_found: fmt_count(c.unacknowledged_found),
                 unreadable_mailboxes: fmt_count(c.unreadable_mailboxes),
-                unreadable_bad: c.unreadable_mailboxes > 0,
+                unreadable_bad: c.unreadable_mailboxes > 0 && run.target.kind == "bundled",
+                unverified: fmt_count(c.unverified),
+                unverified_reason: c.unverified_reason.clone(),
                 lost_examples: c
                     .lost_examples
                     .iter()

@@ -85,8 +85,8 @@ pub struct Operations {
     pub series_dropped: u64,
 }
 
-/// Totals of one operation kind. The serialized histogram is not read: the report shows the
-/// percentiles the run computed from it.
+/// Totals of one operation kind. The report shows the percentiles the run computed; the
+/// serialized histogram is read by the comparison, for the sampling error of a quantile.
 #[derive(Debug, Clone, Deserialize)]
 pub struct OpSummary {
     pub count: u64,
@@ -100,6 +100,9 @@ pub struct OpSummary {
     pub p999_ms: f64,
     pub max_ms: f64,
     pub mean_ms: f64,
+    /// The latency histogram (µs): HdrHistogram V2 (+ DEFLATE), base64.
+    #[serde(default)]
+    pub histogram: Option<String>,
 }
 
 /// One second of intended start.
@@ -179,6 +182,11 @@ pub struct Correctness {
     pub unacknowledged_found: u64,
     #[serde(default)]
     pub unreadable_mailboxes: u64,
+    /// Acknowledged messages whose mailboxes could not be read back: neither lost nor retrieved.
+    #[serde(default)]
+    pub unverified: u64,
+    #[serde(default)]
+    pub unverified_reason: Option<String>,
     #[serde(default)]
     pub lost_examples: Vec<String>,
 }
@@ -196,6 +204,9 @@ pub struct SloCheck {
     pub limit: f64,
     pub value: f64,
     pub pass: bool,
+    /// The limit is the default: the experiment file did not set it.
+    #[serde(default)]
+    pub default: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

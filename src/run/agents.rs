@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _};
 use loadgen::engine::{EngineConfig, RunOutput};
+use loadgen::ledger::Ledger;
 use loadgen::metrics::{LiveFigures, Recorder};
 use loadgen::workload::Share;
 use serde::Serialize;
@@ -299,9 +300,7 @@ pub async fn drive(
     let start = Instant::now();
     let deadline = start + duration + DRAIN_MAX;
     let mut recorder = Recorder::new(warmup);
-    let mut output_acked = Vec::new();
-    let mut retrieved = Vec::new();
-    let mut deleted = Vec::new();
+    let mut ledger = Ledger::default();
     let mut live: Vec<Option<LiveFigures>> = vec![None; reports.len()];
     let mut elapsed = Duration::ZERO;
     let mut open = reports.len();
@@ -321,9 +320,7 @@ pub async fn drive(
                                     .flat_map(|r| &r.totals)
                                     .map(|t| t.attempted)
                                     .sum::<u64>();
-                                output_acked.extend(d.acked);
-                                retrieved.extend(d.retrieved);
-                                deleted.extend(d.deleted);
+                                ledger.merge(d.ledger);
                                 live[i] = Some(d.live);
                             }
                             // All of it, so the counts and the checker's lists agree.
@@ -368,9 +365,7 @@ pub async fn drive(
     Ok((
         RunOutput {
             recorder,
-            acked: output_acked,
-            retrieved,
-            deleted,
+            ledger,
             started_at,
             elapsed,
         },

@@ -4,8 +4,9 @@
 //! names an existing `[target]`), drives the workload open loop while the fault schedule is
 //! carried out and every node's view is watched, waits for replication to settle, retrieves every
 //! mailbox to count lost, duplicated and corrupted messages, computes recovery figures and SLO
-//! verdicts, writes `DIR/results.json`, and prints a summary. The exit code is non-zero when an
-//! acknowledged message was lost (unless the experiment expects loss).
+//! verdicts, writes `DIR/results.json`, and prints a summary. The exit code says how it went
+//! ([`results::Outcome`]): 0 passed, 1 acknowledged mail lost or corrupted (unless the experiment
+//! expects loss), 3 an SLO missed, 2 the experiment could not be run.
 
 pub mod admin;
 pub mod agents;
@@ -14,7 +15,6 @@ pub mod poll;
 pub mod results;
 pub mod sweep;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use anyhow::{bail, Context as _};
 use cluster::config::{DiskConfig, NodeConfig};
 use loadgen::engine::{self, EngineConfig};
 use loadgen::experiment::{set_key, Experiment};
+use loadgen::ledger::{Check, Correctness, Ledger};
 use loadgen::workload::Share;
 use loadgen::{OpKind, Target};
 use tokio::sync::{watch, Mutex};
@@ -31,7 +32,7 @@ use tokio::time::Instant;
 
 use crate::cli::RunArgs;
 use crate::local_cluster::{ClusterSpec, LocalCluster};
-use results::Results;
+use results::{Outcome, Results};
 
 /// How long the bundled cluster may take to agree on one view before the load starts.
 pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,9 +45,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .thread_name("run")
         .build()
         .context("starting the async runtime")?;
-    let passed = runtime.block_on(run_experiment(args))?;
-    if !passed {
-        std::process::exit(1);
+    let outcome = runtime.block_on(run_experiment(args))?;
+    if outcome != Outcome::Pass {
+        std::process::exit(outcome.exit_code());
     }
     Ok(())
 }
@@ -63,7 +64,7 @@ pub fn load_table(path: &Path, sets: &[String]) -> anyhow::Result<toml::Table> {
     Ok(table)
 }
 
-async fn run_experiment(args: RunArgs) -> anyhow::Result<bool> {
+async fn run_experiment(args: RunArgs) -> anyhow::Result<Outcome> {
     let mut table = load_table(&args.experiment, &args.set)?;
     if let Some(n) = args.agents {
         set_key(&mut table, &format!("loadgen.local_agents={n}"))
@@ -93,11 +94,11 @@ async fn run_experiment(args: RunArgs) -> anyhow::Result<bool> {
     }
 }
 
-/// Runs one experiment into `out`; returns its results (as written) and whether it passed.
+/// Runs one experiment into `out`; returns its results (as written) and how it ended.
 pub async fn run_one(
     experiment: Experiment,
     out: &Path,
-) -> anyhow::Result<(serde_json::Value, bool)> {
+) -> anyhow::Result<(serde_json::Value, Outcome)> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out = out.canonicalize()?;
     let started_at = chrono::Utc::now();
@@ -180,12 +181,13 @@ pub async fn run_one(
     }
     describe(&experiment, cluster.is_some());
     let progress = Progress::new(duration);
+    let run_id = format!("{}-{}", experiment.name, started_at.format("%Y%m%d%H%M%S"));
     let engine_config = EngineConfig {
         target: target.clone(),
         workload: experiment.workload.clone(),
         seed: experiment.seed,
         share: Share { index: 0, count: 1 },
-        run_id: format!("{}-{}", experiment.name, started_at.format("%Y%m%d%H%M%S")),
+        run_id: run_id.clone(),
     };
     let l = &experiment.loadgen;
     let (output, agent_reports) = if l.agents.is_empty() && l.local_agents == 0 {
@@ -242,7 +244,7 @@ pub async fn run_one(
     // The correctness check.
     let correctness = if experiment.check.enabled {
         eprintln!("checking: reading every mailbox that was sent mail...");
-        Some(check(&target, &output).await)
+        Some(check(&target, &output.ledger, &run_id).await)
     } else {
         None
     };
@@ -295,7 +297,8 @@ pub async fn run_one(
             .into_inner();
         cluster.stop().await;
     }
-    Ok((json, results.verdict.pass))
+    let outcome = Outcome::of(&json);
+    Ok((json, outcome))
 }
 
 /// `ip:port` or `host:port` front ends, resolved once (the first address of each name); an
@@ -419,43 +422,56 @@ async fn settle(cluster: &Arc<Mutex<LocalCluster>>, limit: Duration) -> results:
     }
 }
 
-/// Reads every mailbox that was sent mail and judges the run.
-async fn check(target: &Target, output: &engine::RunOutput) -> engine::Correctness {
-    let mut users: Vec<String> = output
-        .acked
-        .iter()
-        .flat_map(|a| a.users.iter().cloned())
-        .collect();
-    users.sort();
-    users.dedup();
-    let limit = Arc::new(tokio::sync::Semaphore::new(CHECK_CONCURRENCY));
+/// Reads every mailbox that was sent mail and judges the run. A mailbox that cannot be read
+/// (no POP3 front end, a login refused, every front end failing) leaves the messages only it
+/// should hold unverified, not lost.
+async fn check(target: &Target, ledger: &Ledger, run_id: &str) -> Correctness {
+    let mut check = Check::new(ledger, run_id);
+    if target.pop3.is_empty() {
+        for user in ledger.users() {
+            check.listing(
+                user,
+                Err("the target has no POP3 front end to read mailboxes back with".into()),
+            );
+        }
+        return check.finish();
+    }
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, user) in users.into_iter().enumerate() {
+    for (i, user) in ledger.users().into_iter().enumerate() {
+        // At most CHECK_CONCURRENCY mailboxes at once, and as many listings in memory.
+        while tasks.len() >= CHECK_CONCURRENCY {
+            if let Some(Ok((user, listing))) = tasks.join_next().await {
+                check.listing(user, listing);
+            }
+        }
         let target = target.clone();
-        let limit = limit.clone();
         tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
+            let name = target.user(user);
             // Any front end will do; try others if one fails (a node may be down for good).
-            let mut listing = None;
+            let mut listing = Err(String::new());
             for k in 0..target.pop3.len() {
                 let addr = target.pop3[(i + k) % target.pop3.len()];
-                if let Ok(found) =
-                    loadgen::drivers::pop3::retrieve_all(addr, &user, &target.password).await
-                {
-                    listing = Some(found);
-                    break;
+                match loadgen::drivers::pop3::retrieve_all(addr, &name, &target.password).await {
+                    Ok(found) => {
+                        listing = Ok(found);
+                        break;
+                    }
+                    Err(e) => {
+                        listing = Err(format!(
+                            "{name}'s mailbox could not be read over POP3 at {addr}: {e}"
+                        ))
+                    }
                 }
             }
             (user, listing)
         });
     }
-    let mut listings = HashMap::new();
     while let Some(r) = tasks.join_next().await {
         if let Ok((user, listing)) = r {
-            listings.insert(user, listing);
+            check.listing(user, listing);
         }
     }
-    engine::check(&output.acked, &output.retrieved, &listings)
+    check.finish()
 }
 
 fn describe(experiment: &Experiment, bundled: bool) {

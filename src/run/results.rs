@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use loadgen::engine::Correctness;
 use loadgen::experiment::Experiment;
+use loadgen::ledger::Correctness;
 use loadgen::metrics::Summary;
 use loadgen::OpKind;
 use serde::Serialize;
@@ -70,6 +70,8 @@ pub struct SloCheck {
     pub limit: f64,
     pub value: f64,
     pub pass: bool,
+    /// The experiment file did not set this limit: it is the default.
+    pub default: bool,
 }
 
 /// Replica copies and owed changes not yet acknowledged when the load ended, and how long they
@@ -82,9 +84,47 @@ pub struct Settle {
 
 #[derive(Debug, Serialize)]
 pub struct Verdict {
-    /// False when an acknowledged message was lost (and loss was not expected).
+    /// False when an acknowledged message was lost or corrupted (and loss was not expected), an
+    /// agent was lost, mailboxes of the bundled cluster could not be read back, or an SLO was
+    /// missed.
     pub pass: bool,
     pub reasons: Vec<String>,
+    /// The exit code of `clusterbench run` for this run: see [`Outcome`].
+    pub exit_code: i32,
+}
+
+/// How a run ended, as its exit code says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Exit 0: nothing lost, every SLO met.
+    Pass,
+    /// Exit 3: nothing lost, but an SLO was missed.
+    SloMissed,
+    /// Exit 1: acknowledged mail lost or corrupted, an agent lost, or mailboxes unreadable.
+    Failed,
+}
+
+/// `clusterbench run`'s exit code when the experiment could not be run at all (a bad file, a
+/// cluster that would not start): what `main` returns for any error.
+pub const EXIT_ERROR: i32 = 2;
+
+impl Outcome {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Pass => 0,
+            Outcome::Failed => 1,
+            Outcome::SloMissed => 3,
+        }
+    }
+
+    /// The outcome a results.json records.
+    pub fn of(results: &serde_json::Value) -> Outcome {
+        match results["verdict"]["exit_code"].as_i64() {
+            Some(0) => Outcome::Pass,
+            Some(3) => Outcome::SloMissed,
+            _ => Outcome::Failed,
+        }
+    }
 }
 
 impl Results {
@@ -111,6 +151,16 @@ impl Results {
             if c.corrupted > 0 {
                 reasons.push(format!("{} corrupted message(s)", c.corrupted));
             }
+            // The bundled cluster must serve every mailbox back; an external target may simply
+            // keep none (an SMTP sink), which leaves its messages unverified, not lost.
+            if cluster.is_some() && c.unreadable_mailboxes > 0 {
+                reasons.push(format!(
+                    "{} mailbox(es) could not be read back ({} acknowledged message(s) unverified): {}",
+                    c.unreadable_mailboxes,
+                    c.unverified,
+                    c.unverified_reason.as_deref().unwrap_or("unknown")
+                ));
+            }
         }
         if agents.iter().any(|a| a.status != "finished")
             && correctness.as_ref().is_some_and(|c| c.lost > 0)
@@ -130,6 +180,27 @@ impl Results {
                 a.reason.as_deref().unwrap_or("unknown")
             ));
         }
+        let failed = !reasons.is_empty();
+        for check in slo.checks.iter().filter(|c| !c.pass) {
+            reasons.push(format!(
+                "SLO missed: {} {} > {}{}",
+                check.what,
+                fmt_figure(check.value),
+                fmt_figure(check.limit),
+                if check.default {
+                    " (a default limit: set [slo] to choose your own)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let outcome = if failed {
+            Outcome::Failed
+        } else if !slo.pass {
+            Outcome::SloMissed
+        } else {
+            Outcome::Pass
+        };
         Results {
             schema_version: SCHEMA_VERSION,
             name: experiment.name.clone(),
@@ -170,8 +241,9 @@ impl Results {
             settle,
             agents,
             verdict: Verdict {
-                pass: reasons.is_empty(),
+                pass: outcome == Outcome::Pass,
                 reasons,
+                exit_code: outcome.exit_code(),
             },
             slo,
         }
@@ -231,11 +303,22 @@ impl Results {
                 "correctness: {} acknowledged, {} retrieved, {} lost, {} duplicated, {} corrupted",
                 c.acknowledged, c.retrieved, c.lost, c.duplicated, c.corrupted
             );
+            if c.unverified > 0 {
+                println!(
+                    "unverified: {} acknowledged message(s) could not be checked: {}",
+                    c.unverified,
+                    c.unverified_reason.as_deref().unwrap_or("unknown")
+                );
+            }
         }
-        for s in self.slo.checks.iter().filter(|s| !s.pass) {
+        for s in &self.slo.checks {
             println!(
-                "SLO missed: {} = {:.3} (limit {})",
-                s.what, s.value, s.limit
+                "SLO {}: {} = {} (limit {}{})",
+                if s.pass { "met" } else { "MISSED" },
+                s.what,
+                fmt_figure(s.value),
+                fmt_figure(s.limit),
+                if s.default { ", default" } else { "" }
             );
         }
         println!(
@@ -260,29 +343,42 @@ fn slo_verdicts(experiment: &Experiment, ops: &Summary) -> SloVerdicts {
         };
         attempted += op.count + op.errors;
         failed += op.errors;
-        if let Some(limit) = experiment.slo.p99_ms.get(kind) {
-            if op.count > 0 {
-                checks.push(SloCheck {
-                    what: format!("{} p99 ms", kind.name()),
-                    limit,
-                    value: op.p99_ms,
-                    pass: op.p99_ms <= limit,
-                });
-            }
+        let limit = experiment.slo.p99_limit(kind);
+        if op.count > 0 {
+            checks.push(SloCheck {
+                what: format!("{} p99 ms", kind.name()),
+                limit: limit.value,
+                value: op.p99_ms,
+                pass: op.p99_ms <= limit.value,
+                default: limit.default,
+            });
         }
     }
     if attempted > 0 {
         let rate = failed as f64 / attempted as f64;
+        let limit = experiment.slo.error_rate_limit();
         checks.push(SloCheck {
             what: "error rate".into(),
-            limit: experiment.slo.error_rate_max,
+            limit: limit.value,
             value: rate,
-            pass: rate <= experiment.slo.error_rate_max,
+            pass: rate <= limit.value,
+            default: limit.default,
         });
     }
     SloVerdicts {
         pass: checks.iter().all(|c| c.pass),
         checks,
+    }
+}
+
+/// A figure for a line of text: three significant digits or so.
+fn fmt_figure(v: f64) -> String {
+    if v == 0.0 || v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.4}")
     }
 }
 

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use loadgen::experiment::{plan_sweep, set_value, Experiment, SweepPlan};
 use serde_json::json;
 
+use super::results::Outcome;
 use super::run_one;
 use crate::capacity_cmd::{find, Search};
 
@@ -17,7 +18,7 @@ pub async fn run(
     sweep: &toml::Table,
     file: &Path,
     out: &Path,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Outcome> {
     let SweepPlan {
         keys,
         repeat,
@@ -76,7 +77,7 @@ pub async fn run(
     );
     let mut entries = Vec::with_capacity(total);
     let mut results = Vec::with_capacity(total);
-    let mut all_pass = true;
+    let mut worst = Outcome::Pass;
     // Saturated sweeps: the capacity each configuration's first repetition found, where its
     // later repetitions start their search.
     let mut found_before: Option<(String, f64)> = None;
@@ -89,7 +90,7 @@ pub async fn run(
             .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default()))
             .collect();
         let mut entry = json!({ "params": params, "repetition": run.repetition });
-        let (json, pass) = match &saturate {
+        let (json, outcome) = match &saturate {
             None => run_one(experiment, &out.join(&dir)).await?,
             Some(s) => {
                 let warm = found_before
@@ -129,12 +130,17 @@ pub async fn run(
                         ))
                 );
                 dir = format!("{dir}/{}", shown.dir);
-                (shown.results.clone(), found.capacity.is_some())
+                let outcome = if found.capacity.is_some() {
+                    Outcome::Pass
+                } else {
+                    Outcome::of(&shown.results).max(Outcome::SloMissed)
+                };
+                (shown.results.clone(), outcome)
             }
         };
-        all_pass &= pass;
+        worst = worst.max(outcome);
         entry["dir"] = json!(dir);
-        entry["pass"] = json!(pass);
+        entry["pass"] = json!(outcome == Outcome::Pass);
         entries.push(entry);
         results.push(json);
     }
@@ -161,10 +167,14 @@ pub async fn run(
     print_table(&entries, &results);
     println!(
         "sweep verdict: {}  (sweep.json and report.html in {})",
-        if all_pass { "PASS" } else { "FAIL" },
+        match worst {
+            Outcome::Pass => "PASS",
+            Outcome::SloMissed => "FAIL (an SLO missed)",
+            Outcome::Failed => "FAIL",
+        },
         out.display()
     );
-    Ok(all_pass)
+    Ok(worst)
 }
 
 /// `key=value,key=value`, safe as a directory name (`run` for a sweep of repetitions only).
