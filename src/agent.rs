@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use loadgen::drivers::ConnectionStats;
 use loadgen::engine::{self, AbortOnDrop, Delta, EngineConfig};
 use loadgen::ledger::Ledger;
 use loadgen::metrics::{LiveFigures, RecorderState};
@@ -87,6 +88,9 @@ pub struct WireDelta {
     pub recorders: Vec<RecorderState>,
     /// Messages acknowledged and read back since the previous delta.
     pub ledger: Ledger,
+    /// Connections opened and peaks, so far in this agent's run.
+    #[serde(default)]
+    pub connections: ConnectionStats,
 }
 
 /// Nanoseconds since the Unix epoch on this host's clock.
@@ -130,6 +134,7 @@ pub async fn write_frame(
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    crate::run::raise_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("agent")
@@ -313,9 +318,11 @@ impl Pending {
             live: LiveFigures::default(),
             recorders: Vec::new(),
             ledger: Ledger::default(),
+            connections: ConnectionStats::default(),
         });
         p.recorders.push(d.recorder);
         p.ledger.merge(d.ledger);
+        p.connections = d.connections;
     }
 
     /// What waits, stamped for sending.
@@ -380,6 +387,7 @@ async fn drive(
                     p.add(Delta {
                         recorder: output.recorder.to_state(),
                         ledger: output.ledger,
+                        connections: output.connections,
                     });
                     p.take(output.elapsed).expect("just added")
                 };

@@ -32,6 +32,10 @@ pub enum Command {
     Report(ReportArgs),
     /// Find the highest offered rate that meets the experiment's SLO (step up, then bisect).
     Capacity(CapacityArgs),
+    /// Measure the regression gate on this machine: run an experiment N times, print each
+    /// metric's noise, how often `compare` would call an unchanged run regressed, and the runs
+    /// and thresholds a false-alarm rate and a detectable change need; optionally write the gate.
+    Calibrate(CalibrateArgs),
     /// Run a load agent: a coordinator (`clusterbench run` with `[loadgen] agents` or
     /// `--agents N`) hands it a share of the workload and merges what it streams back.
     Agent(AgentArgs),
@@ -99,6 +103,43 @@ pub struct CapacityArgs {
     /// A daily mail volume: how many nodes like these it needs.
     #[arg(long)]
     pub daily_messages: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// The experiment file (TOML): one configuration, run --runs times.
+    #[arg(required_unless_present = "from")]
+    pub experiment: Option<PathBuf>,
+    /// Runs of the experiment (each with its own seed).
+    #[arg(long, default_value_t = 10)]
+    pub runs: u32,
+    /// Instead of running: results of runs made before (results.json files or directories).
+    #[arg(long, value_name = "DIR", conflicts_with = "experiment")]
+    pub from: Vec<PathBuf>,
+    /// Runs a side the gate will compare. Default: the gate's `repetitions`, else 3.
+    #[arg(long)]
+    pub repetitions: Option<u32>,
+    /// The chance of a false alarm (any metric of an unchanged run called regressed) to aim for.
+    #[arg(long, default_value_t = 0.05)]
+    pub false_alarm: f64,
+    /// The smallest relative change the gate should catch (4 times in 5).
+    #[arg(long, default_value_t = 0.10)]
+    pub detect: f64,
+    /// The gate whose thresholds to start from (default: the built-in ones).
+    #[arg(long)]
+    pub gate: Option<PathBuf>,
+    /// Write the calibrated gate (TOML) here, for `compare --gate`.
+    #[arg(long)]
+    pub write_gate: Option<PathBuf>,
+    /// Also write the calibration as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Where the runs go. Default: results/NAME-calibrate-TIMESTAMP.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override any key of the experiment.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 #[derive(Debug, Args)]

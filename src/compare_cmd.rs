@@ -77,7 +77,7 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// The results of one side: the file itself, or every results.json under the directory.
-fn side(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+pub(crate) fn side(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     if meta.is_file() {
         return Ok(vec![read_results(path)?]);

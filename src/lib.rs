@@ -2,6 +2,7 @@
 //! module; `main.rs` only parses arguments and calls [`run`].
 
 pub mod agent;
+pub mod calibrate_cmd;
 pub mod capacity_cmd;
 pub mod cli;
 pub mod cluster_up;
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args),
         Command::Report(args) => report_cmd::run(args),
         Command::Capacity(args) => capacity_cmd::run(args),
+        Command::Calibrate(args) => calibrate_cmd::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Compare(args) => std::process::exit(compare_cmd::run(args)),
         Command::Sim {

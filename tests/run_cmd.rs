@@ -230,6 +230,8 @@ duration_s = 4
 warmup_s = 0
 rate = {{ per_s = 200 }}
 mix = {{ smtp = 1.0, pop3 = 0.0, imap = 0.0 }}
+[loadgen.smtp]
+connection = "per-message"      # connect, EHLO, one message, QUIT: as smtp-source without -d
 [slo]   # this test judges what was lost, not how fast: limits any busy runner meets
 p99_ms = {{ smtp = 60000 }}
 "#
@@ -245,6 +247,18 @@ p99_ms = {{ smtp = 60000 }}
     let smtp = &r["operations"]["ops"]["smtp"];
     assert!(smtp["count"].as_u64().unwrap() > 600, "{smtp}");
     assert_eq!(smtp["errors"], 0, "{smtp}");
+    // A connection per message: as many connections as messages (and failures).
+    let l = &r["loadgen"];
+    assert_eq!(l["smtp_connection"], "per-message", "{l}");
+    let attempted = smtp["attempted"].as_u64().unwrap();
+    assert!(
+        l["connections_opened"].as_u64().unwrap() >= smtp["count"].as_u64().unwrap(),
+        "{l} {smtp}"
+    );
+    assert!(
+        l["connections_opened"].as_u64().unwrap() <= attempted + 300,
+        "{l} {smtp}"
+    );
     // A sink keeps nothing to read back: its messages are unverified, and say why, not lost.
     let c = &r["correctness"];
     assert_eq!(c["lost"], 0, "{c}");
@@ -288,6 +302,8 @@ duration_s = 2
 warmup_s = 0
 rate = { per_s = 20 }
 mix = { smtp = 1.0 }
+[loadgen.smtp]
+messages_per_connection = 5     # an MTA that batches: QUIT after five messages
 [slo]
 p99_ms = { smtp = 0.001 }
 "#,
@@ -303,6 +319,14 @@ p99_ms = { smtp = 0.001 }
     assert!(log.contains("SLO missed: smtp p99 ms"), "{log}");
     // `mix = { smtp = 1.0 }` is SMTP only.
     assert_eq!(r["operations"]["ops"].as_object().unwrap().len(), 1);
+    // Batches of five: at least a fifth as many connections as messages, and a few more.
+    let acked = r["correctness"]["acknowledged"].as_u64().unwrap();
+    let opened = r["loadgen"]["connections_opened"].as_u64().unwrap();
+    assert!(acked >= 20, "{acked}");
+    assert!(
+        opened >= acked / 5 && opened < acked,
+        "{opened} for {acked}"
+    );
 }
 
 #[test]

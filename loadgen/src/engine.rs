@@ -7,25 +7,52 @@
 //! comparison. Front ends are picked round robin, as DNS would. The engine never buffers the whole
 //! schedule: it is generated lazily, and in-flight operations are bounded.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::drivers::smtp::SmtpDriver;
-use crate::drivers::{imap, pop3, OpError, SessionResult};
+use crate::drivers::smtp::{SmtpClient, SmtpDriver};
+use crate::drivers::{imap, pop3, ConnectionStats, ConnectionTracker, OpError, SessionResult};
 use crate::ledger::{self, Ledger};
 use crate::message;
 use crate::metrics::{LiveFigures, Recorder};
 use crate::workload::{Planned, PlannedOp, Schedule, Share, Workload};
 use crate::{OpKind, Target};
 
-/// Operations in flight at most (open loop). Beyond it, operations wait for a slot; their
-/// latency still counts from the intended start.
-pub const IN_FLIGHT_MAX: usize = 2_048;
-/// SMTP connections kept per front end.
-pub const SMTP_CONNECTIONS_PER_FRONT_END: u32 = 32;
+/// The largest `loadgen.in_flight_max`.
+pub const IN_FLIGHT_LIMIT: u32 = 1_000_000;
+
+/// How the load generator behaves as a client: how much it runs at once and how it connects
+/// (the experiment's `[loadgen]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClientConfig {
+    /// Open loop: operations in flight at most. Beyond it, operations wait for a slot; their
+    /// latency still counts from the intended start.
+    pub in_flight_max: u32,
+    pub smtp: SmtpClient,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            in_flight_max: 2_048,
+            smtp: SmtpClient::default(),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// This agent's part when the load is split `count` ways.
+    pub fn share(&self, count: u32) -> ClientConfig {
+        ClientConfig {
+            in_flight_max: self.in_flight_max.div_ceil(count.max(1)),
+            smtp: self.smtp.share(count),
+        }
+    }
+}
 
 /// What to run.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -36,6 +63,7 @@ pub struct EngineConfig {
     pub share: Share,
     /// Prefix of every generated message id, unique per run.
     pub run_id: String,
+    pub client: ClientConfig,
 }
 
 /// What a run produced.
@@ -43,6 +71,8 @@ pub struct RunOutput {
     pub recorder: Recorder,
     /// Acknowledged messages and what sessions read back, for the correctness check.
     pub ledger: Ledger,
+    /// Connections opened and the most open and in flight at once.
+    pub connections: ConnectionStats,
     pub started_at: SystemTime,
     pub elapsed: Duration,
 }
@@ -52,6 +82,8 @@ struct Shared {
     smtp: Option<SmtpDriver>,
     recorder: Mutex<Recorder>,
     ledger: Mutex<Ledger>,
+    tracker: Arc<ConnectionTracker>,
+    in_flight_peak: AtomicU64,
     start: Instant,
 }
 
@@ -75,6 +107,8 @@ impl<T> Drop for AbortOnDrop<T> {
 pub struct Delta {
     pub recorder: crate::metrics::RecorderState,
     pub ledger: Ledger,
+    /// So far in this engine (not since the last delta): peaks do not add up over time.
+    pub connections: ConnectionStats,
 }
 
 /// [`run`], and with `on_delta` about once a second everything recorded since the previous call
@@ -84,8 +118,9 @@ pub async fn run_streaming(
     mut progress: impl FnMut(&LiveFigures, Duration),
     mut on_delta: Option<impl FnMut(Delta)>,
 ) -> RunOutput {
+    let tracker = Arc::new(ConnectionTracker::default());
     let smtp = (!config.target.smtp.is_empty())
-        .then(|| SmtpDriver::new(&config.target.smtp, SMTP_CONNECTIONS_PER_FRONT_END));
+        .then(|| SmtpDriver::with(&config.target.smtp, &config.client.smtp, tracker.clone()));
     let duration = Duration::from_secs_f64(config.workload.duration_s);
     let warmup = Duration::from_secs_f64(config.workload.warmup_s);
     let started_at = SystemTime::now();
@@ -93,6 +128,8 @@ pub async fn run_streaming(
         smtp,
         recorder: Mutex::new(Recorder::new(warmup)),
         ledger: Mutex::new(Ledger::default()),
+        tracker,
+        in_flight_peak: AtomicU64::new(0),
         start: Instant::now(),
         config,
     });
@@ -131,7 +168,8 @@ pub async fn run_streaming(
                 if let Some(on_delta) = &mut on_delta {
                     let recorder = shared.recorder.lock().unwrap().take_delta_state();
                     let ledger = shared.ledger.lock().unwrap().take();
-                    on_delta(Delta { recorder, ledger });
+                    let connections = shared.connections();
+                    on_delta(Delta { recorder, ledger, connections });
                 }
             }
         }
@@ -142,19 +180,34 @@ pub async fn run_streaming(
     RunOutput {
         recorder,
         ledger,
+        connections: shared.connections(),
         started_at,
         elapsed,
     }
 }
 
+impl Shared {
+    fn connections(&self) -> ConnectionStats {
+        ConnectionStats {
+            in_flight_peak: self.in_flight_peak.load(Ordering::Relaxed),
+            ..self.tracker.stats()
+        }
+    }
+}
+
 async fn open_loop(shared: Arc<Shared>, schedule: Schedule) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+    let in_flight_max = shared.config.client.in_flight_max.max(1) as usize;
+    let slots = Arc::new(Semaphore::new(in_flight_max));
     let mut tasks = tokio::task::JoinSet::new();
     for planned in schedule {
         tokio::time::sleep_until(shared.start + planned.at).await;
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
+        let in_flight = (in_flight_max - slots.available_permits()) as u64;
+        shared
+            .in_flight_peak
+            .fetch_max(in_flight, Ordering::Relaxed);
         let shared = shared.clone();
         tasks.spawn(async move {
             let intended = shared.start + planned.at;
@@ -168,6 +221,9 @@ async fn open_loop(shared: Arc<Shared>, schedule: Schedule) {
 }
 
 async fn closed_loop(shared: Arc<Shared>, schedule: Schedule, sessions: usize, duration: Duration) {
+    shared
+        .in_flight_peak
+        .fetch_max(sessions as u64, Ordering::Relaxed);
     let schedule = Arc::new(Mutex::new(schedule));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..sessions {
@@ -205,7 +261,13 @@ async fn execute(shared: &Shared, planned: Planned, intended: Instant) {
                 let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
                     shared.config.seed ^ planned.seq,
                 );
-                message::generate(&id, &sender, &addresses, *size_bytes, &mut rng)
+                Arc::new(message::generate(
+                    &id,
+                    &sender,
+                    &addresses,
+                    *size_bytes,
+                    &mut rng,
+                ))
             };
             match &shared.smtp {
                 Some(driver) => {
@@ -232,6 +294,10 @@ async fn execute(shared: &Shared, planned: Planned, intended: Instant) {
         PlannedOp::Imap { user } => session(shared, kind, *user, planned.seq).await,
     };
     let latency = intended.elapsed();
+    if let Err(e) = &result {
+        // Counted by kind in the results; the words are here (RUST_LOG=loadgen=debug).
+        tracing::debug!(op = kind.name(), seq = planned.seq, error = %e, "operation failed");
+    }
     let error = result.as_ref().err().map(|e| e.kind());
     shared
         .recorder
@@ -259,6 +325,8 @@ async fn session(shared: &Shared, kind: OpKind, user_index: u64, seq: u64) -> Re
     let mut result = SessionResult::default();
     for k in 0..fronts.len() {
         let addr = fronts[(seq as usize + k) % fronts.len()];
+        // A session is one connection, open for the session's length.
+        let _open = shared.tracker.opened();
         attempt = match kind {
             OpKind::Pop3 => pop3::session(addr, &user, &target.password, true, &mut result).await,
             _ => imap::session(addr, &user, &target.password, true, &mut result).await,

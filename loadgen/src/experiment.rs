@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::drivers::smtp::SmtpClient;
+use crate::engine::{ClientConfig, IN_FLIGHT_LIMIT};
 use crate::workload::Workload;
 use crate::OpKind;
 
@@ -224,6 +226,21 @@ pub struct LoadgenSection {
     /// How long to keep trying to reach an agent that is not up yet (refused, or its name does
     /// not resolve yet), as when agents and coordinator start together.
     pub connect_timeout_s: f64,
+    /// Open loop: operations in flight at most (all agents together); beyond it an operation
+    /// waits for a slot, and the wait counts as its latency.
+    pub in_flight_max: u32,
+    /// `[loadgen.smtp]`: how SMTP connections are made and reused.
+    pub smtp: SmtpClient,
+}
+
+impl LoadgenSection {
+    /// The client behaviour the engine gets.
+    pub fn client(&self) -> ClientConfig {
+        ClientConfig {
+            in_flight_max: self.in_flight_max,
+            smtp: self.smtp.clone(),
+        }
+    }
 }
 
 impl Default for LoadgenSection {
@@ -233,6 +250,8 @@ impl Default for LoadgenSection {
             local_agents: 0,
             token: None,
             connect_timeout_s: 30.0,
+            in_flight_max: ClientConfig::default().in_flight_max,
+            smtp: SmtpClient::default(),
         }
     }
 }
@@ -516,6 +535,12 @@ impl Experiment {
         if let Some(bad) = l.agents.iter().find(|a| !is_host_port(a)) {
             return Err(format!("loadgen.agents: {bad:?} is not host:port"));
         }
+        if !(1..=IN_FLIGHT_LIMIT).contains(&l.in_flight_max) {
+            return Err(format!(
+                "loadgen.in_flight_max: must be 1 to {IN_FLIGHT_LIMIT}"
+            ));
+        }
+        l.smtp.validate("loadgen.smtp")?;
         let c = &self.cluster;
         if c.nodes == 0 || c.nodes > 63 {
             return Err(format!("cluster.nodes: must be 1 to 63, got {}", c.nodes));
@@ -729,6 +754,38 @@ mod tests {
         assert!(plan_sweep(&bad)
             .unwrap_err()
             .contains("sweep.saturate.probes"));
+    }
+
+    #[test]
+    fn the_connection_model_is_read_and_checked() {
+        let e = Experiment::from_toml(
+            "[loadgen]\nin_flight_max = 20000\n[loadgen.smtp]\nconnection = \"per-message\"\nconnections_per_front_end = 12000\n",
+        )
+        .unwrap();
+        assert_eq!(e.loadgen.in_flight_max, 20_000);
+        assert_eq!(
+            e.loadgen.smtp.connection,
+            crate::drivers::smtp::ConnectionModel::PerMessage
+        );
+        let client = e.loadgen.client().share(3);
+        assert_eq!(client.in_flight_max, 6_667);
+        assert_eq!(client.smtp.connections_per_front_end, 4_000);
+        for (text, key) in [
+            ("[loadgen.smtp]\nconnection = \"sometimes\"\n", "sometimes"),
+            ("[loadgen.smtp]\nconnections = 3\n", "connections"),
+            ("[loadgen]\nin_flight_max = 0\n", "loadgen.in_flight_max"),
+            (
+                "[loadgen.smtp]\nconnections_per_front_end = 0\n",
+                "loadgen.smtp.connections_per_front_end",
+            ),
+            (
+                "[loadgen.smtp]\nconnection = \"per-message\"\nmessages_per_connection = 5\n",
+                "loadgen.smtp.messages_per_connection",
+            ),
+        ] {
+            let err = Experiment::from_toml(text).unwrap_err();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

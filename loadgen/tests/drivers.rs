@@ -160,9 +160,15 @@ fn clusterbench_binary() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-fn message(id: &str, to: &str, size: usize, seed: u64) -> GeneratedMessage {
+fn message(id: &str, to: &str, size: usize, seed: u64) -> std::sync::Arc<GeneratedMessage> {
     let mut rng = StdRng::seed_from_u64(seed);
-    generate(id, "loadgen@client.test", &[to.to_string()], size, &mut rng)
+    std::sync::Arc::new(generate(
+        id,
+        "loadgen@client.test",
+        &[to.to_string()],
+        size,
+        &mut rng,
+    ))
 }
 
 fn sorted_ids(found: &[loadgen::message::Verified]) -> Vec<String> {
@@ -199,7 +205,7 @@ async fn drivers_against_a_real_cluster() {
         smtp.send(i as usize, "loadgen@client.test", &[t.address(1)], &m)
             .await
             .unwrap_or_else(|e| panic!("sending {}: {e}", m.id));
-        sent.push(m.id);
+        sent.push(m.id.clone());
     }
     sent.sort();
 

@@ -155,21 +155,42 @@ impl Run {
 
 /// [`compare`] of runs already read, for calibration, which compares many splits of one set.
 pub fn compare_runs(baseline: &[Run], candidate: &[Run], gate: &Gate) -> Comparison {
+    let kinds = metric_kinds(baseline, candidate);
+    let b = observe_runs(&kinds, baseline, gate.confidence);
+    let c = observe_runs(&kinds, candidate, gate.confidence);
+    let b: Vec<&[Option<Obs>]> = b.iter().map(Vec::as_slice).collect();
+    let c: Vec<&[Option<Obs>]> = c.iter().map(Vec::as_slice).collect();
+    compare_observed(&kinds, &b, &c, gate)
+}
+
+/// Each run's observation of each metric (`[run][kind]`): all a comparison needs of a run, so
+/// that calibration, which compares many splits of the same runs, reads each run once.
+pub(crate) fn observe_runs(
+    kinds: &[MetricKind],
+    runs: &[Run],
+    confidence: f64,
+) -> Vec<Vec<Option<Obs>>> {
+    runs.iter()
+        .map(|r| kinds.iter().map(|k| k.observe(r, confidence)).collect())
+        .collect()
+}
+
+/// [`compare_runs`] from observations (see [`observe_runs`]), one slice per run.
+pub(crate) fn compare_observed(
+    kinds: &[MetricKind],
+    baseline: &[&[Option<Obs>]],
+    candidate: &[&[Option<Obs>]],
+    gate: &Gate,
+) -> Comparison {
     let alpha = 1.0 - gate.confidence;
     let mut judged: Vec<Judged> = Vec::new();
-    for kind in metric_kinds(baseline, candidate) {
-        let b: Vec<Obs> = baseline
-            .iter()
-            .filter_map(|r| kind.observe(r, gate.confidence))
-            .collect();
-        let c: Vec<Obs> = candidate
-            .iter()
-            .filter_map(|r| kind.observe(r, gate.confidence))
-            .collect();
+    for (i, kind) in kinds.iter().enumerate() {
+        let b: Vec<Obs> = baseline.iter().filter_map(|r| r[i]).collect();
+        let c: Vec<Obs> = candidate.iter().filter_map(|r| r[i]).collect();
         if b.is_empty() || c.is_empty() {
             continue;
         }
-        judged.push(judge(&kind, &b, &c, gate));
+        judged.push(judge(kind, &b, &c, gate));
     }
 
     // Holm over the metrics that get a verdict, separately for "worse" and "better".
@@ -376,10 +397,10 @@ pub enum MetricKind {
 
 /// One run's figure and, where the run itself tells, its sampling error.
 #[derive(Debug, Clone, Copy)]
-struct Obs {
-    value: f64,
+pub(crate) struct Obs {
+    pub(crate) value: f64,
     /// Standard error of `value` from the run's own data (same units).
-    se: Option<f64>,
+    pub(crate) se: Option<f64>,
     /// Samples behind a quantile.
     samples: Option<u64>,
 }
@@ -464,7 +485,7 @@ impl MetricKind {
     }
 
     /// The figure with its sampling error in this run.
-    fn observe(&self, run: &Run, confidence: f64) -> Option<Obs> {
+    pub(crate) fn observe(&self, run: &Run, confidence: f64) -> Option<Obs> {
         let value = self.value(&run.results)?;
         let results = &run.results;
         let (se, samples) = match self {

@@ -71,29 +71,30 @@ impl Gate {
 
     /// The gate as a TOML file, with a comment per key.
     pub fn to_toml(&self) -> String {
+        let line = |kv: String, comment: &str| format!("{kv:<31}# {comment}\n");
         let mut out = String::new();
-        out.push_str(&format!(
-            "throughput_drop_max = {}     # a smaller drop is noise\n",
-            round(self.throughput_drop_max)
+        out.push_str(&line(
+            format!("throughput_drop_max = {}", round(self.throughput_drop_max)),
+            "a smaller drop is noise",
         ));
-        out.push_str(&format!(
-            "latency_rise_max = {}        # p50/p99\n",
-            round(self.latency_rise_max)
+        out.push_str(&line(
+            format!("latency_rise_max = {}", round(self.latency_rise_max)),
+            "p50/p99",
         ));
-        out.push_str(&format!(
-            "recovery_rise_max = {}       # convergence and throughput-recovery times\n",
-            round(self.recovery_rise_max)
+        out.push_str(&line(
+            format!("recovery_rise_max = {}", round(self.recovery_rise_max)),
+            "convergence and throughput-recovery times",
         ));
-        out.push_str(&format!(
-            "error_rate_rise_max = {}     # absolute\n",
-            round(self.error_rate_rise_max)
+        out.push_str(&line(
+            format!("error_rate_rise_max = {}", round(self.error_rate_rise_max)),
+            "absolute",
         ));
-        out.push_str(&format!(
-            "confidence = {}              # 1 - the chance of any false alarm in one comparison\n",
-            round(self.confidence)
+        out.push_str(&line(
+            format!("confidence = {}", round(self.confidence)),
+            "1 - the chance of any false alarm in one comparison",
         ));
         if let Some(r) = self.repetitions {
-            out.push_str(&format!("repetitions = {r}                # runs a side\n"));
+            out.push_str(&line(format!("repetitions = {r}"), "runs a side"));
         }
         for (name, m) in &self.metric {
             out.push_str(&format!("\n[metric.{}]\n", toml_key(name)));

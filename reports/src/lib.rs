@@ -7,6 +7,7 @@
 //! This crate renders data. It never runs a cluster or a load, never reads the clock, and does no
 //! I/O beyond what its caller hands it: the caller reads the files and writes the page.
 
+pub mod calibrate;
 mod charts;
 pub mod compare;
 mod error;

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _};
+use loadgen::drivers::ConnectionStats;
 use loadgen::engine::{EngineConfig, RunOutput};
 use loadgen::ledger::Ledger;
 use loadgen::metrics::{LiveFigures, Recorder};
@@ -245,6 +246,7 @@ pub async fn drive(
     for (i, mut c) in connected.into_iter().enumerate() {
         let mut config = base.clone();
         config.share = Share::new(i as u32, count).map_err(|e| anyhow::anyhow!(e))?;
+        config.client = base.client.share(count);
         let start_at = (start_ns as i128 + c.offset_ns as i128).max(0) as u64;
         write_frame(
             &mut c.writer,
@@ -301,6 +303,9 @@ pub async fn drive(
     let deadline = start + duration + DRAIN_MAX;
     let mut recorder = Recorder::new(warmup);
     let mut ledger = Ledger::default();
+    // Each agent's figures so far; the run's are their sum (agents run side by side, so the sum
+    // of their peaks bounds the peak of the whole).
+    let mut connections = vec![ConnectionStats::default(); reports.len()];
     let mut live: Vec<Option<LiveFigures>> = vec![None; reports.len()];
     let mut elapsed = Duration::ZERO;
     let mut open = reports.len();
@@ -321,6 +326,7 @@ pub async fn drive(
                                     .map(|t| t.attempted)
                                     .sum::<u64>();
                                 ledger.merge(d.ledger);
+                                connections[i] = d.connections;
                                 live[i] = Some(d.live);
                             }
                             // All of it, so the counts and the checker's lists agree.
@@ -366,6 +372,13 @@ pub async fn drive(
         RunOutput {
             recorder,
             ledger,
+            connections: connections
+                .iter()
+                .fold(ConnectionStats::default(), |sum, c| ConnectionStats {
+                    opened: sum.opened + c.opened,
+                    open_peak: sum.open_peak + c.open_peak,
+                    in_flight_peak: sum.in_flight_peak + c.in_flight_peak,
+                }),
             started_at,
             elapsed,
         },

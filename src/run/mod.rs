@@ -40,6 +40,7 @@ pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const CHECK_CONCURRENCY: usize = 16;
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    raise_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("run")
@@ -50,6 +51,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         std::process::exit(outcome.exit_code());
     }
     Ok(())
+}
+
+/// Raises this process's limit on open files to the most it may have (the hard limit): a load
+/// generator holding 10,000 sessions needs 10,000 descriptors, beyond the usual 1,024. Failing
+/// that, the limit stays as it was ([`file_limit`] reports it).
+pub fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// This process's limit on open files, if it can tell.
+pub fn file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct passed to it.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
 }
 
 /// Reads an experiment file as a table and applies `--set` overrides.
@@ -180,6 +209,7 @@ pub async fn run_one(
         )));
     }
     describe(&experiment, cluster.is_some());
+    warn_file_limit(&experiment, &target);
     let progress = Progress::new(duration);
     let run_id = format!("{}-{}", experiment.name, started_at.format("%Y%m%d%H%M%S"));
     let engine_config = EngineConfig {
@@ -188,6 +218,7 @@ pub async fn run_one(
         seed: experiment.seed,
         share: Share { index: 0, count: 1 },
         run_id: run_id.clone(),
+        client: experiment.loadgen.client(),
     };
     let l = &experiment.loadgen;
     let (output, agent_reports) = if l.agents.is_empty() && l.local_agents == 0 {
@@ -278,6 +309,7 @@ pub async fn run_one(
         correctness,
         settled,
         agent_reports,
+        results::LoadgenInfo::new(&experiment, output.connections, file_limit()),
     );
     let path = out.join("results.json");
     let json = serde_json::to_value(&results)?;
@@ -472,6 +504,20 @@ async fn check(target: &Target, ledger: &Ledger, run_id: &str) -> Correctness {
         }
     }
     check.finish()
+}
+
+/// Says so when the sessions the experiment allows could outrun the open-file limit.
+fn warn_file_limit(experiment: &Experiment, target: &Target) {
+    let l = &experiment.loadgen;
+    let smtp = u64::from(l.smtp.connections_per_front_end) * target.smtp.len() as u64;
+    let wanted = smtp.min(u64::from(l.in_flight_max)) + 64;
+    if let Some(limit) = file_limit().filter(|&limit| limit < wanted) {
+        eprintln!(
+            "warning: up to {wanted} connections may be open at once, but this process may open \
+             only {limit} files (ulimit -n); raise the hard limit or lower \
+             loadgen.smtp.connections_per_front_end"
+        );
+    }
 }
 
 fn describe(experiment: &Experiment, bundled: bool) {

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use loadgen::drivers::smtp::ConnectionModel;
+use loadgen::drivers::ConnectionStats;
 use loadgen::experiment::Experiment;
 use loadgen::ledger::Correctness;
 use loadgen::metrics::Summary;
@@ -34,8 +36,44 @@ pub struct Results {
     /// The agents the load came from, when it came from agents.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<super::agents::AgentReport>,
+    /// How the load generator connected and how much it ran at once.
+    pub loadgen: LoadgenInfo,
     pub slo: SloVerdicts,
     pub verdict: Verdict,
+}
+
+/// The load generator as a client: its connection model and limits, and what it reached.
+#[derive(Debug, Serialize)]
+pub struct LoadgenInfo {
+    /// `reuse` or `per-message`.
+    pub smtp_connection: ConnectionModel,
+    pub smtp_connections_per_front_end: u32,
+    pub smtp_messages_per_connection: u32,
+    pub in_flight_max: u32,
+    /// Connections opened: SMTP connections, and one per POP3 or IMAP session.
+    pub connections_opened: u64,
+    /// The most connections open at once (idle pooled ones included).
+    pub connections_open_peak: u64,
+    /// The most operations in flight at once (open loop), or the closed loop's sessions.
+    pub in_flight_peak: u64,
+    /// The open-file limit of the process that ran the load.
+    pub file_limit: Option<u64>,
+}
+
+impl LoadgenInfo {
+    pub fn new(experiment: &Experiment, c: ConnectionStats, file_limit: Option<u64>) -> Self {
+        let l = &experiment.loadgen;
+        LoadgenInfo {
+            smtp_connection: l.smtp.connection,
+            smtp_connections_per_front_end: l.smtp.connections_per_front_end,
+            smtp_messages_per_connection: l.smtp.messages_per_connection,
+            in_flight_max: l.in_flight_max,
+            connections_opened: c.opened,
+            connections_open_peak: c.open_peak,
+            in_flight_peak: c.in_flight_peak,
+            file_limit,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -141,6 +179,7 @@ impl Results {
         correctness: Option<Correctness>,
         settle: Option<Settle>,
         agents: Vec<super::agents::AgentReport>,
+        loadgen: LoadgenInfo,
     ) -> Results {
         let slo = slo_verdicts(experiment, &operations);
         let mut reasons = Vec::new();
@@ -240,6 +279,7 @@ impl Results {
             correctness,
             settle,
             agents,
+            loadgen,
             verdict: Verdict {
                 pass: outcome == Outcome::Pass,
                 reasons,
@@ -286,6 +326,30 @@ impl Results {
                 f(r.convergence_s),
                 f(r.throughput_recovered_s),
                 f(r.reintegration_s)
+            );
+        }
+        let l = &self.loadgen;
+        println!(
+            "load generator: {} connection(s) opened (SMTP {}), at most {} open and {} operation(s) in flight at once",
+            l.connections_opened,
+            match l.smtp_connection {
+                ConnectionModel::Reuse => "connections reused",
+                ConnectionModel::PerMessage => "a connection per message",
+            },
+            l.connections_open_peak,
+            l.in_flight_peak
+        );
+        let open_loop = self
+            .experiment
+            .workload
+            .rate
+            .sessions_for(loadgen::workload::Share::ALL)
+            .is_none();
+        if open_loop && l.in_flight_peak >= u64::from(l.in_flight_max) {
+            println!(
+                "  the in-flight limit ({}) was reached: operations waited for a slot, which counts \
+                 as their latency; raise loadgen.in_flight_max if the target was not the bottleneck",
+                l.in_flight_max
             );
         }
         if let Some(s) = self.settle.as_ref().filter(|s| s.backlog_at_load_end > 0) {

@@ -8,7 +8,11 @@
 //! never retry (the engine decides what a failure means), never run unbounded (every operation is
 //! bounded by [`OP_TIMEOUT`], every read by a size limit), and never panic on what a server sends.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::message::Verified;
 
@@ -52,6 +56,55 @@ impl OpError {
             OpError::Rejected(_) => "rejected",
             OpError::Protocol(_) => "protocol",
             OpError::Io(_) => "io",
+        }
+    }
+}
+
+/// Counts the connections the load generator opens and how many are open at once, for
+/// results.json: realistic load is as much about connections as about messages.
+#[derive(Debug, Default)]
+pub struct ConnectionTracker {
+    opened: AtomicU64,
+    open: AtomicU64,
+    open_peak: AtomicU64,
+}
+
+/// A connection counted as open until this is dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Arc<ConnectionTracker>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a [`ConnectionTracker`] saw, and the most operations in flight at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionStats {
+    /// Connections opened (SMTP connections, and one per POP3 or IMAP session).
+    pub opened: u64,
+    /// The most connections open at once (idle pooled ones included).
+    pub open_peak: u64,
+    /// The most operations in flight at once (open loop), or the sessions (closed loop).
+    pub in_flight_peak: u64,
+}
+
+impl ConnectionTracker {
+    /// Counts a connection just opened; it counts as open until the guard is dropped.
+    pub fn opened(self: &Arc<Self>) -> OpenConnection {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        let now = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.open_peak.fetch_max(now, Ordering::Relaxed);
+        OpenConnection(Arc::clone(self))
+    }
+
+    /// Connections opened so far and the most open at once.
+    pub fn stats(&self) -> ConnectionStats {
+        ConnectionStats {
+            opened: self.opened.load(Ordering::Relaxed),
+            open_peak: self.open_peak.load(Ordering::Relaxed),
+            in_flight_peak: 0,
         }
     }
 }
@@ -116,10 +169,10 @@ mod tests {
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], 9).into();
         let driver = smtp::SmtpDriver::new(&[addr], 1);
         send_sync(&driver);
-        let message = crate::message::GeneratedMessage {
+        let message = Arc::new(crate::message::GeneratedMessage {
             id: String::new(),
             bytes: Vec::new(),
-        };
+        });
         let to = Vec::new();
         send(driver.send(0, "", &to, &message));
         let mut out = SessionResult::default();
