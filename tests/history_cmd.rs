@@ -1,6 +1,6 @@
 //! `clusterbench history` over synthetic commits (copies of the quickstart run with seeded
 //! noise): a step in smtp's throughput and p99 is found where it starts, a flat history shows no
-//! change point, bad input exits 2 naming it.
+//! change point, bad input exits 2 naming it; and the CI example that runs it is valid YAML.
 
 mod common;
 
@@ -184,5 +184,38 @@ fn bad_input_exits_2_naming_it() {
         String::from_utf8_lossy(&out.stderr).contains("c01 (commit 2 of 2), run 1 of 1"),
         "{}",
         text(&out)
+    );
+}
+
+#[test]
+fn the_ci_example_keeps_a_history_beside_the_gate() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/ci/github-actions-example.yml");
+    let workflow: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{path} is not valid YAML: {e}"));
+    let steps = workflow["jobs"]["perf"]["steps"]
+        .as_sequence()
+        .expect("the perf job has steps");
+    let runs: Vec<&str> = steps.iter().filter_map(|s| s["run"].as_str()).collect();
+    assert!(
+        runs.iter().any(|r| r.contains("ci/perf-gate.sh")),
+        "{runs:?}"
+    );
+    assert!(
+        runs.iter()
+            .any(|r| r.contains("clusterbench history") && r.contains("--html")),
+        "{runs:?}"
+    );
+    let uploads: Vec<String> = steps
+        .iter()
+        .filter(|s| {
+            s["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("actions/upload-artifact"))
+        })
+        .map(|s| format!("{:?}", s["with"]["name"]))
+        .collect();
+    assert!(
+        uploads.iter().any(|n| n.contains("perf-history")),
+        "{uploads:?}"
     );
 }
