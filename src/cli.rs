@@ -42,6 +42,11 @@ pub enum Command {
     /// Compare a candidate's results with a baseline's: per metric a change, a confidence interval
     /// and a verdict. Exit 0: nothing regressed beyond the gate; 1: something did; 2: bad input.
     Compare(CompareArgs),
+    /// Find where each metric's level moved for good over a series of results, one per commit in
+    /// the order given (E-divisive means, Welch's t, Bonferroni over cuts and metrics): one line
+    /// per change point, improvements included. Exit 0 whenever the input was read (a history
+    /// informs; `compare` is the gate); 2: bad input.
+    History(HistoryArgs),
     /// Run the deterministic simulations of the cluster's protocols.
     Sim {
         #[command(subcommand)]
@@ -158,6 +163,24 @@ pub struct CompareArgs {
     #[arg(long)]
     pub benchmark_json: Option<PathBuf>,
     /// Also write the comparison as an HTML page.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// One per commit, oldest first: a results.json, or a directory of them (repetitions of that
+    /// commit). Name them so that they sort in order, e.g. perf-history/00000042-1a2b3c4/.
+    #[arg(required = true, value_name = "RESULTS")]
+    pub commits: Vec<PathBuf>,
+    /// Thresholds (TOML, e.g. ci/gate.toml), as for `compare`: a change smaller than a metric's
+    /// threshold is not a change point; `confidence` sets the p-value needed.
+    #[arg(long)]
+    pub gate: Option<PathBuf>,
+    /// Also write every metric's series and change points as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also write the history as an HTML page (a chart per metric).
     #[arg(long)]
     pub html: Option<PathBuf>,
 }

@@ -29,15 +29,7 @@ pub fn run(args: CompareArgs) -> i32 {
 
 /// Whether anything regressed.
 fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
-    let gate = match &args.gate {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            reports::Gate::from_toml(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-        }
-        None => reports::Gate::default(),
-    };
+    let gate = read_gate(args.gate.as_deref())?;
     let baseline = side(&args.baseline)?;
     let candidate = side(&args.candidate)?;
     let comparison =
@@ -72,7 +64,17 @@ fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
     Ok(comparison.regressed)
 }
 
-fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+/// The gate file's thresholds (`--gate FILE`), or the defaults without one.
+pub(crate) fn read_gate(path: Option<&Path>) -> anyhow::Result<reports::Gate> {
+    let Some(path) = path else {
+        return Ok(reports::Gate::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    reports::Gate::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+pub(crate) fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     crate::local_cluster::write_atomically(path, text.as_bytes())
 }
 

@@ -7,6 +7,7 @@ pub mod capacity_cmd;
 pub mod cli;
 pub mod cluster_up;
 pub mod compare_cmd;
+pub mod history_cmd;
 pub mod local_cluster;
 pub mod node_cmd;
 pub mod report_cmd;
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Calibrate(args) => calibrate_cmd::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Compare(args) => std::process::exit(compare_cmd::run(args)),
+        Command::History(args) => std::process::exit(history_cmd::run(args)),
         Command::Sim {
             command: SimCommand::Membership(args),
         } => sim_cmd::membership(args),

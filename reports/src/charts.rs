@@ -42,7 +42,7 @@ const OP_COLORS: [RGBColor; 6] = [
     RGBColor(227, 119, 194),
     RGBColor(23, 190, 207),
 ];
-const FAULT_COLOR: RGBColor = RGBColor(214, 39, 40);
+pub(crate) const FAULT_COLOR: RGBColor = RGBColor(214, 39, 40);
 const FAULT_LABEL_COLOR: RGBColor = RGBColor(150, 20, 20);
 const VIEW_COLOR: RGBColor = RGBColor(118, 66, 170);
 const ERROR_COLOR: RGBColor = RGBColor(60, 60, 60);

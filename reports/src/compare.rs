@@ -844,20 +844,6 @@ struct MetricRow {
 
 impl MetricRow {
     fn of(m: &MetricComparison) -> MetricRow {
-        let figure = |v: f64| -> String {
-            match m.unit.as_str() {
-                "ms" => fmt_ms(v),
-                "ops/s" => fmt_rate(v),
-                "ratio" => fmt_percent(v),
-                _ if v.is_finite() => format!("{v:.3}"),
-                _ => NONE.into(),
-            }
-        };
-        let unit = if m.unit == "ratio" {
-            ""
-        } else {
-            m.unit.as_str()
-        };
         let interval = match (m.ci_low, m.ci_high) {
             (Some(low), Some(high)) => format!("{} … {}", fmt_change(low), fmt_change(high)),
             _ => NONE.into(),
@@ -876,17 +862,11 @@ impl MetricRow {
         });
         MetricRow {
             metric: m.metric.clone(),
-            baseline: format!("{} {unit}", figure(m.baseline)).trim_end().into(),
-            candidate: format!("{} {unit}", figure(m.candidate)).trim_end().into(),
+            baseline: fmt_figure(m.baseline, &m.unit),
+            candidate: fmt_figure(m.candidate, &m.unit),
             change: fmt_change(m.change),
             interval,
-            p_value: m.p_value.map_or(NONE.into(), |p| {
-                if p < 0.001 {
-                    "<0.001".into()
-                } else {
-                    format!("{p:.3}")
-                }
-            }),
+            p_value: m.p_value.map_or(NONE.into(), fmt_p_value),
             detectable,
             verdict: m.verdict.label(),
             better: if m.bigger_is_better {
@@ -911,8 +891,30 @@ impl MetricRow {
     }
 }
 
+/// A metric's figure with its unit, as the tables show it: `88.4 ops/s`, `148 ms`, `0.14 %`.
+pub(crate) fn fmt_figure(v: f64, unit: &str) -> String {
+    let figure = match unit {
+        "ms" => fmt_ms(v),
+        "ops/s" => fmt_rate(v),
+        "ratio" => fmt_percent(v),
+        _ if v.is_finite() => format!("{v:.3}"),
+        _ => NONE.into(),
+    };
+    let unit = if unit == "ratio" { "" } else { unit };
+    format!("{figure} {unit}").trim_end().into()
+}
+
+/// A p-value to three decimals, or `<0.001`.
+pub(crate) fn fmt_p_value(p: f64) -> String {
+    if p < 0.001 {
+        "<0.001".into()
+    } else {
+        format!("{p:.3}")
+    }
+}
+
 /// A relative change as a signed percentage: `+3.2 %`, `-50.0 %`, `+∞`.
-fn fmt_change(change: f64) -> String {
+pub(crate) fn fmt_change(change: f64) -> String {
     if change.is_nan() {
         NONE.into()
     } else if change.is_infinite() {

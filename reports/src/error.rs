@@ -64,6 +64,28 @@ pub enum ReportError {
         runs: usize,
         source: Box<ReportError>,
     },
+    #[error("no results to make a history of: give one results.json or directory per commit")]
+    HistoryEmpty,
+    #[error("{given} commits given: a history has at most {max}; give the most recent ones")]
+    HistoryTooManyCommits { given: usize, max: usize },
+    #[error("{label} (commit {commit} of {commits}) holds no runs")]
+    HistoryCommitEmpty {
+        label: String,
+        commit: usize,
+        commits: usize,
+    },
+    #[error("{given} runs given in all: a history reads at most {max}")]
+    HistoryTooManyRuns { given: usize, max: usize },
+    /// One run of a history was unreadable; `commit` and `run` count from 1.
+    #[error("{label} (commit {commit} of {commits}), run {run} of {runs}: {source}")]
+    InHistoryRun {
+        label: String,
+        commit: usize,
+        commits: usize,
+        run: usize,
+        runs: usize,
+        source: Box<ReportError>,
+    },
     /// The gate's thresholds are unusable (negative, not a number, confidence outside (0, 1)).
     #[error("gate: {0}")]
     Gate(String),

@@ -2,7 +2,8 @@
 //! self-contained HTML page — tables, inline SVG charts, no scripts, no external files; and reads
 //! a sweep's `sweep.json` with the results of its runs and renders the page that compares them.
 //! It also compares repetitions of a baseline with repetitions of a candidate, figure by figure,
-//! against noise thresholds ([`compare`]), for a CI gate, the terminal, tools and a page.
+//! against noise thresholds ([`compare`]), for a CI gate, the terminal, tools and a page; and
+//! finds where metrics moved for good in a history of commits' results ([`mod@history`]).
 //!
 //! This crate renders data. It never runs a cluster or a load, never reads the clock, and does no
 //! I/O beyond what its caller hands it: the caller reads the files and writes the page.
@@ -13,6 +14,8 @@ pub mod compare;
 mod error;
 mod format;
 pub mod gate;
+pub mod history;
+mod history_charts;
 mod page;
 pub mod schema;
 pub mod stats;
@@ -25,6 +28,7 @@ pub use compare::{
 };
 pub use error::ReportError;
 pub use gate::{Gate, MetricGate};
+pub use history::{history, history_json, history_table, render_history, Commit, History};
 pub use schema::SCHEMA_VERSION;
 pub use sweep::{SWEEP_RUNS_MAX, SWEEP_SCHEMA_VERSION};
 

@@ -294,42 +294,62 @@ pub fn batch_means_relative_se(per_second: &[f64]) -> Option<f64> {
 /// James's E-divisive statistic with exponent 1, as MongoDB's and Apache Otava's change-point
 /// detection use): `(τ, q)` where the second part starts at index τ, both parts have at least
 /// `min_size` values, and `q` is the statistic there. `None` when the series is too short.
+///
+/// The sums of distances within each part and between them are updated as the cut moves (each
+/// step moves one value from the right part to the left), so a series of n values costs O(n²),
+/// not O(n³).
 pub fn e_divisive_split(series: &[f64], min_size: usize) -> Option<(usize, f64)> {
     let n = series.len();
     let min_size = min_size.max(1);
     if n < 2 * min_size {
         return None;
     }
-    let mut best: Option<(usize, f64)> = None;
-    for tau in min_size..=n - min_size {
-        let (left, right) = series.split_at(tau);
-        let (a, b) = (left.len() as f64, right.len() as f64);
-        let between: f64 = left
-            .iter()
-            .flat_map(|x| right.iter().map(move |y| (x - y).abs()))
-            .sum::<f64>()
-            * 2.0
-            / (a * b);
-        let within = |part: &[f64]| -> f64 {
-            let k = part.len();
-            if k < 2 {
-                return 0.0;
+    let distances = |k: usize, others: &[f64]| -> f64 {
+        others.iter().map(|y| (series[k] - y).abs()).sum::<f64>()
+    };
+    let pairs = |part: &[f64]| -> f64 {
+        let mut sum = 0.0;
+        for i in 0..part.len() {
+            for j in i + 1..part.len() {
+                sum += (part[i] - part[j]).abs();
             }
-            let mut sum = 0.0;
-            for i in 0..k {
-                for j in i + 1..k {
-                    sum += (part[i] - part[j]).abs();
-                }
-            }
+        }
+        sum
+    };
+    // Sums of |x_i − x_j| over the pairs within the left part, within the right part, and with
+    // one value in each, for the cut at τ.
+    let mut tau = min_size;
+    let mut within_left = pairs(&series[..tau]);
+    let mut within_right = pairs(&series[tau..]);
+    let mut between: f64 = (0..tau).map(|i| distances(i, &series[tau..])).sum();
+    let mean_of_pairs = |sum: f64, k: usize| -> f64 {
+        if k < 2 {
+            0.0
+        } else {
             sum / (k * (k - 1) / 2) as f64
-        };
-        let energy = between - within(left) - within(right);
-        let q = a * b / (a + b) * energy;
+        }
+    };
+    let mut best: Option<(usize, f64)> = None;
+    loop {
+        let (a, b) = (tau, n - tau);
+        let energy = between * 2.0 / (a as f64 * b as f64)
+            - mean_of_pairs(within_left, a)
+            - mean_of_pairs(within_right, b);
+        let q = (a * b) as f64 / n as f64 * energy;
         if best.is_none_or(|(_, q_best)| q > q_best) {
             best = Some((tau, q));
         }
+        if tau == n - min_size {
+            return best;
+        }
+        // x_τ moves to the left part.
+        let to_left = distances(tau, &series[..tau]);
+        let to_right = distances(tau, &series[tau + 1..]);
+        within_left += to_left;
+        within_right = (within_right - to_right).max(0.0);
+        between += to_right - to_left;
+        tau += 1;
     }
-    best
 }
 
 #[cfg(test)]
@@ -420,5 +440,67 @@ mod tests {
         assert_eq!(tau, 6);
         assert!(q > 0.0);
         assert_eq!(e_divisive_split(&[1.0, 2.0, 3.0], 2), None);
+    }
+
+    /// The statistic computed from scratch at every cut, as Matteson and James define it.
+    fn e_divisive_naive(series: &[f64], min_size: usize) -> Option<(usize, f64)> {
+        let n = series.len();
+        if n < 2 * min_size {
+            return None;
+        }
+        let within = |part: &[f64]| -> f64 {
+            let k = part.len();
+            if k < 2 {
+                return 0.0;
+            }
+            let mut sum = 0.0;
+            for i in 0..k {
+                for j in i + 1..k {
+                    sum += (part[i] - part[j]).abs();
+                }
+            }
+            sum / (k * (k - 1) / 2) as f64
+        };
+        let mut best: Option<(usize, f64)> = None;
+        for tau in min_size..=n - min_size {
+            let (left, right) = series.split_at(tau);
+            let (a, b) = (left.len() as f64, right.len() as f64);
+            let between: f64 = left
+                .iter()
+                .flat_map(|x| right.iter().map(move |y| (x - y).abs()))
+                .sum::<f64>()
+                * 2.0
+                / (a * b);
+            let q = a * b / (a + b) * (between - within(left) - within(right));
+            if best.is_none_or(|(_, q_best)| q > q_best) {
+                best = Some((tau, q));
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn the_running_sums_give_the_statistic_from_scratch() {
+        // A deterministic wobble with two level shifts, cut with several minimum sizes.
+        let series: Vec<f64> = (0..40)
+            .map(|i| {
+                let level = match i {
+                    0..=14 => 100.0,
+                    15..=29 => 70.0,
+                    _ => 90.0,
+                };
+                level + ((i * 37 % 11) as f64 - 5.0)
+            })
+            .collect();
+        for min_size in [1, 2, 3, 7, 20] {
+            let (tau, q) = e_divisive_split(&series, min_size).unwrap();
+            let (tau_naive, q_naive) = e_divisive_naive(&series, min_size).unwrap();
+            assert_eq!(tau, tau_naive, "min_size {min_size}");
+            assert!(
+                close(q, q_naive, 1e-9 * q_naive.abs().max(1.0)),
+                "{q} {q_naive}"
+            );
+        }
+        assert_eq!(e_divisive_split(&[5.0; 8], 3), Some((3, 0.0)));
     }
 }

@@ -304,15 +304,15 @@ fn draw_error_bar<'a>(
 }
 
 /// Wide enough for the longest label, within bounds.
-fn legend_width_px(labels: &[&str]) -> u32 {
+pub(crate) fn legend_width_px(labels: &[&str]) -> u32 {
     let chars = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
     ((chars as f64 * CHAR_PX) as u32 + 50).clamp(LEGEND_WIDTH_MIN_PX, LEGEND_WIDTH_MAX_PX)
 }
 
 /// Label, style, dashed.
-type LegendRow = (String, ShapeStyle, bool);
+pub(crate) type LegendRow = (String, ShapeStyle, bool);
 
-fn draw_legend(area: &Area<'_>, entries: &[LegendRow]) -> DrawResult {
+pub(crate) fn draw_legend(area: &Area<'_>, entries: &[LegendRow]) -> DrawResult {
     const ROW_PX: i32 = 22;
     const SWATCH_PX: i32 = 26;
     let text = font(LEGEND_PX)
