@@ -6,7 +6,9 @@
 //! - `compare` of a run against a rerun of the same configuration says unchanged (exit 0), and
 //!   against the same experiment with the disks' sync rate halved says regressed (exit 1);
 //! - a saturated sweep finds each configuration's capacity (a probe meets the SLO, a faster one
-//!   misses) and shows the run at that rate.
+//!   misses) and shows the run at that rate;
+//! - `history` over ten real runs, the last four with the disk at 80 % of its sync rate, finds
+//!   the step where it starts, and over ten unchanged runs finds nothing.
 
 mod common;
 
@@ -229,4 +231,86 @@ saturate = { start_per_s = 20, precision = 0.5, probes = 5 }
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("Saturated"), "the report does not say so");
+}
+
+/// One commit's run of [`DISK_BOUND`] (shortened) in `dir/NAME`, with `set` on top.
+fn commit_run(dir: &Path, name: &str, seed: u64, set: &[&str]) {
+    let run_dir = dir.join(name);
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let seed = format!("seed={seed}");
+    let mut args = vec!["--set", seed.as_str(), "--set", "workload.duration_s=4"];
+    args.extend_from_slice(set);
+    let (output, _) = common::run_experiment(&run_dir, DISK_BOUND, &args);
+    assert!(output.status.success(), "{}", text(&output));
+}
+
+#[test]
+fn history_finds_a_planted_step_and_nothing_in_a_flat_series() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ten commits of the same code; the planted series is the first six of them and four with
+    // the disk at 80 % of its sync rate.
+    let mut flat = Vec::new();
+    for i in 0..10u64 {
+        let name = format!("c{i:02}");
+        commit_run(dir.path(), &name, 100 + i, &[]);
+        flat.push(name);
+    }
+    let mut planted: Vec<String> = flat[..6].to_vec();
+    for i in 6..10u64 {
+        let name = format!("s{i:02}");
+        commit_run(
+            dir.path(),
+            &name,
+            100 + i,
+            &["--set", "cluster.disk.syncs_per_s=80"],
+        );
+        planted.push(name);
+    }
+    let history = |commits: &[String], json: &str| {
+        let output = Command::new(BIN)
+            .current_dir(dir.path())
+            .arg("history")
+            .args(commits)
+            .args(["--json", json])
+            .output()
+            .unwrap();
+        let log = text(&output);
+        assert_eq!(output.status.code(), Some(0), "{log}");
+        eprintln!("{log}");
+        read_json(&dir.path().join(json))
+    };
+    let changes = |h: &Value| -> Vec<(String, u64)> {
+        h["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|m| {
+                m["change_points"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| {
+                        (
+                            m["metric"].as_str().unwrap().to_string(),
+                            c["index"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let found = changes(&history(&flat, "flat.json"));
+    assert!(
+        found.is_empty(),
+        "change points in a flat series: {found:?}"
+    );
+    let found = changes(&history(&planted, "planted.json"));
+    assert!(
+        found.contains(&("smtp throughput_per_s".to_string(), 6)),
+        "the step at commit 6 was not found: {found:?}"
+    );
+    assert!(
+        found.iter().all(|(_, index)| *index == 6),
+        "change points elsewhere: {found:?}"
+    );
 }

@@ -25,3 +25,29 @@ fn the_readme_configuration_example_parses() {
     assert_eq!(config.cluster.membership, defaults.cluster.membership);
     assert_eq!(config.disk, defaults.disk);
 }
+
+/// The README's complete experiment example parses with every key the runner knows, and shows
+/// the defaults of what it sets.
+#[test]
+fn the_readme_experiment_example_parses() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Experiment files")
+        .nth(1)
+        .expect("README has an Experiment files section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the Experiment files section has a TOML example");
+    let experiment = loadgen::experiment::Experiment::from_toml(block)
+        .unwrap_or_else(|e| panic!("README experiment example does not parse: {e}"));
+    let defaults = loadgen::experiment::Experiment::default();
+    assert_eq!(experiment.loadgen.smtp, defaults.loadgen.smtp);
+    assert_eq!(
+        experiment.loadgen.in_flight_max,
+        defaults.loadgen.in_flight_max
+    );
+    assert_eq!(experiment.workload.mix, defaults.workload.mix);
+}
