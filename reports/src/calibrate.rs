@@ -134,13 +134,9 @@ pub fn calibrate(runs: &[Run], base: &Gate, goal: &Goal) -> Result<Calibration, 
             }
             // In the threshold's terms, positive when worse.
             let worse = if m.bigger_is_better { -1.0 } else { 1.0 };
-            let change = if m.unit == "ratio" {
-                m.candidate - m.baseline
-            } else {
-                m.change
-            };
-            if change.is_finite() {
-                moved[i].push(worse * change);
+            // In the threshold's terms already: relative, or absolute for the error rate.
+            if m.change.is_finite() {
+                moved[i].push(worse * m.change);
             }
         }
     }

@@ -76,10 +76,11 @@ pub struct MetricComparison {
     pub baseline: f64,
     /// Mean over the candidate's runs.
     pub candidate: f64,
-    /// Relative change (the ratio of geometric means − 1 for figures compared on a log scale;
-    /// infinite when the baseline is 0 and the candidate is not, `null` in JSON).
+    /// The change, in the threshold's terms: relative (the ratio of geometric means − 1 for
+    /// figures compared on a log scale; infinite when the baseline is 0 and the candidate is
+    /// not, `null` in JSON), or for the error rate the absolute difference.
     pub change: f64,
-    /// The `confidence` interval of the relative change; `None` without a verdict.
+    /// The `confidence` interval of the change; `None` without a verdict.
     pub ci_low: Option<f64>,
     pub ci_high: Option<f64>,
     /// One-sided p-value in the direction of the change, Holm-adjusted over the metrics judged.
@@ -690,7 +691,11 @@ fn judge(kind: &MetricKind, b: &[Obs], c: &[Obs], gate: &Gate) -> Judged {
         candidate_runs: c.len(),
         baseline: base,
         candidate: cand,
-        change: relative(cand - base, base),
+        change: if kind.absolute() {
+            cand - base
+        } else {
+            relative(cand - base, base)
+        },
         ci_low: None,
         ci_high: None,
         p_value: None,
@@ -747,7 +752,9 @@ fn judge(kind: &MetricKind, b: &[Obs], c: &[Obs], gate: &Gate) -> Judged {
     let diff = stats::welch(&be, &ce);
     let worse = if kind.bigger_is_better() { -1.0 } else { 1.0 };
     let to_change = |d: f64| {
-        if log_scale {
+        if kind.absolute() {
+            d
+        } else if log_scale {
             d.exp_m1()
         } else {
             relative(d, base)
@@ -757,12 +764,7 @@ fn judge(kind: &MetricKind, b: &[Obs], c: &[Obs], gate: &Gate) -> Judged {
     let (low, high) = diff.interval(gate.confidence);
     out.ci_low = Some(to_change(low));
     out.ci_high = Some(to_change(high));
-    let moved = worse
-        * if kind.absolute() {
-            diff.diff
-        } else {
-            out.change
-        };
+    let moved = worse * out.change;
     let test = Test {
         diff,
         p_worse: diff.p_one_sided(worse),
@@ -844,8 +846,16 @@ struct MetricRow {
 
 impl MetricRow {
     fn of(m: &MetricComparison) -> MetricRow {
+        // The error rate moves in percentage points, the rest relatively.
+        let change = |c: f64| {
+            if m.unit == "ratio" {
+                format!("{:+.2} pp", c * 100.0)
+            } else {
+                fmt_change(c)
+            }
+        };
         let interval = match (m.ci_low, m.ci_high) {
-            (Some(low), Some(high)) => format!("{} … {}", fmt_change(low), fmt_change(high)),
+            (Some(low), Some(high)) => format!("{} … {}", change(low), change(high)),
             _ => NONE.into(),
         };
         // In the worse direction: a drop for throughput, a rise for the rest.
@@ -864,7 +874,7 @@ impl MetricRow {
             metric: m.metric.clone(),
             baseline: fmt_figure(m.baseline, &m.unit),
             candidate: fmt_figure(m.candidate, &m.unit),
-            change: fmt_change(m.change),
+            change: change(m.change),
             interval,
             p_value: m.p_value.map_or(NONE.into(), fmt_p_value),
             detectable,
