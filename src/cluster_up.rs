@@ -6,7 +6,7 @@
 //! is reported, not restarted: the cluster keeps running without it, as a real one would.
 
 use anyhow::Context as _;
-use cluster::config::NodeConfig;
+use cluster::mail::config::NodeConfig;
 
 use crate::cli::ClusterUpArgs;
 use crate::local_cluster::{print_summary, ClusterSpec, LocalCluster};

@@ -12,8 +12,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use cluster::config::{NodeConfig, Users};
-use cluster::node::Endpoints;
+use cluster::mail::config::{NodeConfig, Users};
+use cluster::mail::node::Endpoints;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -23,7 +23,7 @@ use crate::node_cmd::READY_PREFIX;
 
 /// Nodes one `cluster up` will start at most (each is a process with five listeners); node ids
 /// must fit the cluster's id range.
-pub const NODES_MAX: u32 = cluster::config::NODE_ID_MAX;
+pub const NODES_MAX: u32 = cluster::mail::config::NODE_ID_MAX;
 /// How long a node may take to open its store and bind its listeners.
 pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long nodes get to stop after SIGTERM before they are killed.
@@ -363,7 +363,7 @@ fn peer_addresses(
     host: IpAddr,
     base_port: Option<u16>,
     nodes: u32,
-) -> anyhow::Result<Vec<cluster::config::Peer>> {
+) -> anyhow::Result<Vec<cluster::mail::config::Peer>> {
     if nodes < 2 {
         return Ok(Vec::new());
     }
@@ -374,7 +374,7 @@ fn peer_addresses(
                     u16::try_from(base as u32 + PORTS_PER_NODE * (id - 1) + 4).map_err(|_| {
                         anyhow::anyhow!("--base-port {base} leaves no room for node {id}'s ports")
                     })?;
-                Ok(cluster::config::Peer {
+                Ok(cluster::mail::config::Peer {
                     id,
                     addr: SocketAddr::new(host, p).to_string(),
                 })
@@ -390,7 +390,7 @@ fn peer_addresses(
         .iter()
         .zip(1..)
         .map(|(l, id)| {
-            Ok(cluster::config::Peer {
+            Ok(cluster::mail::config::Peer {
                 id,
                 addr: l.local_addr()?.to_string(),
             })
@@ -402,7 +402,7 @@ fn listen_for(
     host: IpAddr,
     base_port: Option<u16>,
     id: u32,
-) -> anyhow::Result<cluster::config::Listen> {
+) -> anyhow::Result<cluster::mail::config::Listen> {
     let port = |k: u32| -> anyhow::Result<u16> {
         match base_port {
             None => Ok(0),
@@ -414,7 +414,7 @@ fn listen_for(
             }
         }
     };
-    Ok(cluster::config::Listen {
+    Ok(cluster::mail::config::Listen {
         smtp: SocketAddr::new(host, port(0)?),
         pop3: SocketAddr::new(host, port(1)?),
         imap: SocketAddr::new(host, port(2)?),

@@ -7,7 +7,7 @@
 use std::io::Write;
 
 use anyhow::Context as _;
-use cluster::config::NodeConfig;
+use cluster::mail::config::NodeConfig;
 
 use crate::cli::NodeArgs;
 
@@ -26,7 +26,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             tracing::warn!("no admin token set: the admin API will refuse every request");
         }
         let mut signals = StopSignals::install()?;
-        let node = cluster::node::start(config).await?;
+        let node = cluster::mail::node::start(config).await?;
         let mut stdout = std::io::stdout();
         writeln!(
             stdout,

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use anyhow::bail;
-use cluster::membership::sim::{soak, SimConfig};
+use cluster::core::membership::sim::{soak, SimConfig};
 
 use crate::cli::SimMembershipArgs;
 
@@ -25,7 +25,7 @@ pub fn membership(args: SimMembershipArgs) -> anyhow::Result<()> {
         bail!("invalid simulation settings: {e}");
     }
     let started = Instant::now();
-    let mut total = cluster::membership::sim::Soak::default();
+    let mut total = cluster::core::membership::sim::Soak::default();
     let end = args.start.saturating_add(args.seeds);
     let mut next = args.start;
     while next < end {

@@ -77,7 +77,7 @@ fn strings(v: &Value) -> Vec<String> {
 
 /// The node configuration parses and validates as each node id, and lists exactly `peers`.
 fn check_node_config(text: &str, peers: &[String]) {
-    let config = cluster::config::NodeConfig::from_toml(text).unwrap();
+    let config = cluster::mail::config::NodeConfig::from_toml(text).unwrap();
     let listed: Vec<String> = config
         .cluster
         .peers

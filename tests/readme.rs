@@ -14,10 +14,10 @@ fn the_readme_configuration_example_parses() {
         .nth(1)
         .and_then(|b| b.split("```").next())
         .expect("the Configuration section has a TOML example");
-    let config = cluster::config::NodeConfig::from_toml(block)
+    let config = cluster::mail::config::NodeConfig::from_toml(block)
         .unwrap_or_else(|e| panic!("README configuration example does not parse: {e}"));
     // The example shows the defaults.
-    let defaults = cluster::config::NodeConfig::default();
+    let defaults = cluster::mail::config::NodeConfig::default();
     assert_eq!(
         config.limits.message_bytes_max,
         defaults.limits.message_bytes_max

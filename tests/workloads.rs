@@ -32,7 +32,7 @@ fn the_hot_node_is_the_static_home_of_its_users() {
             let name = format!("user{u}");
             assert_eq!(
                 loadgen::workload::home_slot(&name, nodes),
-                cluster::usermap::UserMap::bucket_of(&name, nodes),
+                cluster::mail::usermap::UserMap::bucket_of(&name, nodes),
                 "{name} over {nodes}"
             );
         }

@@ -1,22 +1,9 @@
-//! The bundled reference cluster: a Porcupine-style mail service.
+//! The bundled reference clusters: a Porcupine-style mail service (`mail`) and an SNS/TACC-style
+//! transforming web proxy (`web`), over a shared core (`core`) of membership, transport, faults,
+//! admin API and device models.
 //!
-//! Every node runs the SMTP, POP3 and IMAP front ends, its mail store and an admin API. This crate
-//! depends on no other crate of the workspace: the load generator reaches it only over its
-//! protocols and its admin API.
+//! This crate depends on no other crate of the workspace: the load generator reaches it only over
+//! its protocols and its admin API. `core` names no service; each service is a room of its own.
 
-pub mod admin;
-pub mod config;
-pub mod conn;
-pub mod directory;
-pub mod faults;
-pub mod imap;
+pub mod core;
 pub mod mail;
-pub mod membership;
-pub mod metrics;
-pub mod node;
-pub mod peering;
-pub mod pop3;
-pub mod smtp;
-pub mod store;
-pub mod transport;
-pub mod usermap;

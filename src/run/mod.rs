@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use cluster::config::{DiskConfig, NodeConfig};
+use cluster::mail::config::{DiskConfig, NodeConfig};
 use loadgen::engine::{self, EngineConfig};
 use loadgen::experiment::{set_key, Experiment};
 use loadgen::ledger::{Check, Correctness, Ledger};

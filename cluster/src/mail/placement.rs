@@ -81,7 +81,7 @@ pub fn choose(
         Placement::Static => {
             let all: Vec<u32> = inputs.all.iter().copied().collect();
             let home_index =
-                (crate::usermap::UserMap::bucket_of(inputs.user, all.len() as u32)) as usize;
+                (crate::mail::usermap::UserMap::bucket_of(inputs.user, all.len() as u32)) as usize;
             let home = all[home_index];
             if !live.contains(&home) {
                 return Err(PlacementError::HomeDown(home));

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{FlagMode, Flags, MessageMeta};
+use crate::mail::store::{FlagMode, Flags, MessageMeta};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MailMessage {

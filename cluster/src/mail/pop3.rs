@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use crate::conn::{Conn, Input};
-use crate::metrics::Metrics;
-use crate::node::Context;
-use crate::store::MessageMeta;
+use crate::core::conn::{Conn, Input};
+use crate::mail::metrics::Metrics;
+use crate::mail::node::Context;
+use crate::mail::store::MessageMeta;
 
 type Pop3Conn = Conn<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>;
 
@@ -65,7 +65,7 @@ impl Maildrop {
 const CAPABILITIES: &[u8] = b"+OK Capability list follows\r\nUSER\r\nUIDL\r\nTOP\r\nPIPELINING\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nEXPIRE NEVER\r\nIMPLEMENTATION clusterbench\r\n.\r\n";
 
 pub async fn serve(stream: TcpStream, _peer: SocketAddr, ctx: Arc<Context>) -> std::io::Result<()> {
-    let mut conn = crate::node::client_conn(stream, &ctx);
+    let mut conn = crate::mail::node::client_conn(stream, &ctx);
     conn.write(b"+OK clusterbench POP3 server ready\r\n")
         .await?;
     let label = Metrics::protocol("pop3");

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::faults::FaultSwitch;
+use crate::core::faults::FaultSwitch;
 
 /// Messages waiting for one peer at most.
 pub const PEER_QUEUE_MAX: usize = 1024;
@@ -474,7 +474,7 @@ mod tests {
         let (t1, mut r1, t2, mut r2, f1, _stop) = pair().await;
         assert!(t1.send(2, "before".into()));
         assert_eq!(recv(&mut r2).await, Some((1, "before".into())));
-        f1.set(crate::faults::Faults {
+        f1.set(crate::core::faults::Faults {
             block_peers: [2].into(),
             ..Default::default()
         });

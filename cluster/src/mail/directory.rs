@@ -5,8 +5,8 @@
 //! overrides the range's). User names are case-insensitive and are canonicalised to lower case;
 //! that canonical name is the mailbox key everywhere.
 
-use crate::config::Users;
-use crate::store::Store;
+use crate::mail::config::Users;
+use crate::mail::store::Store;
 
 /// Longest user name (local part) a profile may have.
 pub const USER_BYTES_MAX: usize = 64;

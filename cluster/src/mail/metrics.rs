@@ -154,8 +154,8 @@ impl Metrics {
     }
 
     /// The transport's counters, shared with this registry.
-    pub fn transport(&self) -> crate::transport::TransportMetrics {
-        crate::transport::TransportMetrics {
+    pub fn transport(&self) -> crate::core::transport::TransportMetrics {
+        crate::core::transport::TransportMetrics {
             sent: self.peer_messages_sent_total.clone(),
             received: self.peer_messages_received_total.clone(),
             dropped: self.peer_messages_dropped_total.clone(),

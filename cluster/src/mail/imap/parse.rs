@@ -13,7 +13,7 @@ use chrono::NaiveDate;
 use super::fetch::{FetchAtt, Section, SectionText};
 use super::search::SearchKey;
 use super::seqset::{Bound, SeqSet};
-use crate::store::{FlagMode, Flags};
+use crate::mail::store::{FlagMode, Flags};
 
 /// Deepest nesting of parenthesised, NOT and OR search keys; deeper is a syntax error, so a
 /// client cannot exhaust the stack with `NOT NOT NOT ...`.

@@ -206,8 +206,8 @@ async fn modelled_disk_charges_one_sync_per_record() {
 #[tokio::test]
 async fn a_modelled_log_on_the_disk_charges_bookkeeping_too() {
     for (log, expected) in [
-        (crate::config::LogDevice::Nvram, 4),
-        (crate::config::LogDevice::Disk, 8),
+        (crate::mail::config::LogDevice::Nvram, 4),
+        (crate::mail::config::LogDevice::Disk, 8),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());

@@ -10,9 +10,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::config::NodeConfig;
-use crate::node::{start, RunningNode};
-use crate::store::Flags;
+use crate::mail::config::NodeConfig;
+use crate::mail::node::{start, RunningNode};
+use crate::mail::store::Flags;
 
 const STEP: Duration = Duration::from_secs(10);
 

@@ -16,14 +16,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::NodeConfig;
-use crate::directory::Directory;
-use crate::faults::FaultSwitch;
+use crate::mail::config::NodeConfig;
+use crate::mail::directory::Directory;
+use crate::core::faults::FaultSwitch;
 use crate::mail::{MailConfig, MailService};
-use crate::metrics::Metrics;
-use crate::peering::{self, ViewInfo};
-use crate::store::Store;
-use crate::{admin, imap, pop3, smtp};
+use crate::mail::metrics::Metrics;
+use crate::core::peering::{self, PeeringConfig};
+use crate::mail::usermap::UserMap;
+use crate::mail::MailView;
+use crate::mail::store::Store;
+use crate::mail::{admin, imap, pop3, smtp};
+
+/// Messages for the mail service waiting to be handled, at most.
+pub const MAIL_INBOUND_MAX: usize = 4096;
 
 /// How long sessions get to finish their current command after shutdown is signalled.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -38,20 +43,20 @@ pub struct Context {
     pub started: Instant,
     pub faults: Arc<FaultSwitch>,
     /// The membership view this node is in, kept current by the peering driver.
-    pub view: watch::Receiver<ViewInfo>,
+    pub view: watch::Receiver<MailView>,
     /// The cluster-wide mailboxes the front ends serve (this node's store is one fragment).
     pub mail: Arc<MailService>,
 }
 
 /// A client connection as every front end reads and writes it.
 pub type ClientConn =
-    crate::conn::Conn<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>;
+    crate::core::conn::Conn<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>;
 
 /// Wraps an accepted client connection with the node's line limit, idle timeout and shutdown.
 pub fn client_conn(stream: TcpStream, ctx: &Context) -> ClientConn {
     let limits = &ctx.config.limits;
     let (r, w) = stream.into_split();
-    crate::conn::Conn::new(
+    crate::core::conn::Conn::new(
         r,
         w,
         limits.line_bytes_max,
@@ -143,13 +148,27 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     };
     let (stop, shutdown) = watch::channel(false);
     let faults = Arc::new(FaultSwitch::default());
-    let (mail_tx, mail_rx) = tokio::sync::mpsc::channel(peering::MAIL_INBOUND_MAX);
+    let (mail_tx, mail_rx) = tokio::sync::mpsc::channel(MAIL_INBOUND_MAX);
+    let buckets = config.cluster.buckets;
     let peering = peering::start(
-        &config,
+        PeeringConfig {
+            id: config.id,
+            ids: config.cluster.ids(config.id),
+            peers: config
+                .cluster
+                .peers
+                .iter()
+                .map(|p| (p.id, p.addr.clone()))
+                .collect(),
+            membership: config.cluster.membership.clone(),
+            secret: config.admin_token.clone(),
+            frame_bytes_max: config.limits.message_bytes_max + 64 * 1024,
+        },
         peer_l,
         faults.clone(),
         metrics.transport(),
         mail_tx,
+        move |view| UserMap::compute(&view.members, buckets),
         shutdown.clone(),
     );
     let mail = MailService::start(

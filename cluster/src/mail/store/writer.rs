@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::record::{self, Record};
 use super::segment::{self, Head, SEGMENT_BYTES_TARGET};
 use super::{apply, seq_of, uid_of, Flags, Index, NewMessage, Shared, UID_SEQ_MAX};
-use crate::config::DiskConfig;
+use crate::mail::config::DiskConfig;
 
 /// Changes taken into one batch at most (one fsync covers them all).
 const BATCH_OPS_MAX: usize = 512;
@@ -176,7 +176,7 @@ impl Writer {
             let every_record = matches!(
                 self.disk,
                 DiskConfig::Modelled {
-                    log: crate::config::LogDevice::Disk,
+                    log: crate::mail::config::LogDevice::Disk,
                     ..
                 }
             );
@@ -253,12 +253,15 @@ impl Writer {
                 latency_ms,
                 ..
             } => {
-                let seconds = records as f64 / syncs_per_s + latency_ms / 1000.0;
+                let device = crate::core::device::DeviceModel {
+                    units_per_s: syncs_per_s,
+                    latency_ms,
+                };
                 self.shared
                     .metrics
                     .modelled_syncs_total
                     .inc_by(records as u64);
-                std::thread::sleep(std::time::Duration::from_secs_f64(seconds * slowdown));
+                std::thread::sleep(device.batch_time(records as f64, slowdown));
                 Ok(())
             }
         }

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::core::hashing::{fnv1a, splitmix64};
+
 /// Default number of buckets (Porcupine used 256).
 pub const BUCKETS_DEFAULT: u32 = 256;
 /// Largest bucket count accepted, so a map always fits comfortably in memory and a message.
@@ -81,21 +83,6 @@ impl UserMap {
 /// The rendezvous weight of `node` for `bucket`: a well-mixed 64-bit hash of both.
 fn weight(bucket: u32, node: u32) -> u64 {
     splitmix64((u64::from(bucket) << 32) | u64::from(node))
-}
-
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// FNV-1a: stable across platforms and releases (unlike `std`'s hasher), which the map needs
-/// because every node must put a user in the same bucket.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use crate::conn::{Conn, Input};
-use crate::directory::Recipient;
-use crate::metrics::Metrics;
-use crate::node::Context;
-use crate::store::Flags;
+use crate::core::conn::{Conn, Input};
+use crate::mail::directory::Recipient;
+use crate::mail::metrics::Metrics;
+use crate::mail::node::Context;
+use crate::mail::store::Flags;
 
 /// Per-process counter that makes queue ids unique together with the node id and start time.
 static QUEUE_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -45,7 +45,7 @@ enum Next {
 }
 
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) -> std::io::Result<()> {
-    let mut conn = crate::node::client_conn(stream, &ctx);
+    let mut conn = crate::mail::node::client_conn(stream, &ctx);
     let hostname = ctx.config.hostname.clone();
     conn.write(format!("220 {hostname} ESMTP clusterbench ready\r\n").as_bytes())
         .await?;

@@ -1,35 +1,30 @@
-//! The node's admin API: HTTP/JSON, bearer-token protected, bound to loopback unless configured
-//! otherwise.
+//! The mail node's admin API: the core routes (`/metrics`, `/faults`, the bearer token; see
+//! `core::admin`) and the mail routes:
 //!
 //! - `GET /status`: id, membership view, buckets managed, endpoints, load figures, disk model,
 //!   active faults.
-//! - `GET /metrics`: Prometheus text format.
-//! - `POST /faults`: set any of `block_peers`, `delay_ms`, `loss`, `disk_slowdown`,
-//!   `clock_skew_ms` (the fields given replace the current values); `DELETE /faults` clears all.
-//!   Both answer with the faults now active.
 //! - `PUT /users/{user}` with `{"password": "..."}` creates a user or changes its password (a
 //!   replicated profile); `GET /users/{user}` says whether the user exists and how.
 //! - `GET /mailboxes/{user}`: this node's own fragment of a mailbox.
 //!
-//! Every request must carry `Authorization: Bearer <admin_token>`; anything else gets 401. The API
-//! only reads node state; it never blocks a mail session.
+//! It only reads node state; it never blocks a mail session.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::config::DiskConfig;
-use crate::faults::{Faults, FaultsPatch};
-use crate::metrics::Metrics;
-use crate::node::{Context, Endpoints};
-use crate::store::StoreStats;
+use crate::mail::config::DiskConfig;
+use crate::core::admin::{bad_request, AdminCore};
+use crate::core::faults::Faults;
+use crate::mail::metrics::Metrics;
+use crate::mail::node::{Context, Endpoints};
+use crate::mail::store::StoreStats;
 
 #[derive(Clone)]
 struct AppState {
@@ -98,45 +93,26 @@ pub struct Disk {
 }
 
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>, endpoints: Endpoints) {
-    let mut shutdown = ctx.shutdown.clone();
+    let shutdown = ctx.shutdown.clone();
+    let core = AdminCore {
+        token: ctx.config.admin_token.clone(),
+        faults: ctx.faults.clone(),
+        on_faults: {
+            let ctx = ctx.clone();
+            Arc::new(move |f: &Faults| ctx.store.set_disk_slowdown(f.disk_slowdown))
+        },
+        metrics: {
+            let ctx = ctx.clone();
+            Arc::new(move || ctx.metrics.encode())
+        },
+    };
     let state = AppState { ctx, endpoints };
-    let app = Router::new()
+    let mail = Router::new()
         .route("/status", get(status))
-        .route("/metrics", get(metrics))
-        .route(
-            "/faults",
-            post(set_faults).delete(clear_faults).get(get_faults),
-        )
         .route("/mailboxes/{user}", get(mailbox))
         .route("/users/{user}", get(get_user).put(put_user))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::error!("admin API stopped: {e}");
-    }
-}
-
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let token = &state.ctx.config.admin_token;
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(p) if !token.is_empty() && p.as_bytes() == token.as_bytes() => next.run(request).await,
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(serde_json::json!({"error": "missing or wrong bearer token"})),
-        )
-            .into_response(),
-    }
+    crate::core::admin::serve(listener, crate::core::admin::router(core, mail), shutdown).await;
 }
 
 async fn status(State(state): State<AppState>) -> Json<Status> {
@@ -161,7 +137,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
             changes: info.changes,
             installed_at_ms: info.installed_at_ms,
         },
-        buckets_managed: info.usermap.buckets_of(ctx.config.id).len() as u32,
+        buckets_managed: info.derived.buckets_of(ctx.config.id).len() as u32,
         buckets: ctx.config.cluster.buckets,
         faults: ctx.faults.get(),
         replication: Replication {
@@ -197,53 +173,6 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
             }
         },
     })
-}
-
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.ctx.metrics.encode(),
-    )
-}
-
-async fn get_faults(State(state): State<AppState>) -> Json<Faults> {
-    Json(state.ctx.faults.get())
-}
-
-async fn set_faults(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
-    let patch: FaultsPatch = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => return bad_request(format!("invalid faults body: {e}")),
-    };
-    match state.ctx.faults.get().patched(&patch) {
-        Ok(next) => {
-            apply_faults(&state.ctx, next.clone());
-            Json(next).into_response()
-        }
-        Err(e) => bad_request(e),
-    }
-}
-
-async fn clear_faults(State(state): State<AppState>) -> Json<Faults> {
-    apply_faults(&state.ctx, Faults::default());
-    Json(Faults::default())
-}
-
-fn apply_faults(ctx: &Context, faults: Faults) {
-    tracing::info!(?faults, "faults changed");
-    ctx.store.set_disk_slowdown(faults.disk_slowdown);
-    ctx.faults.set(faults);
-}
-
-fn bad_request(error: String) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(serde_json::json!({ "error": error })),
-    )
-        .into_response()
 }
 
 /// This node's own fragment of one user's mailbox (not the merged mailbox clients see).
@@ -286,10 +215,10 @@ async fn put_user(
     body: axum::body::Bytes,
 ) -> Response {
     let user = user.to_ascii_lowercase();
-    if !crate::directory::valid_user_name(&user) {
+    if !crate::mail::directory::valid_user_name(&user) {
         return bad_request(format!(
             "user: {user:?} is not a user name (1 to {} of a-z 0-9 . _ -)",
-            crate::directory::USER_BYTES_MAX
+            crate::mail::directory::USER_BYTES_MAX
         ));
     }
     let profile: ProfileBody = match serde_json::from_slice(&body) {
@@ -298,12 +227,12 @@ async fn put_user(
     };
     let password = profile.password;
     if password.is_empty()
-        || password.len() > crate::store::PASSWORD_BYTES_MAX
+        || password.len() > crate::mail::store::PASSWORD_BYTES_MAX
         || password.contains(['\r', '\n', '\0'])
     {
         return bad_request(format!(
             "password: must be 1 to {} bytes without CR, LF or NUL",
-            crate::store::PASSWORD_BYTES_MAX
+            crate::mail::store::PASSWORD_BYTES_MAX
         ));
     }
     match state.ctx.mail.set_profile(&user, &password).await {

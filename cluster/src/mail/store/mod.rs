@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::DiskConfig;
-use crate::metrics::Metrics;
+use crate::mail::config::DiskConfig;
+use crate::mail::metrics::Metrics;
 
 pub use writer::FlagMode;
 

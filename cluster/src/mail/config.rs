@@ -196,7 +196,7 @@ pub struct ClusterConfig {
     /// node's own (from its data directory), which suits a node alone.
     pub uid_validity: u32,
     /// Timers of the membership protocol.
-    pub membership: crate::membership::Config,
+    pub membership: crate::core::membership::Config,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,7 +218,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             peers: Vec::new(),
-            buckets: crate::usermap::BUCKETS_DEFAULT,
+            buckets: crate::mail::usermap::BUCKETS_DEFAULT,
             replication: 1,
             spread: 2,
             placement: Default::default(),
@@ -262,10 +262,10 @@ impl ClusterConfig {
         if !self.peers.is_empty() && !seen.contains(&own) {
             return Err(format!("cluster.peers: does not list this node (id {own})"));
         }
-        if self.buckets == 0 || self.buckets > crate::usermap::BUCKETS_MAX {
+        if self.buckets == 0 || self.buckets > crate::mail::usermap::BUCKETS_MAX {
             return Err(format!(
                 "cluster.buckets: must be between 1 and {}, got {}",
-                crate::usermap::BUCKETS_MAX,
+                crate::mail::usermap::BUCKETS_MAX,
                 self.buckets
             ));
         }

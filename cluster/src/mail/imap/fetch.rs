@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use super::mime::{self, Children, ContentType, Field, Part};
-use crate::store::Flags;
+use crate::mail::store::Flags;
 
 /// One requested FETCH item (macros are expanded by the parser).
 #[derive(Debug, Clone, PartialEq, Eq)]

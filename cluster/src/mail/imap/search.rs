@@ -10,7 +10,7 @@ use chrono::NaiveDate;
 
 use super::mime;
 use super::seqset::SeqSet;
-use crate::store::Flags;
+use crate::mail::store::Flags;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SearchKey {
@@ -152,7 +152,7 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imap::seqset::Bound;
+    use crate::mail::imap::seqset::Bound;
 
     fn candidate(bytes: &[u8]) -> Candidate<'_> {
         Candidate {

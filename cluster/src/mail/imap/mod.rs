@@ -28,10 +28,10 @@ use std::sync::Arc;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::conn::{Conn, Input};
-use crate::metrics::{Metrics, ProtocolLabel};
-use crate::node::Context;
-use crate::store::{FlagMode, Flags, MailboxSnapshot, MessageMeta, StoreError};
+use crate::core::conn::{Conn, Input};
+use crate::mail::metrics::{Metrics, ProtocolLabel};
+use crate::mail::node::Context;
+use crate::mail::store::{FlagMode, Flags, MailboxSnapshot, MessageMeta, StoreError};
 
 use fetch::FetchAtt;
 use parse::{Command, Parser, StatusItem};
@@ -48,7 +48,7 @@ const SYSTEM_FLAGS: &str = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)";
 /// Serves one IMAP connection until the client logs out or disconnects, the session times out,
 /// makes too many errors, or the node shuts down.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) -> io::Result<()> {
-    let conn = crate::node::client_conn(stream, &ctx);
+    let conn = crate::mail::node::client_conn(stream, &ctx);
     let mut session = Session {
         ctx: ctx.clone(),
         conn,
