@@ -1,11 +1,15 @@
-//! The node's fault layer: the faults an experiment injects through the admin API
-//! (`POST /faults`, `DELETE /faults`), and the switch the transport and the store consult.
+//! A process's fault layer: the faults an experiment injects through the admin API
+//! (`POST /faults`, `DELETE /faults`), and the switch the transport, the store and the web
+//! service's processes consult.
 //!
-//! Faults act on this node only: `block_peers` drops traffic to and from those peers (blocking
+//! Faults act on this process only: `block_peers` drops traffic to and from those peers (blocking
 //! peers on every node of a group is how a partition is made), `delay_ms` holds every outgoing
 //! peer message that long, `loss` drops that fraction of outgoing peer messages, `disk_slowdown`
-//! multiplies the time the disk takes, and `clock_skew_ms` shifts the clock this node stamps
-//! updates with. This module keeps state; it never sends or sleeps itself.
+//! multiplies the time the disk takes, `cpu_slowdown` the time a modelled or real CPU takes (a slow
+//! worker), `clock_skew_ms` shifts the clock this node stamps updates with, `upstream_delay_ms`
+//! holds every request to an upstream server (the web origin) that long, and `beacon_loss` drops
+//! that fraction of the load announcements (beacons and reports) this process sends or receives.
+//! This module keeps state; it never sends or sleeps itself.
 
 use std::collections::BTreeSet;
 use std::sync::RwLock;
@@ -21,6 +25,8 @@ pub const DISK_SLOWDOWN_MAX: f64 = 1_000.0;
 pub const CLOCK_SKEW_MS_MAX: i64 = 24 * 3_600_000;
 /// Most peers one node can block.
 pub const BLOCKED_PEERS_MAX: usize = 1_024;
+/// Largest CPU slowdown factor.
+pub const CPU_SLOWDOWN_MAX: f64 = 1_000.0;
 
 /// The active faults of one node. The default is no fault at all.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,7 +36,10 @@ pub struct Faults {
     pub delay_ms: u64,
     pub loss: f64,
     pub disk_slowdown: f64,
+    pub cpu_slowdown: f64,
     pub clock_skew_ms: i64,
+    pub upstream_delay_ms: u64,
+    pub beacon_loss: f64,
 }
 
 impl Default for Faults {
@@ -40,7 +49,10 @@ impl Default for Faults {
             delay_ms: 0,
             loss: 0.0,
             disk_slowdown: 1.0,
+            cpu_slowdown: 1.0,
             clock_skew_ms: 0,
+            upstream_delay_ms: 0,
+            beacon_loss: 0.0,
         }
     }
 }
@@ -54,7 +66,10 @@ pub struct FaultsPatch {
     pub delay_ms: Option<u64>,
     pub loss: Option<f64>,
     pub disk_slowdown: Option<f64>,
+    pub cpu_slowdown: Option<f64>,
     pub clock_skew_ms: Option<i64>,
+    pub upstream_delay_ms: Option<u64>,
+    pub beacon_loss: Option<f64>,
 }
 
 impl Faults {
@@ -90,6 +105,28 @@ impl Faults {
                 ));
             }
             next.disk_slowdown = f;
+        }
+        if let Some(f) = patch.cpu_slowdown {
+            if !(1.0..=CPU_SLOWDOWN_MAX).contains(&f) {
+                return Err(format!(
+                    "cpu_slowdown: must be between 1.0 and {CPU_SLOWDOWN_MAX}, got {f}"
+                ));
+            }
+            next.cpu_slowdown = f;
+        }
+        if let Some(d) = patch.upstream_delay_ms {
+            if d > DELAY_MS_MAX {
+                return Err(format!(
+                    "upstream_delay_ms: at most {DELAY_MS_MAX}, got {d}"
+                ));
+            }
+            next.upstream_delay_ms = d;
+        }
+        if let Some(l) = patch.beacon_loss {
+            if !(0.0..=1.0).contains(&l) {
+                return Err(format!("beacon_loss: must be between 0.0 and 1.0, got {l}"));
+            }
+            next.beacon_loss = l;
         }
         if let Some(s) = patch.clock_skew_ms {
             if s.abs() > CLOCK_SKEW_MS_MAX {
@@ -138,6 +175,19 @@ impl FaultSwitch {
 
     pub fn clock_skew_ms(&self) -> i64 {
         self.state.read().unwrap().clock_skew_ms
+    }
+
+    pub fn cpu_slowdown(&self) -> f64 {
+        self.state.read().unwrap().cpu_slowdown
+    }
+
+    pub fn upstream_delay(&self) -> Duration {
+        Duration::from_millis(self.state.read().unwrap().upstream_delay_ms)
+    }
+
+    /// Whether to drop the next beacon or load report (`draw` is uniform in [0, 1)).
+    pub fn loses_beacon(&self, draw: f64) -> bool {
+        draw < self.state.read().unwrap().beacon_loss
     }
 }
 
