@@ -47,6 +47,8 @@ pub enum Command {
     /// per change point, improvements included. Exit 0 whenever the input was read (a history
     /// informs; `compare` is the gate); 2: bad input.
     History(HistoryArgs),
+    /// Run one process of the web cluster (a node daemon, or a process a node daemon starts).
+    Web(WebArgs),
     /// Run the deterministic simulations of the cluster's protocols.
     Sim {
         #[command(subcommand)]
@@ -108,6 +110,43 @@ pub struct CapacityArgs {
     /// A daily mail volume: how many nodes like these it needs.
     #[arg(long)]
     pub daily_messages: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct WebArgs {
+    /// What to run.
+    #[arg(value_enum)]
+    pub role: WebRole,
+    /// The web cluster's configuration (web.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The process's number within its role (the node's id for a node daemon).
+    #[arg(long, default_value_t = 0)]
+    pub id: u32,
+    /// The node (host) this process runs on.
+    #[arg(long, default_value_t = 1)]
+    pub node: u32,
+    /// A worker's class: jpeg, gif, html or aggregate.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Where the manager takes reports (UDP), when the spawner knows; else the first beacon says.
+    #[arg(long)]
+    pub manager_reports: Option<std::net::SocketAddr>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+}
+
+/// The web cluster's process roles.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum WebRole {
+    /// The node daemon of one host: starts and stops the host's processes.
+    Node,
+    Manager,
+    FrontEnd,
+    Worker,
+    Cache,
+    Profiles,
 }
 
 #[derive(Debug, Args)]
@@ -258,9 +297,40 @@ pub struct NodeArgs {
 
 #[derive(Debug, Args)]
 pub struct ClusterUpArgs {
-    /// Number of nodes.
+    /// Which reference cluster: the mail service (Porcupine) or the web service (SNS/TACC).
+    #[arg(long, value_enum, default_value_t = ServiceArg::Mail)]
+    pub service: ServiceArg,
+    /// Number of nodes (web: dedicated nodes).
     #[arg(long, default_value_t = 1)]
     pub nodes: u32,
+    /// Web: overflow nodes, recruited only while the dedicated ones are saturated.
+    #[arg(long, default_value_t = 0)]
+    pub overflow_nodes: u32,
+    /// Web: an origin the front ends may fetch from (HOST:PORT; repeatable). Default: a bundled
+    /// origin (`clusterbench origin`) started with the cluster.
+    #[arg(long = "origin", value_name = "HOST:PORT")]
+    pub origins: Vec<String>,
+    /// Web: the bundled origin's objects.
+    #[arg(long, default_value_t = 10_000)]
+    pub objects: u32,
+    /// Web: the web configuration (web.toml) whose settings the processes start from.
+    #[arg(long)]
+    pub web_config: Option<PathBuf>,
+    /// Web: front ends.
+    #[arg(long)]
+    pub front_ends: Option<u32>,
+    /// Web: workers per class, e.g. jpeg=2,gif=1,html=1.
+    #[arg(long, value_name = "CLASS=N,...")]
+    pub workers: Option<String>,
+    /// Web: cache partitions.
+    #[arg(long)]
+    pub caches: Option<u32>,
+    /// Web: a modelled CPU per worker costing this many milliseconds per KB of input.
+    #[arg(long)]
+    pub cpu_ms_per_kb: Option<f64>,
+    /// Web: how front ends pick workers: naive or corrected.
+    #[arg(long)]
+    pub lottery: Option<String>,
     /// Directory for the cluster: node data, logs, and cluster.json. Reused if it exists.
     #[arg(long, default_value = "clusterbench-cluster")]
     pub dir: PathBuf,
@@ -292,6 +362,13 @@ pub struct ClusterUpArgs {
     /// Where new messages go: dynamic, random or static. Default dynamic.
     #[arg(long, value_enum)]
     pub placement: Option<PlacementArg>,
+}
+
+/// The reference clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceArg {
+    Mail,
+    Web,
 }
 
 /// The placement policies, as the command line names them.

@@ -9,10 +9,12 @@ pub mod cluster_up;
 pub mod compare_cmd;
 pub mod history_cmd;
 pub mod local_cluster;
+pub mod local_web;
 pub mod node_cmd;
 pub mod report_cmd;
 pub mod run;
 pub mod sim_cmd;
+pub mod web_cmd;
 
 use cli::{Cli, ClusterCommand, Command, SimCommand};
 
@@ -31,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args),
         Command::Compare(args) => std::process::exit(compare_cmd::run(args)),
         Command::History(args) => std::process::exit(history_cmd::run(args)),
+        Command::Web(args) => web_cmd::run(args),
         Command::Sim {
             command: SimCommand::Membership(args),
         } => sim_cmd::membership(args),

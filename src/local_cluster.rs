@@ -349,7 +349,7 @@ fn chrono_now_s() -> u64 {
         .map_or(1, |d| d.as_secs())
 }
 
-fn random_token() -> String {
+pub fn random_token() -> String {
     let bytes: [u8; 16] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

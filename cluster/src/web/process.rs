@@ -1,0 +1,241 @@
+//! What every web process has besides its role: who it is, the cluster's configuration, its
+//! fault switch, an HTTP client, the latest beacon from the manager (and so where the manager is),
+//! its admin API (the core routes plus `/status` and its role's routes), and, for processes that
+//! report their load, the report loop.
+//!
+//! Beacons and reports are soft state over UDP: a lost one is replaced by the next, and an injected
+//! `beacon_loss` drops that share of both. Nothing here blocks a client's request.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+
+use super::config::WebConfig;
+use super::http::Client;
+use super::proto::{Beacon, Endpoints, ProcessKey, Report, DATAGRAM_BYTES_MAX};
+use crate::core::admin::AdminCore;
+use crate::core::faults::FaultSwitch;
+
+/// Who a process is and what it needs at start.
+#[derive(Debug, Clone)]
+pub struct ProcessArgs {
+    pub config: WebConfig,
+    pub key: ProcessKey,
+    /// The node (host) it runs on.
+    pub node: u32,
+    /// The manager's report address, if the spawner knew it.
+    pub manager_reports: Option<SocketAddr>,
+    /// The address to bind (port 0 each).
+    pub host: std::net::IpAddr,
+}
+
+/// A running process's shared state.
+pub struct Process {
+    pub key: ProcessKey,
+    pub node: u32,
+    pub config: WebConfig,
+    pub faults: Arc<FaultSwitch>,
+    pub client: Client,
+    pub started: Instant,
+    pub shutdown: watch::Receiver<bool>,
+    /// The latest beacon heard (after injected losses), with when it arrived.
+    beacon: watch::Sender<Option<(Arc<Beacon>, Instant)>>,
+    /// Where reports go: the latest beacon's manager, else what the spawner said.
+    manager_reports: Mutex<Option<SocketAddr>>,
+    /// Beacons heard and lost to an injected fault.
+    counters: Mutex<BeaconCounters>,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct BeaconCounters {
+    pub heard: u64,
+    pub dropped: u64,
+    pub reports_sent: u64,
+}
+
+impl Process {
+    pub fn new(args: &ProcessArgs, shutdown: watch::Receiver<bool>) -> Arc<Process> {
+        let (beacon, _) = watch::channel(None);
+        Arc::new(Process {
+            key: args.key,
+            node: args.node,
+            config: args.config.clone(),
+            faults: Arc::new(FaultSwitch::default()),
+            client: Client::new(),
+            started: Instant::now(),
+            shutdown,
+            beacon,
+            manager_reports: Mutex::new(args.manager_reports),
+            counters: Mutex::new(BeaconCounters::default()),
+        })
+    }
+
+    /// The latest beacon and its age.
+    pub fn beacon(&self) -> Option<(Arc<Beacon>, Duration)> {
+        self.beacon
+            .borrow()
+            .as_ref()
+            .map(|(b, at)| (b.clone(), at.elapsed()))
+    }
+
+    /// Wakes when a beacon arrives.
+    pub fn subscribe(&self) -> watch::Receiver<Option<(Arc<Beacon>, Instant)>> {
+        self.beacon.subscribe()
+    }
+
+    pub fn counters(&self) -> BeaconCounters {
+        *self.counters.lock().unwrap()
+    }
+
+    pub fn manager_reports(&self) -> Option<SocketAddr> {
+        *self.manager_reports.lock().unwrap()
+    }
+
+    /// The admin core for this process: the cluster's token and this process's faults, with
+    /// `metrics` as its Prometheus text.
+    pub fn admin_core(&self, metrics: Arc<dyn Fn() -> String + Send + Sync>) -> AdminCore {
+        AdminCore {
+            token: self.config.admin_token.clone(),
+            faults: self.faults.clone(),
+            on_faults: Arc::new(|_| {}),
+            metrics,
+        }
+    }
+
+    /// Serves the admin API: the core routes and `role_routes` (state applied).
+    pub fn serve_admin(self: &Arc<Self>, listener: TcpListener, role_routes: Router, metrics: Arc<dyn Fn() -> String + Send + Sync>) {
+        let app = crate::core::admin::router(self.admin_core(metrics), role_routes);
+        tokio::spawn(crate::core::admin::serve(
+            listener,
+            app,
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// Listens for beacons on `socket` until shutdown.
+    pub fn listen_beacons(self: &Arc<Self>, socket: Arc<UdpSocket>) {
+        let process = self.clone();
+        tokio::spawn(async move {
+            let mut shutdown = process.shutdown.clone();
+            let mut buf = vec![0u8; DATAGRAM_BYTES_MAX + 1];
+            loop {
+                let received = tokio::select! {
+                    r = socket.recv_from(&mut buf) => r,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                };
+                let Ok((n, _from)) = received else { continue };
+                if n > DATAGRAM_BYTES_MAX {
+                    continue;
+                }
+                let Ok(beacon) = serde_json::from_slice::<Beacon>(&buf[..n]) else {
+                    tracing::debug!("a datagram that is not a beacon, ignored");
+                    continue;
+                };
+                if process.faults.loses_beacon(rand::random::<f64>()) {
+                    process.counters.lock().unwrap().dropped += 1;
+                    continue;
+                }
+                process.counters.lock().unwrap().heard += 1;
+                *process.manager_reports.lock().unwrap() = beacon.manager.beacons;
+                process
+                    .beacon
+                    .send_replace(Some((Arc::new(beacon), Instant::now())));
+            }
+        });
+    }
+
+    /// Sends `report()` to the manager every report interval, from `socket`, until shutdown.
+    pub fn report_loop(
+        self: &Arc<Self>,
+        socket: Arc<UdpSocket>,
+        report: impl Fn() -> Report + Send + 'static,
+    ) {
+        let process = self.clone();
+        let every = Duration::from_millis(self.config.manager.report_interval_ms);
+        tokio::spawn(async move {
+            let mut shutdown = process.shutdown.clone();
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                let Some(to) = process.manager_reports() else { continue };
+                if process.faults.loses_beacon(rand::random::<f64>()) {
+                    continue;
+                }
+                if let Some(bytes) = super::proto::to_datagram(&report()) {
+                    if socket.send_to(&bytes, to).await.is_ok() {
+                        process.counters.lock().unwrap().reports_sent += 1;
+                    }
+                }
+            }
+        });
+    }
+
+    /// A report skeleton for this process.
+    pub fn report(&self, endpoints: Endpoints) -> Report {
+        Report {
+            key: self.key,
+            node: self.node,
+            endpoints,
+            queue: 0,
+            completed: 0,
+            refused: 0,
+            degraded: 0,
+        }
+    }
+}
+
+/// Binds a TCP listener on `host`, any port.
+pub async fn bind_tcp(host: std::net::IpAddr, what: &str) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    TcpListener::bind((host, 0))
+        .await
+        .with_context(|| format!("binding the {what} listener on {host}"))
+}
+
+/// Binds a UDP socket on `host`, any port.
+pub async fn bind_udp(host: std::net::IpAddr, what: &str) -> anyhow::Result<Arc<UdpSocket>> {
+    use anyhow::Context as _;
+    Ok(Arc::new(
+        UdpSocket::bind((host, 0))
+            .await
+            .with_context(|| format!("binding the {what} socket on {host}"))?,
+    ))
+}
+
+/// The `/status` fields every process shares.
+#[derive(Debug, serde::Serialize)]
+pub struct CommonStatus {
+    pub key: ProcessKey,
+    pub node: u32,
+    pub uptime_s: f64,
+    pub faults: crate::core::faults::Faults,
+    pub manager_reports: Option<SocketAddr>,
+    /// Age of the latest beacon heard.
+    pub beacon_age_ms: Option<u64>,
+    pub beacon_seq: Option<u64>,
+    pub beacons: BeaconCounters,
+}
+
+impl Process {
+    pub fn common_status(&self) -> CommonStatus {
+        let beacon = self.beacon();
+        CommonStatus {
+            key: self.key,
+            node: self.node,
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            faults: self.faults.get(),
+            manager_reports: self.manager_reports(),
+            beacon_age_ms: beacon.as_ref().map(|(_, age)| age.as_millis() as u64),
+            beacon_seq: beacon.as_ref().map(|(b, _)| b.seq),
+            beacons: self.counters(),
+        }
+    }
+}
