@@ -8,3 +8,4 @@
 //! `crate::mail`.
 
 pub mod corpus;
+pub mod transform;
