@@ -170,7 +170,7 @@ impl LocalWebCluster {
         let first = &infos[0];
         let _: RunningProcess = client
             .send_json(
-                hyper::Method::POST,
+                cluster::web::http::Method::POST,
                 &format!("http://{}/spawn", first.addr),
                 &config.admin_token,
                 &SpawnRequest {

@@ -21,6 +21,8 @@ use tokio::sync::{watch, Semaphore};
 /// Every response body: whole, in memory (bounded by the limits of whoever built it).
 pub type Body = Full<Bytes>;
 
+pub use hyper::Method;
+
 /// hyper's smallest read buffer; a head limit below it is raised to it.
 const READ_BUFFER_BYTES_MIN: usize = 8192;
 /// How long a client may take to send a request head.
