@@ -100,8 +100,9 @@ async fn up_web(args: ClusterUpArgs) -> anyhow::Result<()> {
             let (class, n) = part
                 .split_once('=')
                 .with_context(|| format!("--workers: {part:?} is not CLASS=N"))?;
-            let class: cluster::web::proto::WorkerClass =
-                class.parse().map_err(|e: String| anyhow::anyhow!("--workers: {e}"))?;
+            let class: cluster::web::proto::WorkerClass = class
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--workers: {e}"))?;
             let n: u32 = n
                 .parse()
                 .with_context(|| format!("--workers: {n:?} is not a number"))?;

@@ -126,7 +126,10 @@ impl LocalWebCluster {
         }
         // Node daemons on ports chosen now (they must be in web.toml before any starts).
         let total = spec.nodes + spec.overflow_nodes;
-        anyhow::ensure!(spec.nodes >= 1, "a web cluster needs at least one dedicated node");
+        anyhow::ensure!(
+            spec.nodes >= 1,
+            "a web cluster needs at least one dedicated node"
+        );
         let mut entries = Vec::new();
         for id in 1..=total {
             let port = free_port(spec.host)?;
@@ -211,7 +214,11 @@ impl LocalWebCluster {
                 let running: Vec<RunningProcess> =
                     serde_json::from_value(s["running"].clone()).unwrap_or_default();
                 let every = s["desired"].as_array().is_some_and(|d| {
-                    d.iter().all(|k| running.iter().any(|r| serde_json::to_value(r.key).ok().as_ref() == Some(k)))
+                    d.iter().all(|k| {
+                        running
+                            .iter()
+                            .any(|r| serde_json::to_value(r.key).ok().as_ref() == Some(k))
+                    })
                 });
                 if desired > 0 && every && self.front_ends_hear_beacons(&running).await {
                     self.refresh(running)?;
@@ -229,7 +236,10 @@ impl LocalWebCluster {
     }
 
     async fn front_ends_hear_beacons(&self, running: &[RunningProcess]) -> bool {
-        for r in running.iter().filter(|r| r.key.role == cluster::web::proto::Role::FrontEnd) {
+        for r in running
+            .iter()
+            .filter(|r| r.key.role == cluster::web::proto::Role::FrontEnd)
+        {
             let url = format!("http://{}/status", r.endpoints.admin);
             let heard: Option<serde_json::Value> = self
                 .client
@@ -269,7 +279,11 @@ impl LocalWebCluster {
             let url = format!("http://{}/processes", n.addr);
             if let Ok(list) = self
                 .client
-                .get_json::<Vec<RunningProcess>>(&url, &self.config.admin_token, Duration::from_secs(2))
+                .get_json::<Vec<RunningProcess>>(
+                    &url,
+                    &self.config.admin_token,
+                    Duration::from_secs(2),
+                )
                 .await
             {
                 all.extend(list);
@@ -322,7 +336,10 @@ impl LocalWebCluster {
 }
 
 /// Spawns `command`, its stderr to `log`, and reads its READY line.
-async fn spawn_ready(mut command: Command, log: &Path) -> anyhow::Result<(Child, serde_json::Value)> {
+async fn spawn_ready(
+    mut command: Command,
+    log: &Path,
+) -> anyhow::Result<(Child, serde_json::Value)> {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

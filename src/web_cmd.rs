@@ -91,7 +91,11 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
 
 fn ready(endpoints: &Endpoints) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "{READY_PREFIX}{}", serde_json::to_string(endpoints)?)?;
+    writeln!(
+        stdout,
+        "{READY_PREFIX}{}",
+        serde_json::to_string(endpoints)?
+    )?;
     stdout.flush()?;
     Ok(())
 }

@@ -151,7 +151,11 @@ fn real_clients_fetch_through_the_proxy_and_get_distilled_objects() {
         .0
         .clone();
     let direct = |path: &str| -> Vec<u8> {
-        let (_, _, body) = proxy_get(origin.parse().unwrap(), &format!("http://{origin}{path}"), "");
+        let (_, _, body) = proxy_get(
+            origin.parse().unwrap(),
+            &format!("http://{origin}{path}"),
+            "",
+        );
         body
     };
 
@@ -161,8 +165,16 @@ fn real_clients_fetch_through_the_proxy_and_get_distilled_objects() {
     assert_eq!(header(&head, "x-cb"), Some("distilled"), "{head}");
     assert_eq!(header(&head, "content-type"), Some("image/jpeg"));
     let original = direct(&jpeg);
-    assert!(body.len() < original.len(), "{} >= {}", body.len(), original.len());
-    let (w, h) = image::load_from_memory(&original).unwrap().to_rgb8().dimensions();
+    assert!(
+        body.len() < original.len(),
+        "{} >= {}",
+        body.len(),
+        original.len()
+    );
+    let (w, h) = image::load_from_memory(&original)
+        .unwrap()
+        .to_rgb8()
+        .dimensions();
     let distilled = image::load_from_memory(&body).expect("the distilled JPEG decodes");
     assert_eq!(
         (distilled.width(), distilled.height()),
@@ -194,14 +206,24 @@ fn real_clients_fetch_through_the_proxy_and_get_distilled_objects() {
     // Real clients configured with the proxy.
     if require_tool("curl") {
         let out = Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code} %{content_type} %{size_download}"])
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{content_type} %{size_download}",
+            ])
             .arg("-x")
             .arg(format!("http://{proxy}"))
             .arg(format!("http://{origin}{gif}"))
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.starts_with("200 image/jpeg"), "{text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            text.starts_with("200 image/jpeg"),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     if require_tool("python3") {
         let script = format!(
@@ -211,7 +233,11 @@ fn real_clients_fetch_through_the_proxy_and_get_distilled_objects() {
              data = r.read()\n\
              print(r.status, len(data))\n"
         );
-        let out = Command::new("python3").arg("-c").arg(&script).output().unwrap();
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             text.trim(),
@@ -229,7 +255,11 @@ fn real_clients_fetch_through_the_proxy_and_get_distilled_objects() {
             .env("http_proxy", format!("http://{proxy}"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(text.contains("clusterbench-toolbar"));
     }
@@ -269,14 +299,26 @@ fn killed_processes_are_restarted_and_requests_keep_succeeding() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = up(
         dir.path(),
-        &["--nodes", "2", "--front-ends", "2", "--caches", "2", "--workers", "jpeg=2,gif=1,html=1"],
+        &[
+            "--nodes",
+            "2",
+            "--front-ends",
+            "2",
+            "--caches",
+            "2",
+            "--workers",
+            "jpeg=2,gif=1,html=1",
+        ],
     );
     let token = token(&cluster);
     let objects = manifest(&cluster);
     let origin = origin(&cluster);
     let jpeg = object(&objects, "jpeg", 4_000..200_000);
     let url = format!("http://{origin}{jpeg}");
-    let fe2 = addr(&find(&cluster, "front_end 2", Duration::from_secs(5)).unwrap(), "http");
+    let fe2 = addr(
+        &find(&cluster, "front_end 2", Duration::from_secs(5)).unwrap(),
+        "http",
+    );
     // Requests to the surviving front end throughout.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -307,7 +349,10 @@ fn killed_processes_are_restarted_and_requests_keep_succeeding() {
                 break p;
             }
         }
-        assert!(killed.elapsed() < Duration::from_secs(20), "worker jpeg 1 not restarted");
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "worker jpeg 1 not restarted"
+        );
     };
     eprintln!(
         "worker jpeg 1 restarted in place (node {node} -> {}) in {:.2} s",
@@ -329,7 +374,11 @@ fn killed_processes_are_restarted_and_requests_keep_succeeding() {
             }
         };
     }
-    assert_ne!(current["node"].as_u64(), Some(node), "worker jpeg 1 should have failed over: {current}");
+    assert_ne!(
+        current["node"].as_u64(),
+        Some(node),
+        "worker jpeg 1 should have failed over: {current}"
+    );
     eprintln!("worker jpeg 1 failed over to node {}", current["node"]);
 
     // kill -9 the manager: a front end starts another; beacons resume.
@@ -346,22 +395,36 @@ fn killed_processes_are_restarted_and_requests_keep_succeeding() {
         if replaced && fresh {
             break;
         }
-        assert!(killed.elapsed() < Duration::from_secs(30), "the manager did not come back");
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the manager did not come back"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("manager restarted by a front end, beacons back, in {:.2} s", killed.elapsed().as_secs_f64());
+    eprintln!(
+        "manager restarted by a front end, beacons back, in {:.2} s",
+        killed.elapsed().as_secs_f64()
+    );
 
     // kill -9 a front end: the manager restarts it.
     let killed = Instant::now();
     kill9(fe1["pid"].as_u64().unwrap());
     loop {
-        if find(&cluster, "front_end 1", Duration::from_millis(10)).is_some_and(|p| p["pid"] != fe1["pid"]) {
+        if find(&cluster, "front_end 1", Duration::from_millis(10))
+            .is_some_and(|p| p["pid"] != fe1["pid"])
+        {
             break;
         }
-        assert!(killed.elapsed() < Duration::from_secs(30), "front_end 1 not restarted");
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "front_end 1 not restarted"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("front_end 1 restarted in {:.2} s", killed.elapsed().as_secs_f64());
+    eprintln!(
+        "front_end 1 restarted in {:.2} s",
+        killed.elapsed().as_secs_f64()
+    );
 
     // kill -9 a cache partition: keys rehash, and hits resume.
     let cache = find(&cluster, "cache 0", Duration::from_secs(5)).unwrap();
@@ -372,15 +435,26 @@ fn killed_processes_are_restarted_and_requests_keep_succeeding() {
         if header(&head, "x-cache") == Some("hit") && killed.elapsed() > Duration::from_secs(1) {
             break;
         }
-        assert!(killed.elapsed() < Duration::from_secs(30), "no cache hits after a partition died");
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no cache hits after a partition died"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("cache hits resumed {:.2} s after a partition was killed", killed.elapsed().as_secs_f64());
+    eprintln!(
+        "cache hits resumed {:.2} s after a partition was killed",
+        killed.elapsed().as_secs_f64()
+    );
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let served = load.join().unwrap();
     let failures = failures.lock().unwrap();
-    assert!(failures.is_empty(), "{} of {served} requests failed: {:?}", failures.len(), &failures[..failures.len().min(3)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {served} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
     eprintln!("{served} requests to front_end 2 during the faults, none failed");
 }
 
@@ -402,10 +476,17 @@ fn bad_requests_get_proper_answers_and_nothing_crashes() {
     let mut s = TcpStream::connect(proxy).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let big = "a".repeat(1 << 20);
-    let _ = write!(s, "GET http://{origin}/health HTTP/1.1\r\nX-Big: {big}\r\n\r\n");
+    let _ = write!(
+        s,
+        "GET http://{origin}/health HTTP/1.1\r\nX-Big: {big}\r\n\r\n"
+    );
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
-    assert!(answer.starts_with("HTTP/1.1 431"), "{:?}", &answer[..answer.len().min(100)]);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{:?}",
+        &answer[..answer.len().min(100)]
+    );
     // Methods and CONNECT.
     let (code, _) = http("POST", proxy, &format!("http://{origin}/x"), None, "{}");
     assert_eq!(code, 405);
@@ -415,5 +496,6 @@ fn bad_requests_get_proper_answers_and_nothing_crashes() {
     // And the front end still serves.
     let (code, _, _) = proxy_get(proxy, &format!("http://{origin}/health"), "");
     assert_eq!(code, 200);
-    assert!(find(&cluster, "front_end 1", Duration::from_secs(1)).is_some_and(|p| p["pid"] == fe["pid"]));
+    assert!(find(&cluster, "front_end 1", Duration::from_secs(1))
+        .is_some_and(|p| p["pid"] == fe["pid"]));
 }

@@ -69,11 +69,7 @@ pub fn bad_request(error: impl Into<String>) -> Response {
         .into_response()
 }
 
-async fn require_token(
-    State(token): State<Arc<String>>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn require_token(State(token): State<Arc<String>>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)

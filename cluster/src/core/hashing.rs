@@ -56,7 +56,10 @@ mod tests {
                 moved += 1;
             }
         }
-        assert!((800..1250).contains(&moved), "{moved} of 4096 keys were on 3");
+        assert!(
+            (800..1250).contains(&moved),
+            "{moved} of 4096 keys were on 3"
+        );
         assert_eq!(rendezvous(7, &BTreeSet::new()), None);
     }
 }

@@ -19,9 +19,9 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::mail::config::DiskConfig;
 use crate::core::admin::{bad_request, AdminCore};
 use crate::core::faults::Faults;
+use crate::mail::config::DiskConfig;
 use crate::mail::metrics::Metrics;
 use crate::mail::node::{Context, Endpoints};
 use crate::mail::store::StoreStats;

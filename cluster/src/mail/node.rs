@@ -16,16 +16,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::core::faults::FaultSwitch;
+use crate::core::peering::{self, PeeringConfig};
 use crate::mail::config::NodeConfig;
 use crate::mail::directory::Directory;
-use crate::core::faults::FaultSwitch;
-use crate::mail::{MailConfig, MailService};
 use crate::mail::metrics::Metrics;
-use crate::core::peering::{self, PeeringConfig};
+use crate::mail::store::Store;
 use crate::mail::usermap::UserMap;
 use crate::mail::MailView;
-use crate::mail::store::Store;
 use crate::mail::{admin, imap, pop3, smtp};
+use crate::mail::{MailConfig, MailService};
 
 /// Messages for the mail service waiting to be handled, at most.
 pub const MAIL_INBOUND_MAX: usize = 4096;

@@ -13,7 +13,6 @@
 //!
 //! A node with no peers takes the same paths with every call answered locally.
 
-
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,15 +27,15 @@ use crate::core::peering::{PeerMessage, ViewInfo};
 pub type MailView = ViewInfo<UserMap>;
 /// What mail nodes say to each other.
 pub type MailPeerMessage = PeerMessage<MailMessage>;
-use crate::mail::store::{
-    FlagMode, Flags, MailboxSnapshot, MessageMeta, NewMessage, Store, StoreError, PROFILE_UID,
-};
-use crate::core::transport::Transport;
-use crate::mail::usermap::UserMap;
 use super::mailmap::MailMap;
 pub use super::placement::Placement;
 use super::placement::{Inputs, PlacementError};
 use super::wire::{MailMessage, Request, Response, StoreMessage};
+use crate::core::transport::Transport;
+use crate::mail::store::{
+    FlagMode, Flags, MailboxSnapshot, MessageMeta, NewMessage, Store, StoreError, PROFILE_UID,
+};
+use crate::mail::usermap::UserMap;
 
 /// How long a request to another node may take before it counts as failed.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -723,7 +722,10 @@ impl MailService {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().unwrap().insert(id, (to, tx));
-        let sent = transport.send(to, PeerMessage::Service(MailMessage::Request { id, request }));
+        let sent = transport.send(
+            to,
+            PeerMessage::Service(MailMessage::Request { id, request }),
+        );
         if !sent {
             self.waiting.lock().unwrap().remove(&id);
             return Err(MailError::Unreachable(to));

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::http::{self, Body, ServerLimits};
-use super::process::{bind_tcp, ProcessArgs, Process};
+use super::process::{bind_tcp, Process, ProcessArgs};
 use super::proto::Endpoints;
 
 /// Longest key (before hex encoding).
@@ -151,7 +151,10 @@ fn decode_key(hex: &str) -> Option<Vec<u8>> {
 }
 
 /// Starts a cache partition; returns where it listens.
-pub async fn start(args: ProcessArgs, shutdown: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<Endpoints> {
+pub async fn start(
+    args: ProcessArgs,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Endpoints> {
     let process = Process::new(&args, shutdown.clone());
     let admin = bind_tcp(args.host, "admin").await?;
     let http_l = bind_tcp(args.host, "cache").await?;
@@ -231,8 +234,10 @@ async fn handle(
         }
         _ => {
             let mut r = http::error(StatusCode::METHOD_NOT_ALLOWED, "GET or PUT");
-            r.headers_mut()
-                .insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("GET, PUT"));
+            r.headers_mut().insert(
+                hyper::header::ALLOW,
+                hyper::header::HeaderValue::from_static("GET, PUT"),
+            );
             r
         }
     }
@@ -250,7 +255,9 @@ struct CacheStatus {
     evictions: u64,
 }
 
-async fn status(State((process, lru)): State<(Arc<Process>, Arc<Mutex<Lru>>)>) -> Json<CacheStatus> {
+async fn status(
+    State((process, lru)): State<(Arc<Process>, Arc<Mutex<Lru>>)>,
+) -> Json<CacheStatus> {
     let l = lru.lock().unwrap();
     Json(CacheStatus {
         common: process.common_status(),

@@ -404,7 +404,9 @@ impl WebConfig {
 
     /// Whether `authority` (`host:port`) is an origin this cluster may fetch from.
     pub fn origin_allowed(&self, authority: &str) -> bool {
-        self.origins.iter().any(|o| o.eq_ignore_ascii_case(authority))
+        self.origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(authority))
     }
 }
 

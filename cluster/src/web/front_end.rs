@@ -198,7 +198,8 @@ async fn watch_manager(fe: Arc<FrontEnd>) {
     let config = fe.config().clone();
     let period = Duration::from_millis(config.manager.beacon_interval_ms);
     // Front end N waits N - 1 periods more than the first, so one of them acts.
-    let patience = period * (config.manager.beacons_missed_max + fe.process.key.id.saturating_sub(1));
+    let patience =
+        period * (config.manager.beacons_missed_max + fe.process.key.id.saturating_sub(1));
     let mut shutdown = fe.process.shutdown.clone();
     let mut last_try: Option<Instant> = None;
     loop {
@@ -241,7 +242,10 @@ async fn restart_manager(fe: &FrontEnd, last_node: u32) {
         tracing::warn!("no manager, and no node daemon answers to start one");
         return;
     };
-    tracing::warn!(node, "no beacon for too long and no manager running: starting one");
+    tracing::warn!(
+        node,
+        "no beacon for too long and no manager running: starting one"
+    );
     let request = SpawnRequest {
         key: ProcessKey::MANAGER,
         manager_reports: None,
@@ -291,9 +295,10 @@ async fn handle(
     } else if response.status().is_server_error() {
         fe.counters.server_errors.fetch_add(1, Ordering::Relaxed);
     }
-    response
-        .headers_mut()
-        .insert(hyper::header::VIA, HeaderValue::from_static("1.1 clusterbench"));
+    response.headers_mut().insert(
+        hyper::header::VIA,
+        HeaderValue::from_static("1.1 clusterbench"),
+    );
     if head {
         let (parts, _) = response.into_parts();
         let mut r = Response::from_parts(parts, Body::default());
@@ -419,7 +424,12 @@ async fn serve(fe: &FrontEnd, request: Request<hyper::body::Incoming>) -> Respon
 
 /// Marks a response with where it came from: `X-Cache` (`HIT`/`MISS`), `X-Cb` (`distilled`,
 /// `pass-through`, `degraded`, `undistillable`, `original`) and the worker that distilled it.
-fn tagged(mut r: Response<Body>, cache: &'static str, what: &str, worker: Option<ProcessKey>) -> Response<Body> {
+fn tagged(
+    mut r: Response<Body>,
+    cache: &'static str,
+    what: &str,
+    worker: Option<ProcessKey>,
+) -> Response<Body> {
     let h = r.headers_mut();
     h.insert("x-cache", HeaderValue::from_static(cache));
     if let Ok(v) = HeaderValue::from_str(what) {
@@ -499,14 +509,22 @@ fn user_of(request: &Request<hyper::body::Incoming>, user_header: &str) -> Resul
             .decode(encoded.trim())
             .map_err(|_| "Proxy-Authorization: not base64")?;
         let text = String::from_utf8(decoded).map_err(|_| "Proxy-Authorization: not UTF-8")?;
-        let user = text.split(':').next().unwrap_or_default().to_ascii_lowercase();
+        let user = text
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         return if valid_user(&user) {
             Ok(user)
         } else {
             Err(format!("{user:?} is not a user name"))
         };
     }
-    match request.headers().get(user_header).and_then(|v| v.to_str().ok()) {
+    match request
+        .headers()
+        .get(user_header)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(u) => {
             let u = u.trim().to_ascii_lowercase();
             if valid_user(&u) {

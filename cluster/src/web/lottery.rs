@@ -111,7 +111,7 @@ impl Lotto {
             })
             .collect();
         // A stable order, so that the same draw picks the same worker.
-        candidates.sort_by(|a, b| a.0.cmp(&b.0));
+        candidates.sort_by_key(|c| c.0);
         let total: f64 = candidates.iter().map(|(_, t)| t).sum();
         if candidates.is_empty() || total <= 0.0 {
             return None;
@@ -166,7 +166,12 @@ mod tests {
         assert!((880..=940).contains(&wins[1]), "{wins:?}");
         assert_eq!(lotto.pick(WorkerClass::Gif, &[], 0.5, 1), None);
         let (k, _) = lotto
-            .pick(WorkerClass::Jpeg, &[ProcessKey::worker(WorkerClass::Jpeg, 1)], 0.0, 1)
+            .pick(
+                WorkerClass::Jpeg,
+                &[ProcessKey::worker(WorkerClass::Jpeg, 1)],
+                0.0,
+                1,
+            )
             .unwrap();
         assert_eq!(k.id, 2);
     }
@@ -209,7 +214,10 @@ mod tests {
         eprintln!(
             "spread of queue lengths across workers (mean std dev): naive {naive:.2}, corrected {corrected:.2}"
         );
-        assert!(corrected < naive * 0.9, "naive {naive:.2}, corrected {corrected:.2}");
+        assert!(
+            corrected < naive * 0.9,
+            "naive {naive:.2}, corrected {corrected:.2}"
+        );
     }
 
     /// Mean (over time) of the standard deviation of the workers' queues.
@@ -220,7 +228,9 @@ mod tests {
         const BEACON_MS: u64 = 500;
         const END_MS: u64 = 120_000;
         let mut rng = SplitMix(0x5eed);
-        let mut lottos: Vec<Lotto> = (0..FRONT_ENDS).map(|_| Lotto::new(mode, BEACON_MS)).collect();
+        let mut lottos: Vec<Lotto> = (0..FRONT_ENDS)
+            .map(|_| Lotto::new(mode, BEACON_MS))
+            .collect();
         let mut queue = [0u32; WORKERS];
         let mut busy_until = [0u64; WORKERS];
         let mut completed = [0u64; WORKERS];

@@ -109,10 +109,7 @@ impl Manager {
     }
 
     fn is_overflow(&self, node: u32) -> bool {
-        self.config
-            .nodes
-            .iter()
-            .any(|n| n.id == node && n.overflow)
+        self.config.nodes.iter().any(|n| n.id == node && n.overflow)
     }
 
     /// The cluster's configured shape.
@@ -183,8 +180,12 @@ impl Manager {
         let now = Instant::now();
         let mut workers = Vec::new();
         for r in self.running.values() {
-            let Role::Worker(class) = r.key.role else { continue };
-            let Some(addr) = r.endpoints.http else { continue };
+            let Role::Worker(class) = r.key.role else {
+                continue;
+            };
+            let Some(addr) = r.endpoints.http else {
+                continue;
+            };
             let (queue, rate, age) = match (self.loads.get(&r.key), self.reports.get(&r.key)) {
                 (Some(l), Some((_, at))) => (
                     l.queue,
@@ -253,7 +254,10 @@ pub async fn start(
         loads: Loads::new(m.smoothing),
         reports: HashMap::new(),
         scaler: Scaler::new(m.spawn_queue_threshold, m.spawn_holdoff_s, m.retire_idle_s),
-        wolfpack: Wolfpack::new(args.config.wolfpack.restarts_max, args.config.wolfpack.window_s),
+        wolfpack: Wolfpack::new(
+            args.config.wolfpack.restarts_max,
+            args.config.wolfpack.window_s,
+        ),
         timeline: VecDeque::new(),
         beacons_sent: 0,
         spawns: 0,
@@ -262,7 +266,11 @@ pub async fn start(
         retirements: 0,
         origin: Instant::now(),
     }));
-    tokio::spawn(receive_reports(manager.clone(), reports.clone(), shutdown.clone()));
+    tokio::spawn(receive_reports(
+        manager.clone(),
+        reports.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(send_beacons(manager.clone(), reports, shutdown.clone()));
     tokio::spawn(reconcile_loop(manager.clone(), shutdown.clone()));
     let routes = Router::new()
@@ -451,8 +459,7 @@ async fn reconcile(manager: &Shared) {
 
         scale(&mut m);
 
-        let wanted: Vec<(ProcessKey, Desired)> =
-            m.desired.iter().map(|(k, d)| (*k, *d)).collect();
+        let wanted: Vec<(ProcessKey, Desired)> = m.desired.iter().map(|(k, d)| (*k, *d)).collect();
         for (key, d) in wanted {
             if m.running.contains_key(&key) || m.pending.contains_key(&key) {
                 continue;
@@ -492,9 +499,9 @@ async fn reconcile(manager: &Shared) {
 }
 
 /// `futures::future::join_all` without the crate: polls every future to completion.
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
@@ -548,7 +555,11 @@ async fn spawn_on(manager: &Shared, key: ProcessKey, node: u32, extra: bool) {
                 kind,
                 key,
                 Some(node),
-                format!("started (pid {}){}", r.pid, if extra { ", extra" } else { "" }),
+                format!(
+                    "started (pid {}){}",
+                    r.pid,
+                    if extra { ", extra" } else { "" }
+                ),
             );
         }
         Err(e) => {
@@ -587,7 +598,10 @@ fn failed(m: &mut Manager, key: ProcessKey, node: u32, why: String) {
         kind,
         key,
         target,
-        format!("{why} on node {node}; restarts in the window: {}", m.wolfpack.restarts(&key)),
+        format!(
+            "{why} on node {node}; restarts in the window: {}",
+            m.wolfpack.restarts(&key)
+        ),
     );
 }
 
@@ -620,8 +634,8 @@ fn scale(m: &mut Manager) {
             .max()
             .unwrap_or(0)
             + 1;
-        let room = count < per_class_max
-            && m.place(ProcessKey::worker(class, next_id), true).is_some();
+        let room =
+            count < per_class_max && m.place(ProcessKey::worker(class, next_id), true).is_some();
         match m.scaler.decide(class, &workers, room, now_ms) {
             Some(Scaling::Spawn(class)) => {
                 let key = ProcessKey::worker(class, next_id);
@@ -729,11 +743,7 @@ async fn status(State(manager): State<Shared>) -> Json<serde_json::Value> {
         .filter(|(r, _)| r.key.role == Role::FrontEnd)
         .map(|(r, _)| r.degraded)
         .sum();
-    let overflow_in_use = m
-        .running
-        .values()
-        .filter(|r| m.is_overflow(r.node))
-        .count();
+    let overflow_in_use = m.running.values().filter(|r| m.is_overflow(r.node)).count();
     Json(serde_json::json!({
         "common": m.process.common_status(),
         "endpoints": m.endpoints,

@@ -111,7 +111,10 @@ struct ListQuery {
     manager: Option<SocketAddr>,
 }
 
-async fn list(State(state): State<Arc<NodeState>>, Query(q): Query<ListQuery>) -> Json<Vec<RunningProcess>> {
+async fn list(
+    State(state): State<Arc<NodeState>>,
+    Query(q): Query<ListQuery>,
+) -> Json<Vec<RunningProcess>> {
     if let Some(m) = q.manager {
         *state.manager.lock().unwrap() = Some(m);
     }
@@ -185,11 +188,15 @@ async fn spawn(State(state): State<Arc<NodeState>>, body: axum::body::Bytes) -> 
 }
 
 /// Starts a child, waits for its READY line, and watches it until it exits.
-async fn start_child(state: &Arc<NodeState>, request: &SpawnRequest) -> anyhow::Result<RunningProcess> {
+async fn start_child(
+    state: &Arc<NodeState>,
+    request: &SpawnRequest,
+) -> anyhow::Result<RunningProcess> {
     use anyhow::Context as _;
     let key = request.key;
     let l = &state.launcher;
-    std::fs::create_dir_all(&l.log_dir).with_context(|| format!("creating {}", l.log_dir.display()))?;
+    std::fs::create_dir_all(&l.log_dir)
+        .with_context(|| format!("creating {}", l.log_dir.display()))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

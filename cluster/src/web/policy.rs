@@ -145,8 +145,7 @@ impl Scaler {
             return None;
         }
         let calm_since = *self.calm_since_ms.entry(class).or_insert(now_ms);
-        if now_ms.saturating_sub(calm_since) < self.retire_idle_ms
-            || since_change < self.holdoff_ms
+        if now_ms.saturating_sub(calm_since) < self.retire_idle_ms || since_change < self.holdoff_ms
         {
             return None;
         }
@@ -311,15 +310,45 @@ mod tests {
     #[test]
     fn overflow_nodes_are_used_only_when_the_dedicated_ones_are_full() {
         let nodes = [
-            NodeSlot { id: 1, overflow: false, alive: true, count: 2 },
-            NodeSlot { id: 2, overflow: false, alive: true, count: 1 },
-            NodeSlot { id: 3, overflow: true, alive: true, count: 0 },
+            NodeSlot {
+                id: 1,
+                overflow: false,
+                alive: true,
+                count: 2,
+            },
+            NodeSlot {
+                id: 2,
+                overflow: false,
+                alive: true,
+                count: 1,
+            },
+            NodeSlot {
+                id: 3,
+                overflow: true,
+                alive: true,
+                count: 0,
+            },
         ];
         assert_eq!(place(&nodes, 2, true), Some(2));
         let full = [
-            NodeSlot { id: 1, overflow: false, alive: true, count: 2 },
-            NodeSlot { id: 2, overflow: false, alive: false, count: 0 },
-            NodeSlot { id: 3, overflow: true, alive: true, count: 0 },
+            NodeSlot {
+                id: 1,
+                overflow: false,
+                alive: true,
+                count: 2,
+            },
+            NodeSlot {
+                id: 2,
+                overflow: false,
+                alive: false,
+                count: 0,
+            },
+            NodeSlot {
+                id: 3,
+                overflow: true,
+                alive: true,
+                count: 0,
+            },
         ];
         assert_eq!(place(&full, 2, false), None);
         assert_eq!(place(&full, 2, true), Some(3));

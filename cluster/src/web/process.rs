@@ -107,7 +107,12 @@ impl Process {
     }
 
     /// Serves the admin API: the core routes and `role_routes` (state applied).
-    pub fn serve_admin(self: &Arc<Self>, listener: TcpListener, role_routes: Router, metrics: Arc<dyn Fn() -> String + Send + Sync>) {
+    pub fn serve_admin(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        role_routes: Router,
+        metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    ) {
         let app = crate::core::admin::router(self.admin_core(metrics), role_routes);
         tokio::spawn(crate::core::admin::serve(
             listener,
@@ -165,7 +170,9 @@ impl Process {
                     _ = ticker.tick() => {}
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
-                let Some(to) = process.manager_reports() else { continue };
+                let Some(to) = process.manager_reports() else {
+                    continue;
+                };
                 if process.faults.loses_beacon(rand::random::<f64>()) {
                     continue;
                 }
@@ -203,11 +210,9 @@ pub async fn bind_tcp(host: std::net::IpAddr, what: &str) -> anyhow::Result<TcpL
 /// Binds a UDP socket on `host`, any port.
 pub async fn bind_udp(host: std::net::IpAddr, what: &str) -> anyhow::Result<Arc<UdpSocket>> {
     use anyhow::Context as _;
-    Ok(Arc::new(
-        UdpSocket::bind((host, 0))
-            .await
-            .with_context(|| format!("binding the {what} socket on {host}"))?,
-    ))
+    Ok(Arc::new(UdpSocket::bind((host, 0)).await.with_context(
+        || format!("binding the {what} socket on {host}"),
+    )?))
 }
 
 /// The `/status` fields every process shares.

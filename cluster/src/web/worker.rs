@@ -137,7 +137,10 @@ pub async fn start(
 /// Takes a job off the wire and queues it, or refuses it.
 async fn accept(worker: Arc<Worker>, request: Request<hyper::body::Incoming>) -> Response<Body> {
     if request.method() != Method::POST {
-        return http::error(StatusCode::METHOD_NOT_ALLOWED, "POST /distill or /aggregate");
+        return http::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST /distill or /aggregate",
+        );
     }
     let config = &worker.process.config;
     let path = request.uri().path().to_string();
@@ -162,10 +165,11 @@ async fn accept(worker: Arc<Worker>, request: Request<hyper::body::Incoming>) ->
                 },
                 None => Profile::default(),
             };
-            let body = match http::read_body(request.into_body(), config.workers.input_bytes_max).await {
-                Ok(b) => b,
-                Err(e) => return http::error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
-            };
+            let body =
+                match http::read_body(request.into_body(), config.workers.input_bytes_max).await {
+                    Ok(b) => b,
+                    Err(e) => return http::error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+                };
             Work::Distill {
                 content_type,
                 profile,
@@ -319,10 +323,16 @@ async fn aggregate(worker: &Worker, urls: Vec<String>) -> (Response<Body>, usize
                 total,
             );
         };
-        let authority = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
         if uri.scheme_str() != Some("http") || !config.origin_allowed(&authority) {
             return (
-                http::error(StatusCode::FORBIDDEN, format!("{url} is not on an allowed origin")),
+                http::error(
+                    StatusCode::FORBIDDEN,
+                    format!("{url} is not on an allowed origin"),
+                ),
                 total,
             );
         }
@@ -349,7 +359,9 @@ async fn aggregate(worker: &Worker, urls: Vec<String>) -> (Response<Body>, usize
                     .unwrap_or("");
                 let escaped = html_escape(url);
                 if kind.starts_with("image/") {
-                    page.push_str(&format!("<div class=\"cb-part\"><img src=\"{escaped}\"></div>\n"));
+                    page.push_str(&format!(
+                        "<div class=\"cb-part\"><img src=\"{escaped}\"></div>\n"
+                    ));
                 } else {
                     page.push_str(&format!(
                         "<div class=\"cb-part\"><a href=\"{escaped}\">{escaped}</a> ({} bytes)</div>\n",
@@ -363,7 +375,12 @@ async fn aggregate(worker: &Worker, urls: Vec<String>) -> (Response<Body>, usize
                     total,
                 )
             }
-            Err(e) => return (http::error(StatusCode::BAD_GATEWAY, format!("{url}: {e}")), total),
+            Err(e) => {
+                return (
+                    http::error(StatusCode::BAD_GATEWAY, format!("{url}: {e}")),
+                    total,
+                )
+            }
         }
     }
     page.push_str("</body></html>\n");
