@@ -8,4 +8,5 @@
 //! `crate::mail`.
 
 pub mod corpus;
+pub mod origin;
 pub mod transform;
