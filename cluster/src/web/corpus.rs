@@ -242,10 +242,11 @@ impl Corpus {
 
     /// Every object's manifest entry, in index order. Each one generates its body (for the
     /// checksum): O(total bytes).
-    pub fn manifest(&self) -> impl Iterator<Item = ManifestEntry> + '_ {
+    pub fn manifest(&self) -> impl Iterator<Item = ManifestEntry> {
+        let corpus = *self;
         (0..self.objects).filter_map(move |index| {
-            let info = self.info(index)?;
-            let body = self.body(index)?;
+            let info = corpus.info(index)?;
+            let body = corpus.body(index)?;
             Some(ManifestEntry {
                 path: info.path,
                 content_type: info.content_type,
