@@ -20,6 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Run one mail node (what `cluster up` starts for each node).
     Node(NodeArgs),
+    /// Run the web service's origin server: a seeded corpus of HTML pages, GIFs, JPEGs and other
+    /// objects over HTTP/1.1 (/obj/N.ext, /manifest.json, /health), standing in for the Internet.
+    Origin(OriginArgs),
     /// Manage a local cluster of nodes.
     Cluster {
         #[command(subcommand)]
@@ -293,6 +296,23 @@ pub struct NodeArgs {
     /// Admin API listen address.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct OriginArgs {
+    /// Address to listen on (port 0: any free port; the chosen address is printed as
+    /// `READY {"http": ADDR, ...}`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// The corpus's seed: the same seed and object count serve the same bytes everywhere.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Objects in the corpus (1 to 10,000,000).
+    #[arg(long, default_value_t = 10_000)]
+    pub objects: u32,
+    /// Miss penalty: milliseconds added to every object response, as a distant server's would.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ pub mod history_cmd;
 pub mod local_cluster;
 pub mod local_web;
 pub mod node_cmd;
+pub mod origin_cmd;
 pub mod report_cmd;
 pub mod run;
 pub mod sim_cmd;
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging();
     match cli.command {
         Command::Node(args) => node_cmd::run(args),
+        Command::Origin(args) => origin_cmd::run(args),
         Command::Cluster {
             command: ClusterCommand::Up(args),
         } => cluster_up::run(args),

@@ -16,6 +16,7 @@ pub mod http;
 pub mod lottery;
 pub mod manager;
 pub mod node;
+pub mod origin;
 pub mod policy;
 pub mod process;
 pub mod profiles;
