@@ -71,7 +71,12 @@ async fn up(args: ClusterUpArgs) -> anyhow::Result<()> {
 async fn up_web(args: ClusterUpArgs) -> anyhow::Result<()> {
     use cluster::web::config::{CpuModel, Lottery, WebConfig};
     let mut template = match &args.web_config {
-        Some(path) => crate::web_cmd::read_config(path)?,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            WebConfig::template_from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
         None => WebConfig::default(),
     };
     template.origins.extend(args.origins.iter().cloned());

@@ -176,10 +176,11 @@ fn real_clients_fetch_through_the_proxy_and_get_distilled_objects() {
         .to_rgb8()
         .dimensions();
     let distilled = image::load_from_memory(&body).expect("the distilled JPEG decodes");
+    let default = cluster::web::transform::Profile::default();
     assert_eq!(
         (distilled.width(), distilled.height()),
-        ((w / 2).max(1), (h / 2).max(1)),
-        "scale 0.5 of {w}x{h}"
+        cluster::web::transform::expected_dimensions((w, h), &default),
+        "the default profile's scale of {w}x{h}"
     );
     // A GIF becomes a JPEG.
     let (code, head, body) = proxy_get(proxy, &format!("http://{origin}{gif}"), "");
@@ -264,7 +265,11 @@ fn real_clients_fetch_through_the_proxy_and_get_distilled_objects() {
         assert!(text.contains("clusterbench-toolbar"));
     }
 
-    // A profile change takes effect within a beacon period or two.
+    // A profile change takes effect within a beacon period or two (the front end caches a
+    // profile for profile_ttl_ms, 1 s by default): alice's default profile is cached first.
+    let user = "X-Clusterbench-User: alice\r\n";
+    let (code, _, _) = proxy_get(proxy, &format!("http://{origin}{jpeg}"), user);
+    assert_eq!(code, 200);
     let db = find(&cluster, "profiles", Duration::from_secs(5)).unwrap();
     let (code, body) = http(
         "PUT",
@@ -275,11 +280,17 @@ fn real_clients_fetch_through_the_proxy_and_get_distilled_objects() {
     );
     assert_eq!(code, 200, "{body}");
     let changed = Instant::now();
-    let user = "X-Clusterbench-User: alice\r\n";
     loop {
         let (_, _, body) = proxy_get(proxy, &format!("http://{origin}{jpeg}"), user);
         let img = image::load_from_memory(&body).unwrap();
-        if img.width() == ((f64::from(w) * 0.25).round() as u32).max(1) {
+        let quarter = cluster::web::transform::Profile {
+            scale: 0.25,
+            quality: 30,
+            ..Default::default()
+        };
+        if (img.width(), img.height())
+            == cluster::web::transform::expected_dimensions((w, h), &quarter)
+        {
             break;
         }
         assert!(
@@ -498,4 +509,250 @@ fn bad_requests_get_proper_answers_and_nothing_crashes() {
     assert_eq!(code, 200);
     assert!(find(&cluster, "front_end 1", Duration::from_secs(1))
         .is_some_and(|p| p["pid"] == fe["pid"]));
+}
+
+#[test]
+fn an_acknowledged_profile_survives_kill_9_of_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = up(dir.path(), &[]);
+    let token = token(&cluster);
+    let db = find(&cluster, "profiles", Duration::from_secs(5)).unwrap();
+    for i in 0..20 {
+        let (code, body) = http(
+            "PUT",
+            addr(&db, "admin"),
+            &format!("/profiles/user{i}"),
+            Some(&token),
+            &format!(r#"{{"quality": {}, "scale": 0.3}}"#, 10 + i),
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    // Right after the last answer: kill -9, and the manager starts it again.
+    kill9(db["pid"].as_u64().unwrap());
+    let back = loop {
+        if let Some(p) = find(&cluster, "profiles", Duration::from_secs(30)) {
+            if p["pid"] != db["pid"] {
+                break p;
+            }
+        }
+    };
+    for i in 0..20 {
+        let (code, body) = http(
+            "GET",
+            addr(&back, "admin"),
+            &format!("/profiles/user{i}"),
+            Some(&token),
+            "",
+        );
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["stored"], true, "{v}");
+        assert_eq!(v["profile"]["quality"], 10 + i, "{v}");
+    }
+    // Bad profiles are refused by name.
+    let (code, body) = http(
+        "PUT",
+        addr(&back, "admin"),
+        "/profiles/bob",
+        Some(&token),
+        r#"{"qualty": 5}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("qualty"), "{body}");
+    let (code, body) = http(
+        "PUT",
+        addr(&back, "admin"),
+        "/profiles/bob",
+        Some(&token),
+        r#"{"scale": 7}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("scale"), "{body}");
+}
+
+#[test]
+fn a_burst_recruits_an_overflow_node_and_releases_it_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.toml");
+    // One jpeg worker per dedicated node, each slow (50 ms per KB: a 10 KB JPEG is half a
+    // second), spawning when the average queue passes 2, quick to calm down.
+    std::fs::write(
+        &template,
+        "[workers]\nper_node_max = 3\nclasses = { jpeg = 1, gif = 1, html = 1 }\n\
+         cpu = { model = \"modelled\", ms_per_kb = 50 }\n\
+         [manager]\nspawn_queue_threshold = 2\nspawn_holdoff_s = 1\nretire_idle_s = 3\n\
+         [front_end]\nworker_timeout_ms = 30000\n",
+    )
+    .unwrap();
+    let cluster = up(
+        dir.path().join("c").as_path(),
+        &[
+            "--overflow-nodes",
+            "1",
+            "--web-config",
+            template.to_str().unwrap(),
+        ],
+    );
+    let token = token(&cluster);
+    let proxy = addr(
+        &find(&cluster, "front_end 1", Duration::from_secs(5)).unwrap(),
+        "http",
+    );
+    let objects = manifest(&cluster);
+    let origin = origin(&cluster);
+    let jpegs: Vec<String> = objects
+        .iter()
+        .filter(|(_, k, b)| k == "jpeg" && *b > 4000)
+        .map(|(p, _, _)| p.clone())
+        .collect();
+    assert!(jpegs.len() >= 8, "{} jpegs", jpegs.len());
+    let manager_status = || {
+        let m = find(&cluster, "manager", Duration::from_secs(5)).unwrap();
+        common::status(addr(&m, "admin"), &token).unwrap()
+    };
+    // The burst: 12 clients, each a different user (so no distilled copy is shared), for as
+    // long as it takes the manager to recruit the overflow node.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..12)
+        .map(|c| {
+            let (stop, jpegs, origin) = (stop.clone(), jpegs.clone(), origin.clone());
+            std::thread::spawn(move || {
+                let mut i = c;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let user = format!("X-Clusterbench-User: burst{c}-{i}\r\n");
+                    let _ = proxy_get(
+                        proxy,
+                        &format!("http://{origin}{}", jpegs[i % jpegs.len()]),
+                        &user,
+                    );
+                    i += 12;
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let recruited = loop {
+        let s = manager_status();
+        if s["overflow_in_use"].as_u64().unwrap_or(0) >= 1 {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no overflow node recruited: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!(
+        "an overflow worker was recruited {:.1} s into the burst",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        recruited["timeline"].to_string().contains("\"overflow\""),
+        "{recruited}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let calm = Instant::now();
+    loop {
+        let s = manager_status();
+        if s["overflow_in_use"].as_u64() == Some(0) {
+            assert!(s["timeline"].to_string().contains("\"release\""), "{s}");
+            break;
+        }
+        assert!(
+            calm.elapsed() < Duration::from_secs(60),
+            "the overflow node was not released: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "and released {:.1} s after the burst",
+        calm.elapsed().as_secs_f64()
+    );
+}
+
+/// A misbehaving origin on a free port: `/never` accepts and never answers, `/huge` announces a
+/// gigabyte and sends it, `/corrupt.jpg` is 5 KB of noise labelled image/jpeg.
+fn bad_origin() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                if request.contains(" /never") {
+                    std::thread::sleep(Duration::from_secs(120));
+                } else if request.contains(" /huge") {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1073741824\r\n\r\n",
+                    );
+                    let chunk = vec![0u8; 64 * 1024];
+                    for _ in 0..(1 << 14) {
+                        if stream.write_all(&chunk).is_err() {
+                            break;
+                        }
+                    }
+                } else {
+                    let noise: Vec<u8> = (0..5000u32)
+                        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                        .collect();
+                    let mut body = vec![0xFF, 0xD8, 0xFF, 0xE0];
+                    body.extend(noise);
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(&body);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn origins_that_hang_or_flood_and_corrupt_images_degrade_without_crashing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = bad_origin();
+    let template = dir.path().join("template.toml");
+    std::fs::write(
+        &template,
+        "[front_end]\norigin_timeout_ms = 2000\nbody_bytes_max = 1048576\n",
+    )
+    .unwrap();
+    let cluster = up(
+        dir.path().join("c").as_path(),
+        &[
+            "--origin",
+            &bad.to_string(),
+            "--web-config",
+            template.to_str().unwrap(),
+        ],
+    );
+    let fe = find(&cluster, "front_end 1", Duration::from_secs(5)).unwrap();
+    let proxy = addr(&fe, "http");
+    let worker = find(&cluster, "worker jpeg 1", Duration::from_secs(5)).unwrap();
+    let started = Instant::now();
+    let (code, _, body) = proxy_get(proxy, &format!("http://{bad}/never"), "");
+    assert_eq!(code, 504, "{}", String::from_utf8_lossy(&body));
+    assert!(started.elapsed() < Duration::from_secs(10), "it hung");
+    let (code, _, body) = proxy_get(proxy, &format!("http://{bad}/huge"), "");
+    assert_eq!(code, 502, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("larger than"));
+    // A corrupt image: the worker says so, the original is served, nothing restarts.
+    let (code, head, body) = proxy_get(proxy, &format!("http://{bad}/corrupt.jpg"), "");
+    assert_eq!(code, 200);
+    assert_eq!(header(&head, "x-cb"), Some("undistillable"), "{head}");
+    assert_eq!(body.len(), 5004);
+    std::thread::sleep(Duration::from_millis(500));
+    let now = find(&cluster, "worker jpeg 1", Duration::from_secs(5)).unwrap();
+    assert_eq!(now["pid"], worker["pid"], "the worker restarted");
+    let again = find(&cluster, "front_end 1", Duration::from_secs(5)).unwrap();
+    assert_eq!(again["pid"], fe["pid"], "the front end restarted");
 }

@@ -265,6 +265,12 @@ impl WebConfig {
         Ok(config)
     }
 
+    /// Parses a template (settings every process of a cluster starts from) without requiring
+    /// what the cluster's supervisor fills in (nodes, origins); unknown keys are still errors.
+    pub fn template_from_toml(text: &str) -> Result<WebConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a web config serializes")
     }
