@@ -38,9 +38,17 @@ struct Entry {
 
 /// Acknowledged messages and what sessions read back during the run. Additive: an agent hands
 /// over what it recorded since its last delta ([`Ledger::take`]) and the coordinator
-/// [`merge`](Ledger::merge)s them.
+/// [`merge`](Ledger::merge)s them. A ledger made with [`Ledger::counting`] keeps only the number
+/// of acknowledged messages: when nothing can be read back (a sink without POP3) or the check is
+/// off, that is all the checker can use, and a long run's memory stays flat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
+    /// Keep no entries, only `count`.
+    #[serde(default)]
+    counting: bool,
+    /// Messages acknowledged (entries kept or not).
+    #[serde(default)]
+    count: u64,
     acked: Vec<Entry>,
     /// Recipients' indices in the user population, entry after entry.
     recipients: Vec<u32>,
@@ -54,8 +62,25 @@ pub struct Ledger {
 pub const RECIPIENTS_MAX: usize = u32::MAX as usize;
 
 impl Ledger {
+    /// A ledger that keeps only the number of acknowledged messages.
+    pub fn counting() -> Ledger {
+        Ledger {
+            counting: true,
+            ..Ledger::default()
+        }
+    }
+
+    /// Whether it keeps only a count.
+    pub fn is_counting(&self) -> bool {
+        self.counting
+    }
+
     /// Records that message `seq` to `users` (indices in the population) was acknowledged.
     pub fn ack(&mut self, seq: u64, users: &[u64]) {
+        self.count += 1;
+        if self.counting {
+            return;
+        }
         let from = self.recipients.len();
         self.acked.push(Entry {
             seq,
@@ -73,6 +98,9 @@ impl Ledger {
     /// sequence number, intact or corrupted; messages of other runs or senders are not ours to
     /// judge, unless their checksum says they were damaged.
     pub fn read(&mut self, run_id: &str, user: u64, found: &Verified) {
+        if self.counting {
+            return;
+        }
         let Some(id) = &found.id else { return };
         if !found.intact {
             self.corrupted += 1;
@@ -86,16 +114,22 @@ impl Ledger {
 
     /// Messages acknowledged.
     pub fn acknowledged(&self) -> u64 {
-        self.acked.len() as u64
+        self.count
     }
 
-    /// Everything recorded so far, leaving this ledger empty.
+    /// Everything recorded so far, leaving this ledger empty (and of the same kind).
     pub fn take(&mut self) -> Ledger {
-        std::mem::take(self)
+        let fresh = Ledger {
+            counting: self.counting,
+            ..Ledger::default()
+        };
+        std::mem::replace(self, fresh)
     }
 
     /// Adds another ledger's records (an agent's delta) to this one.
     pub fn merge(&mut self, other: Ledger) {
+        self.count += other.count;
+        self.counting |= other.counting;
         let offset = self.recipients.len() as u64;
         for e in other.acked {
             self.acked.push(Entry {
@@ -162,6 +196,19 @@ pub struct Correctness {
 
 /// Lost ids kept for the report.
 const LOST_EXAMPLES_MAX: usize = 20;
+
+impl Correctness {
+    /// Every acknowledged message of `ledger` unverified, for `reason` (nothing can be read
+    /// back).
+    pub fn unverifiable(ledger: &Ledger, reason: &str) -> Correctness {
+        Correctness {
+            acknowledged: ledger.acknowledged(),
+            unverified: ledger.acknowledged(),
+            unverified_reason: (ledger.acknowledged() > 0).then(|| reason.to_string()),
+            ..Correctness::default()
+        }
+    }
+}
 
 /// The end-of-run judgement: every acknowledged message must have been read intact during the
 /// run or be in its recipients' mailboxes now. Feed it each mailbox's listing (or why it could
@@ -381,6 +428,25 @@ mod tests {
             check.finish()
         };
         assert_eq!(judge(&merged), judge(&whole));
+    }
+
+    #[test]
+    fn a_counting_ledger_keeps_only_the_count() {
+        let mut ledger = Ledger::counting();
+        for seq in 0..10_000u64 {
+            ledger.ack(seq, &[seq % 10]);
+        }
+        ledger.read(RUN, 1, &ours(1, true));
+        assert_eq!(ledger.acknowledged(), 10_000);
+        assert!(ledger.users().is_empty());
+        let delta = ledger.take();
+        assert!(ledger.is_counting() && delta.is_counting());
+        let mut merged = Ledger::counting();
+        merged.merge(delta);
+        assert_eq!(merged.acknowledged(), 10_000);
+        let c = Correctness::unverifiable(&merged, "no POP3");
+        assert_eq!((c.acknowledged, c.unverified, c.lost), (10_000, 10_000, 0));
+        assert_eq!(c.unverified_reason.as_deref(), Some("no POP3"));
     }
 
     #[test]
