@@ -135,9 +135,16 @@ pub struct WebArgs {
     /// Where the manager takes reports (UDP), when the spawner knows; else the first beacon says.
     #[arg(long)]
     pub manager_reports: Option<std::net::SocketAddr>,
-    /// Address to listen on.
+    /// Address to listen on (a node daemon: the address its processes listen on).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
+    /// Node daemon: where to listen instead of its address in the configuration.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Node daemon: start the manager here unless one runs somewhere (to boot a cluster with no
+    /// supervisor).
+    #[arg(long)]
+    pub start_manager: bool,
 }
 
 /// The web cluster's process roles.

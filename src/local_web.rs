@@ -155,7 +155,9 @@ impl LocalWebCluster {
                 .arg("--config")
                 .arg(&config_path)
                 .arg("--id")
-                .arg(n.id.to_string());
+                .arg(n.id.to_string())
+                .arg("--host")
+                .arg(spec.host.to_string());
             let (child, ready) =
                 spawn_ready(command, &dir.join(format!("node{}.log", n.id))).await?;
             let addr: SocketAddr = serde_json::from_value(ready["admin"].clone())

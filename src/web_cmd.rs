@@ -33,17 +33,26 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
                 .find(|n| n.id == args.id)
                 .with_context(|| format!("node {} is not in {}", args.id, args.config.display()))?
                 .clone();
-            let listener = tokio::net::TcpListener::bind(&entry.addr)
+            // Its own address from the configuration (the other nodes know it by that); with
+            // --listen, another (0.0.0.0:PORT in a container).
+            let bind = args.listen.clone().unwrap_or(entry.addr.clone());
+            let listener = tokio::net::TcpListener::bind(&bind)
                 .await
-                .with_context(|| format!("binding the node daemon on {}", entry.addr))?;
+                .with_context(|| format!("binding the node daemon on {bind}"))?;
             let addr = listener.local_addr()?;
             let launcher = cluster::web::node::Launcher {
                 executable: crate::local_cluster::own_executable()?,
                 config_path: std::fs::canonicalize(&args.config)?,
                 log_dir: config.data_dir.join(format!("node{}", args.id)),
+                host: args.host,
             };
             let daemon = tokio::spawn(cluster::web::node::serve(
-                args.id, config, launcher, listener, shutdown,
+                args.id,
+                config,
+                launcher,
+                listener,
+                args.start_manager,
+                shutdown,
             ));
             ready(&Endpoints {
                 admin: addr,

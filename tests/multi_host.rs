@@ -2,7 +2,9 @@
 //! namespace of their own (all made by this test, removed at its end). Three cluster nodes, two
 //! load agents and the coordinator each run in their own namespace, as separate hosts would, and
 //! an experiment runs across them while one node's link is taken down (a partition) and brought
-//! back. Needs root and iproute2's `ip`; skipped with a message where namespaces cannot be made,
+//! back. The same with the web cluster: three hosts, each a node daemon, an origin and a client
+//! on hosts of their own, one host's link taken down while the client fetches through a front
+//! end. Needs root and iproute2's `ip`; skipped with a message where namespaces cannot be made,
 //! and failing instead when CLUSTERBENCH_REQUIRE_NETNS=1 (as `.ci/run` sets it).
 
 mod common;
@@ -42,9 +44,10 @@ struct Net {
 }
 
 impl Net {
-    /// `hosts` as (name, last octet of its 10.77.0.0/24 address).
-    fn build(hosts: &[(&str, u8)]) -> Result<Net, String> {
-        let prefix = format!("cb{}", std::process::id());
+    /// `hosts` as (name, last octet of its 10.77.0.0/24 address); `tag` keeps the namespaces of
+    /// tests running side by side apart.
+    fn build(tag: &str, hosts: &[(&str, u8)]) -> Result<Net, String> {
+        let prefix = format!("cb{tag}{}", std::process::id());
         let mut net = Net {
             prefix: prefix.clone(),
             hosts: Vec::new(),
@@ -217,7 +220,7 @@ fn an_experiment_across_namespaced_hosts_survives_a_link_going_down() {
         ("a2", 12),
         ("co", 20),
     ];
-    let mut net = match Net::build(&hosts) {
+    let mut net = match Net::build("m", &hosts) {
         Ok(net) => net,
         Err(e) if !required => {
             eprintln!(
@@ -324,4 +327,194 @@ error_rate_max = 1.0
     assert_eq!(results["correctness"]["lost"], 0, "{log}");
     assert!(output.status.success(), "{log}");
     eprintln!("{log}");
+}
+
+/// `curl` from the client host; (status, headers, body).
+fn fetch(net: &Net, url: &str, proxy: Option<&str>) -> (u16, String) {
+    let mut c = net.command("cl", "curl");
+    c.args(["-s", "-m", "10", "-D", "-", "-o", "/dev/null"]);
+    if let Some(p) = proxy {
+        c.arg("-x").arg(format!("http://{p}"));
+    }
+    let out = c.arg(url).output().unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_string();
+    let code = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, head.to_ascii_lowercase())
+}
+
+/// The processes the node daemons list, asked from the client host.
+fn web_processes(net: &Net) -> Vec<Value> {
+    let mut all = Vec::new();
+    for id in 1..=3 {
+        let out = net
+            .command("cl", "curl")
+            .args(["-s", "-m", "2", "-H"])
+            .arg(format!("Authorization: Bearer {TOKEN}"))
+            .arg(format!("http://10.77.0.{id}:7100/processes"))
+            .output()
+            .unwrap();
+        match serde_json::from_slice(&out.stdout) {
+            Ok(Value::Array(list)) => all.extend(list),
+            _ => eprintln!(
+                "node {id}: {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+    all
+}
+
+#[test]
+fn a_web_cluster_across_namespaced_hosts_serves_through_a_link_going_down() {
+    let required = std::env::var("CLUSTERBENCH_REQUIRE_NETNS").as_deref() == Ok("1");
+    if !common::require_tool("curl") {
+        return;
+    }
+    let hosts = [("w1", 1), ("w2", 2), ("w3", 3), ("or", 30), ("cl", 40)];
+    let mut net = match Net::build("w", &hosts) {
+        Ok(net) => net,
+        Err(e) if !required => {
+            eprintln!(
+                "SKIPPED: cannot create network namespaces (needs root and iproute2's ip): {e}"
+            );
+            return;
+        }
+        Err(e) => panic!("CLUSTERBENCH_REQUIRE_NETNS=1 but network namespaces cannot be made: {e}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("web.toml");
+    let nodes: String = (1..=3)
+        .map(|i| format!("[[nodes]]\nid = {i}\naddr = \"10.77.0.{i}:7100\"\n"))
+        .collect();
+    std::fs::write(
+        &config,
+        format!(
+            "admin_token = \"{TOKEN}\"\ndata_dir = \"{}\"\norigins = [\"10.77.0.30:8080\"]\n{nodes}\
+             [front_end]\ncount = 2\n[cache]\npartitions = 2\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    net.spawn_ready(
+        "or",
+        &["origin", "--listen", "10.77.0.30:8080", "--objects", "200"],
+        "READY ",
+    );
+    for i in 1..=3u32 {
+        let host = format!("10.77.0.{i}");
+        let id = i.to_string();
+        let mut args = vec![
+            "web",
+            "node",
+            "--config",
+            config.to_str().unwrap(),
+            "--id",
+            &id,
+            "--host",
+            &host,
+        ];
+        if i == 1 {
+            args.push("--start-manager");
+        }
+        net.spawn_ready(&format!("w{i}"), &args, "READY ");
+    }
+    // The cluster boots itself: node 1 starts the manager, the manager the rest.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (proxy, proxy_node) = loop {
+        let ps = web_processes(&net);
+        let front_ends: Vec<&Value> = ps
+            .iter()
+            .filter(|p| p["key"].as_str().unwrap_or("").starts_with("front_end"))
+            .collect();
+        let workers = ps
+            .iter()
+            .filter(|p| p["key"].as_str().unwrap_or("").starts_with("worker"))
+            .count();
+        // Every host runs something; a front end away from node 3, whose link goes down.
+        let on_3 = ps.iter().any(|p| p["node"] == 3);
+        if front_ends.len() == 2 && workers >= 3 && on_3 {
+            if let Some(fe) = front_ends.iter().find(|p| p["node"] != 3) {
+                break (
+                    fe["endpoints"]["http"].as_str().unwrap().to_string(),
+                    fe["node"].clone(),
+                );
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the web cluster did not come up across the hosts: {ps:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let gif = "http://10.77.0.30:8080/obj/2.gif";
+    let manifest_ok = fetch(&net, "http://10.77.0.30:8080/health", None).0 == 200;
+    assert!(
+        manifest_ok,
+        "the origin is not reachable from the client host"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, head) = fetch(&net, gif, Some(&proxy));
+        if code == 200 && head.contains("x-cb: distilled") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never distilled through {proxy}: {code} {head}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Node 3's link down for four seconds: fetches through a front end elsewhere keep being
+    // answered (distilled, or the original when no worker can be reached).
+    net.link("w3", false);
+    let outage = Instant::now();
+    let mut answered = 0;
+    while outage.elapsed() < Duration::from_secs(4) {
+        let (code, head) = fetch(&net, &format!("{gif}?t={answered}"), Some(&proxy));
+        assert_eq!(code, 200, "during the outage: {head}");
+        answered += 1;
+    }
+    net.link("w3", true);
+    eprintln!(
+        "{answered} fetches through the front end on node {proxy_node} while node 3 was cut off"
+    );
+    // And after: node 3's daemon answers again, what ran there meanwhile elsewhere runs once
+    // (the partitioned copies are stopped), and fetches are distilled.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, head) = fetch(&net, gif, Some(&proxy));
+        let ps = web_processes(&net);
+        let mut keys: Vec<&str> = ps.iter().filter_map(|p| p["key"].as_str()).collect();
+        let listed = keys.len();
+        keys.sort_unstable();
+        keys.dedup();
+        let node3_answers = net
+            .command("cl", "curl")
+            .args([
+                "-s",
+                "-m",
+                "2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+            ])
+            .arg(format!("Authorization: Bearer {TOKEN}"))
+            .arg("http://10.77.0.3:7100/processes")
+            .output()
+            .map(|o| o.stdout == b"200")
+            .unwrap_or(false);
+        if code == 200 && head.contains("x-cb: distilled") && node3_answers && keys.len() == listed
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not recover: {code} {head} {}",
+            serde_json::to_string(&ps).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -43,6 +43,9 @@ const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(35);
 /// Events kept for `/status`'s timeline.
 pub const TIMELINE_MAX: usize = 1_000;
+/// A new manager waits this long for every dedicated node to answer before placing processes,
+/// so that a cluster booting node by node spreads over all of them.
+pub const BOOT_GRACE: Duration = Duration::from_secs(5);
 
 /// What the manager wants running.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,8 +74,8 @@ struct Manager {
     endpoints: Endpoints,
     desired: BTreeMap<ProcessKey, Desired>,
     running: BTreeMap<ProcessKey, RunningProcess>,
-    /// Spawns under way, and when they began.
-    pending: HashMap<ProcessKey, Instant>,
+    /// Spawns under way: when they began and on which node.
+    pending: HashMap<ProcessKey, (Instant, u32)>,
     /// Where each process last ran (for restarts in place).
     last_node: HashMap<ProcessKey, u32>,
     alive_nodes: BTreeSet<u32>,
@@ -145,12 +148,20 @@ impl Manager {
                 id: n.id,
                 overflow: n.overflow,
                 alive: self.alive_nodes.contains(&n.id),
-                count: self
+                // What runs there, and what is being started there.
+                count: (self
                     .running
                     .values()
                     .filter(|r| r.node == n.id)
                     .filter(|r| matches!(r.key.role, Role::Worker(_)) == is_worker)
-                    .count() as u32,
+                    .count()
+                    + self
+                        .pending
+                        .iter()
+                        .filter(|(k, (_, node))| {
+                            *node == n.id && matches!(k.role, Role::Worker(_)) == is_worker
+                        })
+                        .count()) as u32,
             })
             .collect();
         let per_node_max = if is_worker {
@@ -403,13 +414,32 @@ async fn reconcile(manager: &Shared) {
     let mut stops: Vec<(ProcessKey, u32)> = Vec::new();
     {
         let mut m = manager.lock().unwrap();
-        let mut running = BTreeMap::new();
+        let mut running: BTreeMap<ProcessKey, RunningProcess> = BTreeMap::new();
         let mut alive = BTreeSet::new();
         for (node, answer) in answers {
             match answer {
                 Ok(list) => {
                     alive.insert(node);
                     for r in list {
+                        if let Some(other) = running.get(&r.key) {
+                            // Twice: a partitioned node kept running what was restarted
+                            // elsewhere meanwhile. The copy where the manager put it stays.
+                            let keep_other = m.last_node.get(&r.key) == Some(&other.node);
+                            let (stay, go) = if keep_other {
+                                (other.clone(), r)
+                            } else {
+                                (r, other.clone())
+                            };
+                            m.log(
+                                "duplicate",
+                                go.key,
+                                Some(go.node),
+                                format!("also running on node {}: stopped here", stay.node),
+                            );
+                            stops.push((go.key, go.node));
+                            running.insert(stay.key, stay);
+                            continue;
+                        }
                         if !m.running.contains_key(&r.key) && !m.pending.contains_key(&r.key) {
                             m.log("adopt", r.key, Some(node), "found running".into());
                         }
@@ -455,11 +485,20 @@ async fn reconcile(manager: &Shared) {
             m.loads.forget(&k);
         }
         // Pending spawns time out.
-        m.pending.retain(|_, at| at.elapsed() < SPAWN_TIMEOUT);
+        m.pending.retain(|_, (at, _)| at.elapsed() < SPAWN_TIMEOUT);
 
         scale(&mut m);
 
-        let wanted: Vec<(ProcessKey, Desired)> = m.desired.iter().map(|(k, d)| (*k, *d)).collect();
+        let booting = m.origin.elapsed() < BOOT_GRACE
+            && m.config
+                .nodes
+                .iter()
+                .any(|n| !n.overflow && !m.alive_nodes.contains(&n.id));
+        let wanted: Vec<(ProcessKey, Desired)> = if booting {
+            Vec::new()
+        } else {
+            m.desired.iter().map(|(k, d)| (*k, *d)).collect()
+        };
         for (key, d) in wanted {
             if m.running.contains_key(&key) || m.pending.contains_key(&key) {
                 continue;
@@ -469,7 +508,7 @@ async fn reconcile(manager: &Shared) {
                 .filter(|n| m.alive_nodes.contains(n))
                 .or_else(|| m.place(key, d.extra));
             let Some(node) = node else { continue };
-            m.pending.insert(key, Instant::now());
+            m.pending.insert(key, (Instant::now(), node));
             if let Some(entry) = m.desired.get_mut(&key) {
                 entry.node = None;
             }

@@ -45,6 +45,8 @@ pub struct Launcher {
     pub config_path: PathBuf,
     /// Where each child's log goes (`DIR/SLUG.log`).
     pub log_dir: PathBuf,
+    /// The address children bind and announce (this host's, reachable by the other nodes).
+    pub host: std::net::IpAddr,
 }
 
 struct Child {
@@ -64,11 +66,14 @@ struct NodeState {
 }
 
 /// Serves the node daemon on `listener` until `shutdown`; its children are stopped with it.
+/// With `start_manager`, it starts a manager on itself at once unless one already runs
+/// somewhere (how a cluster boots without a supervisor, as on Kubernetes).
 pub async fn serve(
     id: u32,
     config: WebConfig,
     launcher: Launcher,
     listener: tokio::net::TcpListener,
+    start_manager: bool,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let state = Arc::new(NodeState {
@@ -86,6 +91,10 @@ pub async fn serve(
         on_faults: Arc::new(|_| {}),
         metrics: Arc::new(|| "# EOF\n".into()),
     };
+    if start_manager {
+        let state = state.clone();
+        tokio::spawn(async move { boot_manager(&state).await });
+    }
     let routes = Router::new()
         .route("/processes", get(list))
         .route("/processes/{slug}", delete(stop))
@@ -211,7 +220,9 @@ async fn start_child(
         .arg("--id")
         .arg(key.id.to_string())
         .arg("--node")
-        .arg(state.id.to_string());
+        .arg(state.id.to_string())
+        .arg("--host")
+        .arg(l.host.to_string());
     if let Role::Worker(class) = key.role {
         command.arg("--class").arg(class.name());
     }
@@ -298,6 +309,52 @@ async fn start_child(
     });
     Ok(running)
 }
+
+/// Starts the manager here unless a node daemon already runs one; retried until one runs (the
+/// other nodes may not be up yet).
+async fn boot_manager(state: &Arc<NodeState>) {
+    for _ in 0..BOOT_ATTEMPTS_MAX {
+        let mut running = false;
+        for n in state.config.nodes.iter().filter(|n| n.id != state.id) {
+            let url = format!("http://{}/processes", n.addr);
+            if let Ok(list) = state
+                .client
+                .get_json::<Vec<RunningProcess>>(
+                    &url,
+                    &state.config.admin_token,
+                    Duration::from_secs(1),
+                )
+                .await
+            {
+                running |= list.iter().any(|p| p.key == ProcessKey::MANAGER);
+            }
+        }
+        running |= state
+            .children
+            .lock()
+            .unwrap()
+            .contains_key(&ProcessKey::MANAGER);
+        if running {
+            return;
+        }
+        let request = SpawnRequest {
+            key: ProcessKey::MANAGER,
+            manager_reports: None,
+        };
+        if state.starting.lock().unwrap().insert(ProcessKey::MANAGER) {
+            let started = start_child(state, &request).await;
+            state.starting.lock().unwrap().remove(&ProcessKey::MANAGER);
+            match started {
+                Ok(_) => return,
+                Err(e) => tracing::warn!("starting the manager: {e:#}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Attempts to boot a manager before giving up (front ends restart one anyway).
+const BOOT_ATTEMPTS_MAX: u32 = 60;
 
 async fn notify_exit(state: &NodeState, key: ProcessKey, pid: u32, status: String) {
     let Some(manager) = *state.manager.lock().unwrap() else {
