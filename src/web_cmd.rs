@@ -17,7 +17,13 @@ use crate::cli::{WebArgs, WebRole};
 use crate::node_cmd::{StopSignals, READY_PREFIX};
 
 pub fn run(args: WebArgs) -> anyhow::Result<()> {
-    let config = read_config(&args.config)?;
+    let mut config = read_config(&args.config)?;
+    // A secret in the environment rather than in a file (inherited by a node daemon's processes).
+    if let Ok(token) = std::env::var("CLUSTERBENCH_ADMIN_TOKEN") {
+        if !token.is_empty() {
+            config.admin_token = token;
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("web")

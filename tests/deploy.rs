@@ -222,3 +222,80 @@ fn the_compose_file_agrees_with_its_configuration_files() {
         assert!(names.contains(host), "front end {host} is not a service");
     }
 }
+
+#[test]
+fn the_web_cluster_manifests_agree_with_each_other_and_with_clusterbench() {
+    let docs = yaml_docs("deploy/kubernetes/web.yaml");
+    let sts = find(&docs, "StatefulSet", "cb-web-node");
+    let service = str_of(sts, &["spec", "serviceName"]);
+    let svc = find(&docs, "Service", service);
+    assert_eq!(svc["spec"]["clusterIP"].as_str(), Some("None"));
+    assert_eq!(
+        svc["spec"]["selector"]["app"],
+        sts["spec"]["template"]["metadata"]["labels"]["app"]
+    );
+    let replicas = sts["spec"]["replicas"].as_u64().unwrap();
+    // The configuration: valid, its nodes the StatefulSet's pods, its origin the origin Service.
+    let text = str_of(
+        find(&docs, "ConfigMap", "cb-web-config"),
+        &["data", "web.toml"],
+    );
+    let config = cluster::web::config::WebConfig::from_toml(text)
+        .unwrap_or_else(|e| panic!("web.toml: {e}"));
+    let nodes: Vec<String> = config.nodes.iter().map(|n| n.addr.clone()).collect();
+    let pods: Vec<String> = (0..replicas)
+        .map(|i| format!("cb-web-node-{i}.{service}:7100"))
+        .collect();
+    assert_eq!(nodes, pods);
+    let origin = find(&docs, "Service", "cb-origin");
+    let port = origin["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(config.origins, vec![format!("cb-origin:{port}")]);
+    let deployment = find(&docs, "Deployment", "cb-origin");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    parses(&strings(&container["args"]), &env_names(container));
+    // The node daemons' command, as each pod runs it.
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    let env = env_names(container);
+    assert!(env.iter().any(|e| e == "POD_IP"), "{env:?}");
+    let shell = strings(&container["args"]).join(" ");
+    for ordinal in 0..replicas {
+        let line = shell
+            .replace("exec clusterbench ", "")
+            .replace("$(( ${HOSTNAME##*-} + 1 ))", &(ordinal + 1).to_string())
+            .replace("$POD_IP", "10.0.0.9");
+        parses(
+            &line
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+            &env,
+        );
+    }
+}
+
+#[test]
+fn the_web_compose_file_agrees_with_its_configuration() {
+    let mut compose = yaml_docs("deploy/compose-web.yaml").remove(0);
+    compose.apply_merge().unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+    let text = std::fs::read_to_string(format!("{ROOT}/deploy/compose/web.toml")).unwrap();
+    let config = cluster::web::config::WebConfig::from_toml(&text).unwrap();
+    for n in &config.nodes {
+        let name = n.addr.split(':').next().unwrap();
+        let service = &services[&Value::from(name)];
+        assert!(service.is_mapping(), "no service {name} for node {}", n.id);
+        let shell = strings(&service["command"]).join(" ");
+        let line = shell
+            .replace("exec clusterbench ", "")
+            .replace("$$(hostname -i)", "10.0.0.9");
+        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
+        assert!(line.contains(&format!("--id {}", n.id)), "{line}");
+        parses(&args, &[]);
+    }
+    let origin_host = config.origins[0].split(':').next().unwrap();
+    let origin = &services[&Value::from(origin_host)];
+    parses(&strings(&origin["command"]), &[]);
+    assert!(strings(&origin["command"])
+        .join(" ")
+        .contains(&config.origins[0].replace(origin_host, "0.0.0.0")));
+}

@@ -313,6 +313,10 @@ async fn start_child(
 /// Starts the manager here unless a node daemon already runs one; retried until one runs (the
 /// other nodes may not be up yet).
 async fn boot_manager(state: &Arc<NodeState>) {
+    // One node boots it: the lowest id (every node may be told to, as a StatefulSet's pods are).
+    if state.config.nodes.iter().map(|n| n.id).min() != Some(state.id) {
+        return;
+    }
     for _ in 0..BOOT_ATTEMPTS_MAX {
         let mut running = false;
         for n in state.config.nodes.iter().filter(|n| n.id != state.id) {
