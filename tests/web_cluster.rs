@@ -197,6 +197,34 @@ fn real_clients_fetch_through_the_proxy_and_get_distilled_objects() {
     assert_eq!(code, 200);
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("clusterbench-toolbar"), "{text}");
+    // An aggregated page: an aggregation worker fetches both and composes one page.
+    let aggregate = format!(
+        "http://{origin}/cb-aggregate?u=http%3A%2F%2F{}{}&u=http%3A%2F%2F{}{}",
+        origin.replace(':', "%3A"),
+        gif.replace('/', "%2F"),
+        origin.replace(':', "%3A"),
+        html.replace('/', "%2F")
+    );
+    let (code, head, body) = proxy_get(proxy, &aggregate, "");
+    assert_eq!(code, 200, "{head} {}", String::from_utf8_lossy(&body));
+    assert_eq!(header(&head, "x-cb"), Some("aggregated"), "{head}");
+    let page = String::from_utf8_lossy(&body);
+    assert!(page.contains(&gif) && page.contains(&html), "{page}");
+    // An origin-form request with Host works as well.
+    let mut s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {small} HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
     // The same JPEG again: from the cache.
     let (_, head, _) = proxy_get(proxy, &format!("http://{origin}{jpeg}"), "");
     assert_eq!(header(&head, "x-cache"), Some("hit"), "{head}");

@@ -153,6 +153,7 @@ impl Default for WorkersConfig {
         classes.insert(WorkerClass::Jpeg, 1);
         classes.insert(WorkerClass::Gif, 1);
         classes.insert(WorkerClass::Html, 1);
+        classes.insert(WorkerClass::Aggregate, 1);
         WorkersConfig {
             classes,
             per_class_max: 16,

@@ -41,6 +41,11 @@ use super::proto::{Endpoints, ProcessKey, Role, RunningProcess, SpawnRequest, Wo
 use super::transform::{Profile, PASS_THROUGH_BYTES_MAX};
 use crate::core::hashing::{fnv1a, rendezvous};
 
+/// The path on an origin that asks for an aggregated page: `/cb-aggregate?u=URL&u=URL...` (each
+/// URL percent-encoded, each on an allowed origin); an aggregation worker fetches them and
+/// composes one page.
+pub const AGGREGATE_PATH: &str = "/cb-aggregate";
+
 /// Profiles a front end keeps, at most.
 pub const PROFILES_CACHED_MAX: usize = 100_000;
 /// The user of a request that names none.
@@ -338,6 +343,9 @@ async fn serve(fe: &FrontEnd, request: Request<hyper::body::Incoming>) -> Respon
                 target.authority
             ),
         );
+    }
+    if target.path == AGGREGATE_PATH || target.path.starts_with(&format!("{AGGREGATE_PATH}?")) {
+        return aggregate(fe, &target).await;
     }
     let user = match user_of(&request, &config.front_end.user_header) {
         Ok(u) => u,
@@ -689,6 +697,110 @@ async fn fetch_origin(
     }
 }
 
+/// An aggregated page from an aggregation worker (lottery and retries as for distillation; with
+/// no worker there is no original to fall back on: 503).
+async fn aggregate(fe: &FrontEnd, target: &Target) -> Response<Body> {
+    let config = fe.config();
+    let query = target.path.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let urls: Vec<String> = query
+        .split('&')
+        .filter_map(|p| p.strip_prefix("u="))
+        .map(percent_decode)
+        .collect();
+    if urls.is_empty() || urls.len() > super::worker::AGGREGATE_URLS_MAX {
+        return http::error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "give 1 to {} objects as u=URL",
+                super::worker::AGGREGATE_URLS_MAX
+            ),
+        );
+    }
+    let body = serde_json::to_vec(&serde_json::json!({ "urls": urls })).unwrap_or_default();
+    let mut tried = Vec::new();
+    for _ in 0..config.front_end.worker_attempts {
+        let draw: f64 = fe.rng.lock().unwrap().random();
+        let now = fe.now_ms();
+        let Some((worker, addr)) =
+            fe.lotto
+                .lock()
+                .unwrap()
+                .pick(WorkerClass::Aggregate, &tried, draw, now)
+        else {
+            break;
+        };
+        tried.push(worker);
+        let Ok(request) = Request::post(format!("http://{addr}/aggregate"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::new(Bytes::from(body.clone())))
+        else {
+            break;
+        };
+        let answer = fe
+            .process
+            .client
+            .call(
+                request,
+                Duration::from_millis(config.front_end.request_timeout_ms),
+                config.front_end.body_bytes_max,
+            )
+            .await;
+        match answer {
+            Ok(a) if a.status == StatusCode::OK => {
+                fe.counters.distilled.fetch_add(1, Ordering::Relaxed);
+                return tagged(
+                    http::response(StatusCode::OK, "text/html; charset=utf-8", a.body),
+                    "MISS",
+                    "aggregated",
+                    Some(worker),
+                );
+            }
+            // The worker's own answer about the URLs (refused origin, bad gateway) stands.
+            Ok(a) if a.status.is_client_error() || a.status == StatusCode::BAD_GATEWAY => {
+                let content_type = a
+                    .headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("text/plain")
+                    .to_string();
+                return http::response(a.status, &content_type, a.body);
+            }
+            _ => {}
+        }
+    }
+    fe.counters.degraded.fetch_add(1, Ordering::Relaxed);
+    http::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no aggregation worker could compose the page",
+    )
+}
+
+/// `%XX` escapes and `+` decoded (invalid escapes kept as they are).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 enum Distillation {
     Done {
         content_type: String,
@@ -827,4 +939,35 @@ async fn status(State(fe): State<Arc<FrontEnd>>) -> Json<serde_json::Value> {
         "manager_restarts": load(&c.manager_restarts),
         "workers": estimates,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_escapes_decode() {
+        assert_eq!(
+            percent_decode("http%3A%2F%2F127.0.0.1%3A80%2Fobj%2F1.gif"),
+            "http://127.0.0.1:80/obj/1.gif"
+        );
+        assert_eq!(percent_decode("a+b%zz%4"), "a b%zz%4");
+    }
+
+    #[test]
+    fn profiles_sign_their_cache_keys() {
+        let a = Profile::default();
+        let b = Profile {
+            scale: 0.25,
+            ..Profile::default()
+        };
+        assert_ne!(signature(&a), signature(&b));
+        assert_eq!(class_of("image/gif", &a), Some(WorkerClass::Gif));
+        let off = Profile {
+            gif: false,
+            ..Profile::default()
+        };
+        assert_eq!(class_of("image/gif", &off), None);
+        assert_eq!(class_of("application/octet-stream", &a), None);
+    }
 }
