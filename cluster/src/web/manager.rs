@@ -364,10 +364,7 @@ async fn send_beacons(
         };
         let Some(bytes) = bytes else { continue };
         for to in targets {
-            if faults.loses_beacon(rand::random::<f64>()) {
-                continue;
-            }
-            let _ = socket.send_to(&bytes, to).await;
+            super::process::send_datagram(&faults, &socket, bytes.clone(), to);
         }
     }
 }

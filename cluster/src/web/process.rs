@@ -173,11 +173,8 @@ impl Process {
                 let Some(to) = process.manager_reports() else {
                     continue;
                 };
-                if process.faults.loses_beacon(rand::random::<f64>()) {
-                    continue;
-                }
                 if let Some(bytes) = super::proto::to_datagram(&report()) {
-                    if socket.send_to(&bytes, to).await.is_ok() {
+                    if send_datagram(&process.faults, &socket, bytes, to) {
                         process.counters.lock().unwrap().reports_sent += 1;
                     }
                 }
@@ -197,6 +194,28 @@ impl Process {
             degraded: 0,
         }
     }
+}
+
+/// Sends a beacon or report through the fault layer: dropped at the `loss` and `beacon_loss`
+/// rates, held `delay_ms` (in the background). Whether it went.
+pub fn send_datagram(
+    faults: &Arc<FaultSwitch>,
+    socket: &Arc<UdpSocket>,
+    bytes: Vec<u8>,
+    to: SocketAddr,
+) -> bool {
+    if faults.loses(rand::random::<f64>()) || faults.loses_beacon(rand::random::<f64>()) {
+        return false;
+    }
+    let delay = faults.delay();
+    let socket = socket.clone();
+    tokio::spawn(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let _ = socket.send_to(&bytes, to).await;
+    });
+    true
 }
 
 /// Binds a TCP listener on `host`, any port.
