@@ -182,6 +182,18 @@ fn real_clients_fetch_through_the_proxy_and_get_distilled_objects() {
         cluster::web::transform::expected_dimensions((w, h), &default),
         "the default profile's scale of {w}x{h}"
     );
+    // And a standard tool reads it, with those dimensions.
+    if require_tool("file") {
+        let path = dir.path().join("distilled.jpg");
+        std::fs::write(&path, &body).unwrap();
+        let out = Command::new("file").arg(&path).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (dw, dh) = cluster::web::transform::expected_dimensions((w, h), &default);
+        assert!(
+            text.contains("JPEG image data") && text.contains(&format!("{dw}x{dh}")),
+            "{text}"
+        );
+    }
     // A GIF becomes a JPEG.
     let (code, head, body) = proxy_get(proxy, &format!("http://{origin}{gif}"), "");
     assert_eq!(code, 200, "{head}");
