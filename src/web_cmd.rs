@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use cluster::web::config::WebConfig;
 use cluster::web::process::ProcessArgs;
-use cluster::web::proto::{Endpoints, ProcessKey, WorkerClass};
+use cluster::web::proto::{Endpoints, ProcessKey, Role, WorkerClass};
 
 use crate::cli::{WebArgs, WebRole};
 use crate::node_cmd::{StopSignals, READY_PREFIX};
@@ -82,12 +82,9 @@ pub fn run(args: WebArgs) -> anyhow::Result<()> {
             WebRole::Manager => cluster::web::manager::start(process, shutdown).await?,
             WebRole::FrontEnd => cluster::web::front_end::start(process, shutdown).await?,
             WebRole::Worker => {
-                let class: WorkerClass = args
-                    .class
-                    .as_deref()
-                    .context("a worker needs --class (jpeg, gif, html, aggregate)")?
-                    .parse()
-                    .map_err(|e: String| anyhow::anyhow!(e))?;
+                let Role::Worker(class) = key.role else {
+                    unreachable!("a worker's key")
+                };
                 cluster::web::worker::start(process, class, shutdown).await?
             }
             WebRole::Cache => cluster::web::cache::start(process, shutdown).await?,

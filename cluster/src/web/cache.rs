@@ -17,7 +17,7 @@ use bytes::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::http::{self, Body, ServerLimits};
-use super::process::{bind_tcp, Process, ProcessArgs};
+use super::process::{Bound, Process, ProcessArgs};
 use super::proto::Endpoints;
 
 /// Longest key (before hex encoding).
@@ -156,13 +156,9 @@ pub async fn start(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Endpoints> {
     let process = Process::new(&args, shutdown.clone());
-    let admin = bind_tcp(args.host, "admin").await?;
-    let http_l = bind_tcp(args.host, "cache").await?;
-    let endpoints = Endpoints {
-        admin: admin.local_addr()?,
-        http: Some(http_l.local_addr()?),
-        beacons: None,
-    };
+    let bound = Bound::new(args.host, Some("cache"), None).await?;
+    let (admin, endpoints) = (bound.admin, bound.endpoints);
+    let http_l = bound.http.expect("bound");
     let lru = Arc::new(Mutex::new(Lru::new(args.config.cache.bytes_max)));
     let object_bytes_max = args.config.cache.object_bytes_max;
     let limits = ServerLimits {

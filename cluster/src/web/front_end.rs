@@ -35,7 +35,7 @@ use super::config::WebConfig;
 use super::corpus::ContentType;
 use super::http::{self, Body, ServerLimits};
 use super::lottery::Lotto;
-use super::process::{bind_tcp, bind_udp, Process, ProcessArgs};
+use super::process::{Bound, Process, ProcessArgs};
 use super::profiles::valid_user;
 use super::proto::{Endpoints, ProcessKey, Role, RunningProcess, SpawnRequest, WorkerClass};
 use super::transform::{Profile, PASS_THROUGH_BYTES_MAX};
@@ -91,14 +91,10 @@ pub async fn start(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Endpoints> {
     let process = Process::new(&args, shutdown.clone());
-    let admin = bind_tcp(args.host, "admin").await?;
-    let proxy = bind_tcp(args.host, "proxy").await?;
-    let beacons = bind_udp(args.host, "beacons").await?;
-    let endpoints = Endpoints {
-        admin: admin.local_addr()?,
-        http: Some(proxy.local_addr()?),
-        beacons: Some(beacons.local_addr()?),
-    };
+    let bound = Bound::new(args.host, Some("proxy"), Some("beacons")).await?;
+    let (admin, endpoints) = (bound.admin, bound.endpoints);
+    let proxy = bound.http.expect("bound");
+    let beacons = bound.beacons.expect("bound");
     let config = &args.config;
     let fe = Arc::new(FrontEnd {
         process: process.clone(),
@@ -716,57 +712,42 @@ async fn aggregate(fe: &FrontEnd, target: &Target) -> Response<Body> {
             ),
         );
     }
-    let body = serde_json::to_vec(&serde_json::json!({ "urls": urls })).unwrap_or_default();
-    let mut tried = Vec::new();
-    for _ in 0..config.front_end.worker_attempts {
-        let draw: f64 = fe.rng.lock().unwrap().random();
-        let now = fe.now_ms();
-        let Some((worker, addr)) =
-            fe.lotto
-                .lock()
-                .unwrap()
-                .pick(WorkerClass::Aggregate, &tried, draw, now)
-        else {
-            break;
-        };
-        tried.push(worker);
-        let Ok(request) = Request::post(format!("http://{addr}/aggregate"))
-            .header(CONTENT_TYPE, "application/json")
-            .body(Body::new(Bytes::from(body.clone())))
-        else {
-            break;
-        };
-        let answer = fe
-            .process
-            .client
-            .call(
-                request,
-                Duration::from_millis(config.front_end.request_timeout_ms),
-                config.front_end.body_bytes_max,
-            )
-            .await;
-        match answer {
-            Ok(a) if a.status == StatusCode::OK => {
-                fe.counters.distilled.fetch_add(1, Ordering::Relaxed);
-                return tagged(
-                    http::response(StatusCode::OK, "text/html; charset=utf-8", a.body),
-                    "MISS",
-                    "aggregated",
-                    Some(worker),
-                );
-            }
-            // The worker's own answer about the URLs (refused origin, bad gateway) stands.
-            Ok(a) if a.status.is_client_error() || a.status == StatusCode::BAD_GATEWAY => {
-                let content_type = a
-                    .headers
-                    .get(CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("text/plain")
-                    .to_string();
-                return http::response(a.status, &content_type, a.body);
-            }
-            _ => {}
+    let body =
+        Bytes::from(serde_json::to_vec(&serde_json::json!({ "urls": urls })).unwrap_or_default());
+    let job = Job {
+        path: "/aggregate",
+        content_type: "application/json",
+        header: None,
+        body: &body,
+        timeout: Duration::from_millis(config.front_end.request_timeout_ms),
+    };
+    let answer = ask_workers(fe, WorkerClass::Aggregate, job, |worker, a| {
+        if a.status == StatusCode::OK {
+            return Some(tagged(
+                http::response(StatusCode::OK, "text/html; charset=utf-8", a.body),
+                "MISS",
+                "aggregated",
+                Some(worker),
+            ));
         }
+        // The worker's own answer about the URLs (a refused origin, a bad gateway) stands.
+        if a.status.is_client_error() || a.status == StatusCode::BAD_GATEWAY {
+            let content_type = a
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("text/plain")
+                .to_string();
+            return Some(http::response(a.status, &content_type, a.body));
+        }
+        None
+    })
+    .await;
+    if let Some(response) = answer {
+        if response.status() == StatusCode::OK {
+            fe.counters.distilled.fetch_add(1, Ordering::Relaxed);
+        }
+        return response;
     }
     fe.counters.degraded.fetch_add(1, Ordering::Relaxed);
     http::error(
@@ -812,17 +793,25 @@ enum Distillation {
     Degraded,
 }
 
-/// Has a worker of `class` distill `body`: lottery over the hints, another worker on a timeout,
-/// refusal or failure, the original when none can.
-async fn distill(
+/// A job for a worker: where (its path), what (type and body), and any header.
+struct Job<'a> {
+    path: &'static str,
+    content_type: &'a str,
+    header: Option<(&'static str, &'a str)>,
+    body: &'a Bytes,
+    timeout: Duration,
+}
+
+/// Asks workers of `class`, drawn by lottery, one after another (at most `worker_attempts`),
+/// until `judge` takes an answer (`None`: a timeout or refusal, try another); `None` when no
+/// worker's answer was taken.
+async fn ask_workers<T>(
     fe: &FrontEnd,
     class: WorkerClass,
-    content_type: &str,
-    profile: &Profile,
-    body: &Bytes,
-) -> Distillation {
+    job: Job<'_>,
+    mut judge: impl FnMut(ProcessKey, super::http::Fetched) -> Option<T>,
+) -> Option<T> {
     let config = fe.config();
-    let profile_json = serde_json::to_string(profile).unwrap_or_default();
     let mut tried: Vec<ProcessKey> = Vec::new();
     for attempt in 0..config.front_end.worker_attempts {
         let draw: f64 = fe.rng.lock().unwrap().random();
@@ -834,46 +823,68 @@ async fn distill(
             fe.counters.worker_retries.fetch_add(1, Ordering::Relaxed);
         }
         tried.push(worker);
-        let Ok(request) = Request::post(format!("http://{addr}/distill"))
-            .header(CONTENT_TYPE, content_type)
-            .header(super::worker::PROFILE_HEADER, profile_json.as_str())
-            .body(Body::new(body.clone()))
-        else {
+        let mut request = Request::post(format!("http://{addr}{}", job.path))
+            .header(CONTENT_TYPE, job.content_type);
+        if let Some((name, value)) = job.header {
+            request = request.header(name, value);
+        }
+        let Ok(request) = request.body(Body::new(job.body.clone())) else {
             break;
         };
         let answer = fe
             .process
             .client
-            .call(
-                request,
-                Duration::from_millis(config.front_end.worker_timeout_ms),
-                config.front_end.body_bytes_max,
-            )
+            .call(request, job.timeout, config.front_end.body_bytes_max)
             .await;
         match answer {
-            Ok(a) if a.status == StatusCode::OK => {
-                let distilled_type = a
-                    .headers
-                    .get(CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or(content_type)
-                    .to_string();
-                return Distillation::Done {
-                    content_type: distilled_type,
-                    body: a.body,
-                    worker,
-                };
+            Ok(a) => {
+                let status = a.status;
+                if let Some(taken) = judge(worker, a) {
+                    return Some(taken);
+                }
+                tracing::debug!(%worker, %status, "worker refused; trying another");
             }
-            Ok(a) if a.status == StatusCode::NO_CONTENT => return Distillation::PassThrough,
-            // The object itself cannot be distilled (a corrupt image): no other worker can.
-            Ok(a) if a.status == StatusCode::UNPROCESSABLE_ENTITY => {
-                return Distillation::Undistillable
-            }
-            Ok(a) => tracing::debug!(%worker, status = %a.status, "worker refused; trying another"),
             Err(e) => tracing::debug!(%worker, "worker failed ({e}); trying another"),
         }
     }
-    Distillation::Degraded
+    None
+}
+
+/// Has a worker of `class` distill `body`: lottery over the hints, another worker on a timeout,
+/// refusal or failure, the original when none can.
+async fn distill(
+    fe: &FrontEnd,
+    class: WorkerClass,
+    content_type: &str,
+    profile: &Profile,
+    body: &Bytes,
+) -> Distillation {
+    let profile_json = serde_json::to_string(profile).unwrap_or_default();
+    let job = Job {
+        path: "/distill",
+        content_type,
+        header: Some((super::worker::PROFILE_HEADER, profile_json.as_str())),
+        body,
+        timeout: Duration::from_millis(fe.config().front_end.worker_timeout_ms),
+    };
+    ask_workers(fe, class, job, |worker, a| match a.status {
+        StatusCode::OK => Some(Distillation::Done {
+            content_type: a
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(content_type)
+                .to_string(),
+            body: a.body,
+            worker,
+        }),
+        StatusCode::NO_CONTENT => Some(Distillation::PassThrough),
+        // The object itself cannot be distilled (a corrupt image): no other worker can.
+        StatusCode::UNPROCESSABLE_ENTITY => Some(Distillation::Undistillable),
+        _ => None,
+    })
+    .await
+    .unwrap_or(Distillation::Degraded)
 }
 
 fn metrics_text(fe: &FrontEnd) -> String {

@@ -254,15 +254,10 @@ impl Client {
             .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Body::default())
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        let fetched = self.call(request, timeout, CONTROL_BODY_BYTES_MAX).await?;
-        if !fetched.status.is_success() {
-            return Err(ClientError::Http(format!(
-                "{url}: {} {}",
-                fetched.status,
-                String::from_utf8_lossy(&fetched.body).trim()
-            )));
-        }
-        serde_json::from_slice(&fetched.body).map_err(|e| ClientError::Http(format!("{url}: {e}")))
+        decode_json(
+            url,
+            self.call(request, timeout, CONTROL_BODY_BYTES_MAX).await?,
+        )
     }
 
     /// A request with a JSON body and a bearer token; the answer's JSON decoded.
@@ -282,15 +277,10 @@ impl Client {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        let fetched = self.call(request, timeout, CONTROL_BODY_BYTES_MAX).await?;
-        if !fetched.status.is_success() {
-            return Err(ClientError::Http(format!(
-                "{url}: {} {}",
-                fetched.status,
-                String::from_utf8_lossy(&fetched.body).trim()
-            )));
-        }
-        serde_json::from_slice(&fetched.body).map_err(|e| ClientError::Http(format!("{url}: {e}")))
+        decode_json(
+            url,
+            self.call(request, timeout, CONTROL_BODY_BYTES_MAX).await?,
+        )
     }
 }
 
@@ -298,6 +288,21 @@ impl Default for Client {
     fn default() -> Self {
         Client::new()
     }
+}
+
+/// A control-plane answer's JSON, or why not.
+fn decode_json<T: serde::de::DeserializeOwned>(
+    url: &str,
+    fetched: Fetched,
+) -> Result<T, ClientError> {
+    if !fetched.status.is_success() {
+        return Err(ClientError::Http(format!(
+            "{url}: {} {}",
+            fetched.status,
+            String::from_utf8_lossy(&fetched.body).trim()
+        )));
+    }
+    serde_json::from_slice(&fetched.body).map_err(|e| ClientError::Http(format!("{url}: {e}")))
 }
 
 /// Largest control-plane answer (process lists, status).

@@ -28,7 +28,7 @@ use tokio::net::UdpSocket;
 
 use super::config::WebConfig;
 use super::policy::{self, LiveWorker, Loads, NodeSlot, Restart, Scaler, Scaling, Wolfpack};
-use super::process::{bind_tcp, bind_udp, Process, ProcessArgs};
+use super::process::{Bound, Process, ProcessArgs};
 use super::proto::{
     Beacon, Endpoints, ProcessExited, ProcessHint, ProcessKey, Report, Role, RunningProcess,
     SpawnRequest, WorkerClass, WorkerHint, BEACON_WORKERS_MAX, DATAGRAM_BYTES_MAX,
@@ -245,13 +245,9 @@ pub async fn start(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Endpoints> {
     let process = Process::new(&args, shutdown.clone());
-    let admin = bind_tcp(args.host, "admin").await?;
-    let reports = bind_udp(args.host, "reports").await?;
-    let endpoints = Endpoints {
-        admin: admin.local_addr()?,
-        http: None,
-        beacons: Some(reports.local_addr()?),
-    };
+    let bound = Bound::new(args.host, None, Some("reports")).await?;
+    let (admin, endpoints) = (bound.admin, bound.endpoints);
+    let reports = bound.beacons.expect("bound");
     let m = &args.config.manager;
     let manager = Arc::new(Mutex::new(Manager {
         process: process.clone(),

@@ -218,6 +218,44 @@ pub fn send_datagram(
     true
 }
 
+/// A process's listeners, bound on any free port of its host: the admin API always, a service
+/// port and a UDP socket for beacons (or reports) when the role has them.
+pub struct Bound {
+    pub admin: TcpListener,
+    pub http: Option<TcpListener>,
+    pub beacons: Option<Arc<UdpSocket>>,
+    pub endpoints: Endpoints,
+}
+
+impl Bound {
+    pub async fn new(
+        host: std::net::IpAddr,
+        http: Option<&str>,
+        udp: Option<&str>,
+    ) -> anyhow::Result<Bound> {
+        let admin = bind_tcp(host, "admin").await?;
+        let http = match http {
+            Some(what) => Some(bind_tcp(host, what).await?),
+            None => None,
+        };
+        let beacons = match udp {
+            Some(what) => Some(bind_udp(host, what).await?),
+            None => None,
+        };
+        let endpoints = Endpoints {
+            admin: admin.local_addr()?,
+            http: http.as_ref().map(TcpListener::local_addr).transpose()?,
+            beacons: beacons.as_ref().map(|b| b.local_addr()).transpose()?,
+        };
+        Ok(Bound {
+            admin,
+            http,
+            beacons,
+            endpoints,
+        })
+    }
+}
+
 /// Binds a TCP listener on `host`, any port.
 pub async fn bind_tcp(host: std::net::IpAddr, what: &str) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;

@@ -18,7 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use super::process::{bind_tcp, Process, ProcessArgs};
+use super::process::{Bound, Process, ProcessArgs};
 use super::proto::Endpoints;
 use super::transform::Profile;
 use crate::core::admin::bad_request;
@@ -63,12 +63,8 @@ pub async fn start(
     })
     .await??;
     let db = Arc::new(db);
-    let admin = bind_tcp(args.host, "admin").await?;
-    let endpoints = Endpoints {
-        admin: admin.local_addr()?,
-        http: None,
-        beacons: None,
-    };
+    let bound = Bound::new(args.host, None, None).await?;
+    let (admin, endpoints) = (bound.admin, bound.endpoints);
     let routes = Router::new()
         .route("/status", get(status))
         .route("/profiles/{user}", get(get_profile).put(put_profile))

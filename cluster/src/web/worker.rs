@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::config::CpuModel;
 use super::corpus::ContentType;
 use super::http::{self, Body, ServerLimits};
-use super::process::{bind_tcp, bind_udp, Process, ProcessArgs};
+use super::process::{Bound, Process, ProcessArgs};
 use super::proto::{Endpoints, WorkerClass};
 use super::transform::{self, Distilled, Limits, Profile};
 
@@ -70,14 +70,10 @@ pub async fn start(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Endpoints> {
     let process = Process::new(&args, shutdown.clone());
-    let admin = bind_tcp(args.host, "admin").await?;
-    let jobs_l = bind_tcp(args.host, "jobs").await?;
-    let beacons = bind_udp(args.host, "beacons").await?;
-    let endpoints = Endpoints {
-        admin: admin.local_addr()?,
-        http: Some(jobs_l.local_addr()?),
-        beacons: Some(beacons.local_addr()?),
-    };
+    let bound = Bound::new(args.host, Some("jobs"), Some("beacons")).await?;
+    let (admin, endpoints) = (bound.admin, bound.endpoints);
+    let jobs_l = bound.http.expect("bound");
+    let beacons = bound.beacons.expect("bound");
     let queue_max = args.config.workers.queue_max as usize;
     let (tx, rx) = mpsc::channel(queue_max);
     let worker = Arc::new(Worker {
