@@ -57,7 +57,7 @@ python3 - "$info" "$token" "$seconds" <<'PY'
 import json, sys, urllib.request
 info, token, seconds = json.load(open(sys.argv[1])), sys.argv[2], float(sys.argv[3])
 for p in info["processes"]:
-    if not p["key"].startswith("worker"):
+    if not p["key"].startswith("worker") or p["key"].startswith("worker aggregate"):
         continue
     r = urllib.request.Request(f"http://{p['endpoints']['admin']}/status", headers={"Authorization": f"Bearer {token}"})
     s = json.load(urllib.request.urlopen(r))
