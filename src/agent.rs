@@ -48,7 +48,7 @@ pub const START_DELAY_MAX: Duration = Duration::from_secs(60);
 /// The protocol's version: agents and coordinators of other versions refuse each other. The
 /// package version, and the wire format's revision (2: deltas carry a compact ledger of
 /// acknowledged messages), since builds of one package version can differ on the wire.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+wire2");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+wire3");
 
 /// What a coordinator says.
 #[derive(Debug, Serialize, Deserialize)]

@@ -231,6 +231,8 @@ pub struct LoadgenSection {
     pub in_flight_max: u32,
     /// `[loadgen.smtp]`: how SMTP connections are made and reused.
     pub smtp: SmtpClient,
+    /// `[loadgen.http]`: how HTTP connections are made, and what is checked.
+    pub http: crate::web::client::HttpClient,
 }
 
 impl LoadgenSection {
@@ -252,6 +254,7 @@ impl Default for LoadgenSection {
             connect_timeout_s: 30.0,
             in_flight_max: ClientConfig::default().in_flight_max,
             smtp: SmtpClient::default(),
+            http: crate::web::client::HttpClient::default(),
         }
     }
 }
@@ -270,6 +273,45 @@ pub struct ClusterSection {
     pub disk: toml::Table,
     /// Users provisioned; default: the workload's user count.
     pub users: Option<u64>,
+    /// `mail` (the Porcupine-style cluster, the default) or `web` (the SNS/TACC web cluster).
+    pub service: Service,
+    /// Web: overflow nodes, recruited only while the dedicated ones are saturated.
+    pub overflow_nodes: u32,
+    /// Web: the cluster's settings, as the tables of its `web.toml` (`front_end`, `workers`,
+    /// `manager`, `cache`, `wolfpack`); every key has a default.
+    pub web: toml::Table,
+    /// Web: the bundled origin (when `web.origins` names none).
+    pub origin: OriginSection,
+}
+
+/// Which reference cluster `[cluster]` launches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    #[default]
+    Mail,
+    Web,
+}
+
+/// The bundled origin's corpus (`[cluster.origin]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginSection {
+    pub seed: u64,
+    /// Objects of the seeded corpus (a trace's own URLs are served as the trace says).
+    pub objects: u32,
+    /// The miss penalty: every response waits this long first.
+    pub delay_ms: u64,
+}
+
+impl Default for OriginSection {
+    fn default() -> Self {
+        OriginSection {
+            seed: 1,
+            objects: 2_000,
+            delay_ms: 0,
+        }
+    }
 }
 
 impl Default for ClusterSection {
@@ -283,6 +325,10 @@ impl Default for ClusterSection {
             placement: "dynamic".into(),
             disk,
             users: None,
+            service: Service::Mail,
+            overflow_nodes: 0,
+            web: toml::Table::new(),
+            origin: OriginSection::default(),
         }
     }
 }
@@ -299,6 +345,14 @@ pub struct TargetSection {
     pub user_pattern: String,
     pub user_first: u64,
     pub password: String,
+    /// Web: proxies (`host:port`) every request goes to, in absolute form (squid, varnish, a
+    /// TACC front end).
+    pub proxy: Vec<String>,
+    /// Web: servers (`host:port`) requests go to directly, in origin form (nginx, ...).
+    pub http: Vec<String>,
+    /// Web: the origin a trace's paths are made absolute against when they go to a proxy
+    /// (`http://HOST:PORT`); with `http` the server itself.
+    pub origin: Option<String>,
 }
 
 impl Default for TargetSection {
@@ -311,6 +365,9 @@ impl Default for TargetSection {
             user_pattern: "user{n}".into(),
             user_first: 0,
             password: "password".into(),
+            proxy: Vec::new(),
+            http: Vec::new(),
+            origin: None,
         }
     }
 }
@@ -337,6 +394,12 @@ pub enum FaultAction {
     SlowDisk,
     /// Shift `node`'s update clock by `skew_ms`.
     ClockSkew,
+    /// Web: lose `loss` of the manager's beacons (at every process).
+    BeaconLoss,
+    /// Web: slow a worker's (modelled) CPU by `factor` (`process = "worker jpeg 1"`).
+    SlowWorker,
+    /// Web: delay every origin fetch of the front ends by `delay_ms`.
+    OriginDelay,
 }
 
 /// One scheduled fault.
@@ -360,7 +423,22 @@ pub struct FaultSpec {
     pub factor: Option<f64>,
     #[serde(default)]
     pub skew_ms: Option<i64>,
+    /// Web: the process, by role and index: `manager`, `profiles`, `front_end 2`,
+    /// `worker jpeg 1`, `cache 0`.
+    #[serde(default)]
+    pub process: Option<String>,
 }
+
+/// The fault actions a web experiment may schedule.
+pub const WEB_FAULT_ACTIONS: [FaultAction; 7] = [
+    FaultAction::Kill,
+    FaultAction::Pause,
+    FaultAction::Restart,
+    FaultAction::Heal,
+    FaultAction::BeaconLoss,
+    FaultAction::SlowWorker,
+    FaultAction::OriginDelay,
+];
 
 /// Service-level objectives the run is judged against. A limit the file leaves out gets its
 /// default ([`Slo::DEFAULT_P99_MS`], [`Slo::DEFAULT_ERROR_RATE_MAX`]), and results say which
@@ -379,6 +457,10 @@ pub struct SloLatency {
     pub smtp: Option<f64>,
     pub pop3: Option<f64>,
     pub imap: Option<f64>,
+    pub html: Option<f64>,
+    pub gif: Option<f64>,
+    pub jpeg: Option<f64>,
+    pub other: Option<f64>,
 }
 
 /// A limit and whether the experiment file set it (else it is the default).
@@ -389,11 +471,16 @@ pub struct Limit {
 }
 
 impl Slo {
-    /// p99 limits when the file sets none: SMTP 250 ms, POP3 and IMAP sessions 500 ms.
-    pub const DEFAULT_P99_MS: [(OpKind, f64); 3] = [
+    /// p99 limits when the file sets none: SMTP 250 ms, POP3 and IMAP sessions 500 ms, HTTP
+    /// requests 2 s (TranSend's misses took 100 ms to 100 s; its hits were under 100 ms).
+    pub const DEFAULT_P99_MS: [(OpKind, f64); 7] = [
         (OpKind::Smtp, 250.0),
         (OpKind::Pop3, 500.0),
         (OpKind::Imap, 500.0),
+        (OpKind::Html, 2000.0),
+        (OpKind::Gif, 2000.0),
+        (OpKind::Jpeg, 2000.0),
+        (OpKind::Other, 2000.0),
     ];
     /// The error-rate limit when the file sets none.
     pub const DEFAULT_ERROR_RATE_MAX: f64 = 0.01;
@@ -455,6 +542,10 @@ impl SloLatency {
             OpKind::Smtp => self.smtp,
             OpKind::Pop3 => self.pop3,
             OpKind::Imap => self.imap,
+            OpKind::Html => self.html,
+            OpKind::Gif => self.gif,
+            OpKind::Jpeg => self.jpeg,
+            OpKind::Other => self.other,
         }
     }
 }
@@ -541,6 +632,13 @@ impl Experiment {
             ));
         }
         l.smtp.validate("loadgen.smtp")?;
+        l.http.validate("loadgen.http")?;
+        if self.is_web() {
+            return self.validate_web();
+        }
+        if self.workload.trace.is_some() {
+            return Err("workload.trace: traces drive web experiments ([cluster] service = \"web\", or a [target] proxy or http)".into());
+        }
         let c = &self.cluster;
         if c.nodes == 0 || c.nodes > 63 {
             return Err(format!("cluster.nodes: must be 1 to 63, got {}", c.nodes));
@@ -569,6 +667,9 @@ impl Experiment {
                         ));
                     }
                 }
+            }
+            if !t.proxy.is_empty() || !t.http.is_empty() {
+                return Err("target: proxy and http are web targets; give no smtp, pop3 or imap with them".into());
             }
             if t.smtp.is_empty() && t.pop3.is_empty() && t.imap.is_empty() {
                 return Err("target: give at least one of smtp, pop3, imap".into());
@@ -658,6 +759,143 @@ impl Experiment {
         self.slo.validate()?;
         if !(0.0..=3600.0).contains(&self.check.settle_s) {
             return Err("check.settle_s: must be 0 to 3600".into());
+        }
+        Ok(())
+    }
+}
+
+impl Experiment {
+    /// Whether this is a web experiment: the bundled web cluster, or a proxy or web servers.
+    pub fn is_web(&self) -> bool {
+        match &self.target {
+            Some(t) => !t.proxy.is_empty() || !t.http.is_empty(),
+            None => self.cluster.service == Service::Web,
+        }
+    }
+
+    fn validate_web(&self) -> Result<(), String> {
+        let w = &self.workload;
+        let trace = w.trace.clone().unwrap_or_default();
+        trace.validate()?;
+        if trace.timing == TraceTiming::Rate && w.rate.sessions_for(crate::workload::Share { index: 0, count: 1 }).is_some() {
+            return Err("workload.rate: a trace replays open loop; give { per_s = N } with timing = \"rate\"".into());
+        }
+        let c = &self.cluster;
+        if let Some(t) = &self.target {
+            if !t.smtp.is_empty() || !t.pop3.is_empty() || !t.imap.is_empty() {
+                return Err("target: proxy and http are web targets; give no smtp, pop3 or imap with them".into());
+            }
+            if !t.proxy.is_empty() && !t.http.is_empty() {
+                return Err("target: give proxy or http, not both".into());
+            }
+            for (key, addrs) in [("proxy", &t.proxy), ("http", &t.http)] {
+                if let Some(a) = addrs.iter().find(|a| !is_host_port(a)) {
+                    return Err(format!("target.{key}: {a:?} is not an address like 127.0.0.1:3128"));
+                }
+            }
+            if !t.proxy.is_empty() && t.origin.is_none() {
+                return Err("target.origin: a proxy needs the origin the trace's paths are on (http://HOST:PORT)".into());
+            }
+            if let Some(o) = &t.origin {
+                if !o.starts_with("http://") {
+                    return Err(format!("target.origin: {o:?} is not http://HOST:PORT"));
+                }
+            }
+            if !self.faults.is_empty() {
+                return Err(
+                    "faults: fault injection needs the bundled [cluster], not a [target]".into(),
+                );
+            }
+        } else if c.nodes == 0 || c.nodes > 63 {
+            return Err(format!("cluster.nodes: must be 1 to 63, got {}", c.nodes));
+        } else if c.overflow_nodes > 63 {
+            return Err(format!("cluster.overflow_nodes: must be 0 to 63, got {}", c.overflow_nodes));
+        }
+        if self.faults.len() > FAULTS_MAX {
+            return Err(format!("faults: at most {FAULTS_MAX}"));
+        }
+        for (i, f) in self.faults.iter().enumerate() {
+            let at = |what: &str| format!("faults[{i}].{what}");
+            if !(0.0..=w.duration_s).contains(&f.at_s) {
+                return Err(format!("{}: must be within the run (0 to {} s)", at("at_s"), w.duration_s));
+            }
+            if let Some(d) = f.duration_s {
+                if d.is_nan() || d <= 0.0 {
+                    return Err(format!("{}: must be positive", at("duration_s")));
+                }
+            }
+            if !WEB_FAULT_ACTIONS.contains(&f.action) {
+                return Err(format!("{}: {:?} is not a web fault (kill, pause, restart, heal, beacon_loss, slow_worker, origin_delay)", at("action"), f.action));
+            }
+            if f.node.is_some() || f.groups.is_some() {
+                return Err(format!("{}: web faults name a process (process = \"worker jpeg 1\"), not a node", at("node")));
+            }
+            let needs_process = matches!(f.action, FaultAction::Kill | FaultAction::Pause | FaultAction::Restart | FaultAction::SlowWorker);
+            match &f.process {
+                None if needs_process => return Err(format!("{}: {:?} needs a process, e.g. \"worker jpeg 1\"", at("process"), f.action)),
+                Some(p) if p.trim().is_empty() || p.len() > 64 => return Err(format!("{}: {p:?} is not a process", at("process"))),
+                _ => {}
+            }
+            match f.action {
+                FaultAction::BeaconLoss if !f.loss.is_some_and(|l| (0.0..=1.0).contains(&l)) => {
+                    return Err(format!("{}: beacon_loss needs loss between 0 and 1", at("loss")))
+                }
+                FaultAction::SlowWorker if !f.factor.is_some_and(|x| (1.0..=1000.0).contains(&x)) => {
+                    return Err(format!("{}: slow_worker needs factor from 1 to 1000", at("factor")))
+                }
+                FaultAction::OriginDelay if f.delay_ms.is_none() => {
+                    return Err(format!("{}: origin_delay needs delay_ms", at("delay_ms")))
+                }
+                _ => {}
+            }
+        }
+        self.slo.validate()?;
+        Ok(())
+    }
+}
+
+/// `[workload.trace]`: the requests of a web experiment, replayed from a Common or Combined Log
+/// Format file, or from one synthesized into the run's directory first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceWorkload {
+    /// The log (plain or gzip); relative paths are from the working directory.
+    pub file: Option<String>,
+    /// Without `file`: the synthesizer's settings (`clusterbench trace synth`'s file format).
+    pub synth: Option<toml::Table>,
+    /// `trace`: by the log's timestamps, `speedup` times faster; `rate`: in log order at
+    /// `workload.rate`.
+    pub timing: TraceTiming,
+    pub speedup: f64,
+}
+
+/// See [`TraceWorkload::timing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceTiming {
+    #[default]
+    Trace,
+    Rate,
+}
+
+impl Default for TraceWorkload {
+    fn default() -> Self {
+        TraceWorkload {
+            file: None,
+            synth: None,
+            timing: TraceTiming::Trace,
+            speedup: 1.0,
+        }
+    }
+}
+
+impl TraceWorkload {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.file.is_some() && self.synth.is_some() {
+            return Err("workload.trace: give file or synth, not both".into());
+        }
+        if !(self.speedup >= 0.001 && self.speedup <= 1_000_000.0) {
+            return Err("workload.trace.speedup: must be 0.001 to 1000000".into());
         }
         Ok(())
     }

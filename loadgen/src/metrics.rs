@@ -54,9 +54,9 @@ pub const LIVE_WINDOW_S: u64 = 5;
 #[derive(Debug, Clone)]
 pub struct Recorder {
     warmup: Duration,
-    totals: [OpTotals; 3],
+    totals: [OpTotals; OpKind::COUNT],
     /// Indexed by the second of the intended start.
-    intervals: Vec<[IntervalOp; 3]>,
+    intervals: Vec<[IntervalOp; OpKind::COUNT]>,
     /// Every second below this one is packed (or empty).
     sealed_below: usize,
     /// The latest second of an intended start recorded in the series.
@@ -73,7 +73,7 @@ impl Recorder {
     pub fn new(warmup: Duration) -> Recorder {
         Recorder {
             warmup,
-            totals: [OpTotals::new(), OpTotals::new(), OpTotals::new()],
+            totals: std::array::from_fn(|_| OpTotals::new()),
             intervals: Vec::new(),
             sealed_below: 0,
             newest_interval: None,
@@ -394,8 +394,12 @@ struct Decoded {
 
 impl Decoded {
     fn of(state: &RecorderState) -> Result<Decoded, String> {
-        if state.totals.len() != 3 {
-            return Err(format!("{} totals, not 3", state.totals.len()));
+        if state.totals.len() != OpKind::COUNT {
+            return Err(format!(
+                "{} totals, not {}",
+                state.totals.len(),
+                OpKind::COUNT
+            ));
         }
         let totals = state
             .totals
@@ -405,7 +409,7 @@ impl Decoded {
         let mut intervals = Vec::with_capacity(state.intervals.len());
         for i in &state.intervals {
             let second = i.second as usize;
-            if second >= INTERVALS_MAX || i.kind > 2 {
+            if second >= INTERVALS_MAX || i.kind as usize >= OpKind::COUNT {
                 return Err(format!("interval {second}/{} out of range", i.kind));
             }
             let h = match &i.histogram {
@@ -550,6 +554,10 @@ fn index(kind: OpKind) -> usize {
         OpKind::Smtp => 0,
         OpKind::Pop3 => 1,
         OpKind::Imap => 2,
+        OpKind::Html => 3,
+        OpKind::Gif => 4,
+        OpKind::Jpeg => 5,
+        OpKind::Other => 6,
     }
 }
 

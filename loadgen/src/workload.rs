@@ -78,6 +78,8 @@ pub struct Workload {
     pub mix: Mix,
     pub message_size: MessageSize,
     pub recipients: Recipients,
+    /// Web experiments: the trace replayed (see [`crate::experiment::TraceWorkload`]).
+    pub trace: Option<crate::experiment::TraceWorkload>,
 }
 
 impl Default for Workload {
@@ -93,6 +95,7 @@ impl Default for Workload {
             mix: Mix::default(),
             message_size: MessageSize::default(),
             recipients: Recipients::default(),
+            trace: None,
         }
     }
 }
@@ -427,7 +430,7 @@ impl Default for Mix {
 
 impl Mix {
     pub fn validate(&self) -> Result<(), String> {
-        for kind in OpKind::ALL {
+        for kind in OpKind::MAIL {
             let weight = self.weight(kind);
             if !(weight >= 0.0 && weight.is_finite()) {
                 return Err(format!(
@@ -449,6 +452,8 @@ impl Mix {
             OpKind::Smtp => self.smtp,
             OpKind::Pop3 => self.pop3,
             OpKind::Imap => self.imap,
+            // HTTP requests come from a trace, never from the mix.
+            _ => 0.0,
         }
     }
 
@@ -458,7 +463,7 @@ impl Mix {
     }
 
     fn total(&self) -> f64 {
-        OpKind::ALL.iter().map(|kind| self.weight(*kind)).sum()
+        OpKind::MAIL.iter().map(|kind| self.weight(*kind)).sum()
     }
 }
 
@@ -922,7 +927,8 @@ impl OpSampler {
             OpKind::Pop3 => PlannedOp::Pop3 {
                 user: self.active_user(),
             },
-            OpKind::Imap => PlannedOp::Imap {
+            // `kind` draws from the mail mix only.
+            _ => PlannedOp::Imap {
                 user: self.active_user(),
             },
         }
@@ -932,7 +938,7 @@ impl OpSampler {
         let x = self.rng.random::<f64>() * self.mix.total();
         let mut cumulative = 0.0;
         let mut last_possible = OpKind::Smtp;
-        for kind in OpKind::ALL {
+        for kind in OpKind::MAIL {
             let weight = self.mix.weight(kind);
             if weight > 0.0 {
                 cumulative += weight;
