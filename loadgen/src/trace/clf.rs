@@ -516,14 +516,25 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 /// A Unix time in seconds as a CLF date in UTC: `01/Nov/1996:00:00:00 +0000`.
 pub fn format_time(unix_s: i64) -> String {
-    let (year, month, day) = civil_from_days(unix_s.div_euclid(86_400));
-    let of_day = unix_s.rem_euclid(86_400);
+    format_time_in(unix_s, 0)
+}
+
+/// A Unix time in seconds as a CLF date in the zone `offset_s` seconds east of UTC (whole
+/// minutes, within ±23:59; others are clamped): `01/Nov/1996:00:00:00 -0800`.
+pub fn format_time_in(unix_s: i64, offset_s: i32) -> String {
+    let offset_min = (i64::from(offset_s) / 60).clamp(-(23 * 60 + 59), 23 * 60 + 59);
+    let local_s = unix_s + offset_min * 60;
+    let (year, month, day) = civil_from_days(local_s.div_euclid(86_400));
+    let of_day = local_s.rem_euclid(86_400);
     format!(
-        "{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000",
+        "{day:02}/{}/{year:04}:{:02}:{:02}:{:02} {}{:02}{:02}",
         MONTHS[(month - 1) as usize],
         of_day / 3600,
         of_day / 60 % 60,
-        of_day % 60
+        of_day % 60,
+        if offset_min < 0 { '-' } else { '+' },
+        offset_min.abs() / 60,
+        offset_min.abs() % 60
     )
 }
 
@@ -603,9 +614,8 @@ mod tests {
             .unwrap();
         assert_eq!(e.target, "/a b.html");
         // An authuser with a space, as some servers log it unescaped.
-        let e =
-            parse_line(r#"h - jo smith [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1" 200 1"#)
-                .unwrap();
+        let e = parse_line(r#"h - jo smith [01/Jan/2024:00:00:00 +0000] "GET / HTTP/1.1" 200 1"#)
+            .unwrap();
         assert_eq!(e.user.as_deref(), Some("jo smith"));
     }
 
@@ -620,7 +630,10 @@ mod tests {
         };
         assert_eq!(at("-0700"), APACHE_MS);
         assert_eq!(at("+0000"), APACHE_MS - 7 * 3_600_000);
-        assert_eq!(at("+0530"), APACHE_MS - 7 * 3_600_000 - 5 * 3_600_000 - 30 * 60_000);
+        assert_eq!(
+            at("+0530"),
+            APACHE_MS - 7 * 3_600_000 - 5 * 3_600_000 - 30 * 60_000
+        );
         // Across a year's end and a leap day.
         let e = parse_line(r#"h - - [31/Dec/1999:23:59:59 -0100] "GET / HTTP/1.0" 200 1"#).unwrap();
         assert_eq!(e.time_ms, 946_688_399_000); // 2000-01-01T00:59:59Z
@@ -634,7 +647,19 @@ mod tests {
         for unix_s in [0, 951_825_600, 971_236_536, 4_102_444_799, -86_400] {
             let line = format!(r#"h - - [{}] "GET / HTTP/1.0" 200 1"#, format_time(unix_s));
             assert_eq!(parse_line(&line).unwrap().time_ms, unix_s * 1000, "{line}");
+            for offset_s in [-8 * 3600, 5 * 3600 + 1800, -(23 * 3600 + 59 * 60)] {
+                let line = format!(
+                    r#"h - - [{}] "GET / HTTP/1.0" 200 1"#,
+                    format_time_in(unix_s, offset_s)
+                );
+                assert_eq!(parse_line(&line).unwrap().time_ms, unix_s * 1000, "{line}");
+            }
         }
+        // TranSend's traces began at midnight, Pacific time.
+        assert_eq!(
+            format_time_in(846_835_200, -8 * 3600),
+            "01/Nov/1996:00:00:00 -0800"
+        );
     }
 
     #[test]
@@ -643,33 +668,96 @@ mod tests {
         let cases: &[(&str, SkipReason)] = &[
             ("", SkipReason::Empty),
             ("   \t", SkipReason::Empty),
-            (" - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 200 1", SkipReason::User),
+            (
+                " - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 200 1",
+                SkipReason::User,
+            ),
             ("h", SkipReason::User),
             ("h -", SkipReason::Date),
-            ("h - - 10/Oct/2000:13:55:36 -0700 \"GET / HTTP/1.0\" 200 1", SkipReason::Date),
-            ("h - -[10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 200 1", SkipReason::User),
-            ("h - - [10/Oct/2000:13:55:36 -0700 \"GET / HTTP/1.0\" 200 1", SkipReason::Date),
-            ("h - - [32/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 200 1", SkipReason::Date),
-            ("h - - [29/Feb/1900:13:55:36 -0700] \"GET / HTTP/1.0\" 200 1", SkipReason::Date),
-            ("h - - [10/Okt/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 200 1", SkipReason::Date),
-            ("h - - [10/Oct/2000:24:00:00 -0700] \"GET / HTTP/1.0\" 200 1", SkipReason::Date),
-            ("h - - [10/Oct/2000:13:55:36 0700] \"GET / HTTP/1.0\" 200 1", SkipReason::Date),
-            ("h - - [10/Oct/2000:13:55:36] \"GET / HTTP/1.0\" 200 1", SkipReason::Date),
-            ("h - - [2000-10-10T13:55:36Z] \"GET / HTTP/1.0\" 200 1", SkipReason::Date),
-            ("h - - [10/Oct/2000:13:55:36 -0700] GET / HTTP/1.0 200 1", SkipReason::Request),
-            ("h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0 200 1", SkipReason::Request),
-            ("h - - [10/Oct/2000:13:55:36 -0700] \"-\" 408 -", SkipReason::Request),
-            ("h - - [10/Oct/2000:13:55:36 -0700] \"GET\" 400 -", SkipReason::Request),
+            (
+                "h - - 10/Oct/2000:13:55:36 -0700 \"GET / HTTP/1.0\" 200 1",
+                SkipReason::Date,
+            ),
+            (
+                "h - -[10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 200 1",
+                SkipReason::User,
+            ),
+            (
+                "h - - [10/Oct/2000:13:55:36 -0700 \"GET / HTTP/1.0\" 200 1",
+                SkipReason::Date,
+            ),
+            (
+                "h - - [32/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 200 1",
+                SkipReason::Date,
+            ),
+            (
+                "h - - [29/Feb/1900:13:55:36 -0700] \"GET / HTTP/1.0\" 200 1",
+                SkipReason::Date,
+            ),
+            (
+                "h - - [10/Okt/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 200 1",
+                SkipReason::Date,
+            ),
+            (
+                "h - - [10/Oct/2000:24:00:00 -0700] \"GET / HTTP/1.0\" 200 1",
+                SkipReason::Date,
+            ),
+            (
+                "h - - [10/Oct/2000:13:55:36 0700] \"GET / HTTP/1.0\" 200 1",
+                SkipReason::Date,
+            ),
+            (
+                "h - - [10/Oct/2000:13:55:36] \"GET / HTTP/1.0\" 200 1",
+                SkipReason::Date,
+            ),
+            (
+                "h - - [2000-10-10T13:55:36Z] \"GET / HTTP/1.0\" 200 1",
+                SkipReason::Date,
+            ),
+            (
+                "h - - [10/Oct/2000:13:55:36 -0700] GET / HTTP/1.0 200 1",
+                SkipReason::Request,
+            ),
+            (
+                "h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0 200 1",
+                SkipReason::Request,
+            ),
+            (
+                "h - - [10/Oct/2000:13:55:36 -0700] \"-\" 408 -",
+                SkipReason::Request,
+            ),
+            (
+                "h - - [10/Oct/2000:13:55:36 -0700] \"GET\" 400 -",
+                SkipReason::Request,
+            ),
             (
                 "h - - [10/Oct/2000:13:55:36 -0700] \"\\x16\\x03\\x01\\x02\" 400 -",
                 SkipReason::Request,
             ),
-            ("h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\"", SkipReason::Status),
-            ("h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" OK 1", SkipReason::Status),
-            ("h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 2000 1", SkipReason::Status),
-            ("h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 099 1", SkipReason::Status),
-            ("h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 200", SkipReason::Bytes),
-            ("h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 200 12k", SkipReason::Bytes),
+            (
+                "h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\"",
+                SkipReason::Status,
+            ),
+            (
+                "h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" OK 1",
+                SkipReason::Status,
+            ),
+            (
+                "h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 2000 1",
+                SkipReason::Status,
+            ),
+            (
+                "h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 099 1",
+                SkipReason::Status,
+            ),
+            (
+                "h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 200",
+                SkipReason::Bytes,
+            ),
+            (
+                "h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 200 12k",
+                SkipReason::Bytes,
+            ),
             (
                 "h - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.0\" 200 99999999999999999999999",
                 SkipReason::Bytes,
@@ -722,7 +810,10 @@ mod tests {
         text.extend_from_slice(&APACHE.as_bytes()[..40]);
         let (entries, stats) = read_all(&text);
         assert_eq!(entries.len(), 2, "{stats}");
-        assert_eq!(entries[1].user_agent.as_deref(), Some("agent \u{fffd}\u{fffd}"));
+        assert_eq!(
+            entries[1].user_agent.as_deref(),
+            Some("agent \u{fffd}\u{fffd}")
+        );
         assert_eq!(stats.entries, 2);
         assert!(stats.skipped_total() >= 2, "{stats}");
         assert_eq!(stats.lines, stats.entries + stats.skipped_total());

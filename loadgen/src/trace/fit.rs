@@ -302,7 +302,13 @@ impl Fit {
     }
 
     /// [`record`](Self::record) for a caller that knows the kind and object already.
-    pub fn record_kind(&mut self, time_s: i64, kind: Kind, object: Option<u32>, bytes: Option<u64>) {
+    pub fn record_kind(
+        &mut self,
+        time_s: i64,
+        kind: Kind,
+        object: Option<u32>,
+        bytes: Option<u64>,
+    ) {
         self.requests += 1;
         match self.first_s {
             None => {
@@ -481,7 +487,10 @@ impl fmt::Display for FitReport {
         if self.reordered > 0 {
             writeln!(f, "out of order: {} requests", self.reordered)?;
         }
-        writeln!(f, "type    requests  share (TranSend)  mean bytes (TranSend)")?;
+        writeln!(
+            f,
+            "type    requests  share (TranSend)  mean bytes (TranSend)"
+        )?;
         for ((fit, (_, target_share)), (_, target_bytes)) in
             self.by_kind.iter().zip(MIX).zip(MEAN_BYTES)
         {
@@ -658,7 +667,10 @@ mod tests {
         assert!((one_s.ratio.unwrap() - 2.0 * 61.0 / 5.0).abs() < 1e-9);
         let text = report.to_string();
         assert!(text.contains("requests: 5 over 1 min"), "{text}");
-        assert!(text.contains("gif            2   40.0 % (50 %)        500 (3,428)"), "{text}");
+        assert!(
+            text.contains("gif            2   40.0 % (50 %)        500 (3,428)"),
+            "{text}"
+        );
         assert!(text.contains("out of order: 1"), "{text}");
         assert_eq!(thousands(12_070), "12,070");
         assert_eq!(thousands(999), "999");

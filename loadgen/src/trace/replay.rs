@@ -307,7 +307,14 @@ mod tests {
         let fine = Timing::Rate { per_s: 1.0 };
         assert_eq!(make(fine, "http://h:1/"), None);
         assert_eq!(make(fine, "https://h"), None);
-        for base in ["h:80", "http://", "http://h/x", "ftp://h", "http://a b", "http://u@h"] {
+        for base in [
+            "h:80",
+            "http://",
+            "http://h/x",
+            "ftp://h",
+            "http://a b",
+            "http://u@h",
+        ] {
             assert!(make(fine, base).unwrap().contains("base"), "{base}");
         }
         for (timing, key) in [
@@ -315,7 +322,12 @@ mod tests {
             (Timing::Trace { speedup: f64::NAN }, "timing.speedup"),
             (Timing::Trace { speedup: 1e9 }, "timing.speedup"),
             (Timing::Rate { per_s: 0.0 }, "timing.per_s"),
-            (Timing::Rate { per_s: f64::INFINITY }, "timing.per_s"),
+            (
+                Timing::Rate {
+                    per_s: f64::INFINITY,
+                },
+                "timing.per_s",
+            ),
         ] {
             assert!(make(timing, BASE).unwrap().contains(key), "{timing:?}");
         }
