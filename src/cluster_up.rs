@@ -132,6 +132,7 @@ async fn up_web(args: ClusterUpArgs) -> anyhow::Result<()> {
             objects: args.objects,
             delay_ms: 0,
         },
+        origin_trace: None,
     })
     .await?;
     for p in &cluster.file.processes {

@@ -40,6 +40,9 @@ pub struct WebClusterSpec {
     pub template: WebConfig,
     /// The bundled origin, when the template names no origins.
     pub origin: OriginSpec,
+    /// A trace whose URLs the bundled origin serves, with the sizes it logged (besides its
+    /// corpus).
+    pub origin_trace: Option<PathBuf>,
 }
 
 /// The bundled origin's corpus.
@@ -113,6 +116,9 @@ impl LocalWebCluster {
                 .arg(spec.origin.objects.to_string())
                 .arg("--delay-ms")
                 .arg(spec.origin.delay_ms.to_string());
+            if let Some(trace) = &spec.origin_trace {
+                command.arg("--trace").arg(trace);
+            }
             let (child, ready) = spawn_ready(command, &dir.join("origin.log")).await?;
             let http: SocketAddr = serde_json::from_value(ready["http"].clone())
                 .context("the origin's READY line has no http address")?;

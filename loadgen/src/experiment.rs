@@ -697,6 +697,17 @@ impl Experiment {
                     return Err(format!("{}: must be positive", at("duration_s")));
                 }
             }
+            if matches!(
+                f.action,
+                FaultAction::BeaconLoss | FaultAction::SlowWorker | FaultAction::OriginDelay
+            ) || f.process.is_some()
+            {
+                return Err(format!(
+                    "{}: {:?} and process are for the web cluster ([cluster] service = \"web\")",
+                    at("action"),
+                    f.action
+                ));
+            }
             let node_needed = matches!(
                 f.action,
                 FaultAction::Kill

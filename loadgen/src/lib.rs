@@ -11,6 +11,7 @@ pub mod experiment;
 pub mod ledger;
 pub mod message;
 pub mod metrics;
+pub mod trace;
 pub mod web;
 pub mod workload;
 

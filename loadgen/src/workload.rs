@@ -698,7 +698,7 @@ const STREAM_OPS: u64 = 0x6f70_6572_6174_696f; // "operatio"
 
 /// SplitMix64's finalizer: spreads nearby inputs (seed 1, seed 2; agent 0, agent 1) over
 /// unrelated outputs.
-fn mix64(mut z: u64) -> u64 {
+pub(crate) fn mix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -480,3 +480,123 @@ fn draw_legend(area: &Area<'_>, entries: Vec<LegendEntry>, timeline: &Timeline) 
     }
     Ok(())
 }
+
+/// Workers drawn in the queue chart at most (the busiest); the rest are left out, and said so.
+pub const QUEUE_WORKERS_MAX: usize = 12;
+const SPAWN_COLOR: RGBColor = RGBColor(44, 160, 44);
+const EXIT_COLOR: RGBColor = RGBColor(214, 39, 40);
+const OVERFLOW_COLOR: RGBColor = RGBColor(255, 127, 14);
+
+/// The web cluster's Figure 8: each worker's queue length (the manager's smoothed hint) over
+/// time, with the manager's spawns and restarts, exits, and overflow recruitments and releases
+/// marked; `None` when the run polled no workers.
+pub fn web_queue_svg(results: &Results) -> Result<Option<String>, ReportError> {
+    let Some(web) = &results.web else {
+        return Ok(None);
+    };
+    if web.samples.iter().all(|s| s.workers.is_empty()) {
+        return Ok(None);
+    }
+    let timeline = Timeline::of(results);
+    // Workers by their largest queue, busiest first.
+    let mut peaks: Vec<(String, f64)> = Vec::new();
+    for s in &web.samples {
+        for w in &s.workers {
+            match peaks.iter_mut().find(|(k, _)| *k == w.key) {
+                Some((_, peak)) => *peak = peak.max(w.queue),
+                None => peaks.push((w.key.clone(), w.queue)),
+            }
+        }
+    }
+    peaks.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    peaks.truncate(QUEUE_WORKERS_MAX);
+    peaks.sort_by(|a, b| a.0.cmp(&b.0));
+    let lines: Vec<(String, Vec<(f64, f64)>)> = peaks
+        .iter()
+        .map(|(key, _)| {
+            let points = web
+                .samples
+                .iter()
+                .filter_map(|s| {
+                    s.workers
+                        .iter()
+                        .find(|w| w.key == *key)
+                        .map(|w| (s.t_s, w.queue))
+                })
+                .collect();
+            (key.clone(), points)
+        })
+        .collect();
+    let y_max = (peaks.iter().map(|(_, p)| *p).fold(0.0, f64::max) * 1.15).max(1.0);
+    let x_max = web
+        .samples
+        .iter()
+        .map(|s| s.t_s)
+        .fold(timeline.x_max_s, f64::max);
+    let marks: Vec<(f64, RGBColor)> = web
+        .events
+        .iter()
+        .filter(|e| e.t_s.is_finite() && e.t_s >= 0.0 && e.t_s <= x_max)
+        .filter_map(|e| {
+            let color = match e.kind.as_str() {
+                "spawn" | "restart" | "failover" | "adopt" => SPAWN_COLOR,
+                "exit" => EXIT_COLOR,
+                "overflow" | "release" => OVERFLOW_COLOR,
+                _ => return None,
+            };
+            Some((e.t_s, color))
+        })
+        .take(VIEW_CHANGE_MARKS_MAX)
+        .collect();
+    let mut svg = String::new();
+    draw(&mut svg, THROUGHPUT_HEIGHT_PX, |root| {
+        let (plot, legend_area) = root.split_horizontally(CHART_WIDTH_PX - LEGEND_WIDTH_PX);
+        let mut chart = ChartBuilder::on(&plot)
+            .margin(10)
+            .x_label_area_size(42)
+            .y_label_area_size(62)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .bold_line_style(GRID_COLOR)
+            .x_desc("seconds since the load started")
+            .y_desc("queue length (manager's hint)")
+            .x_labels(timeline.x_labels())
+            .x_label_formatter(&|x| fmt_tick(*x))
+            .y_label_formatter(&|y| fmt_tick(*y))
+            .label_style(font(TICK_PX))
+            .axis_desc_style(font(AXIS_DESC_PX))
+            .draw()?;
+        draw_timeline(&mut chart, &timeline, 0.0, y_max)?;
+        for (t, color) in &marks {
+            chart.draw_series(DashedLineSeries::new(
+                [(*t, 0.0), (*t, y_max)],
+                5,
+                3,
+                color.mix(0.9).stroke_width(1),
+            ))?;
+        }
+        let mut legend = Vec::new();
+        for (i, (key, points)) in lines.iter().enumerate() {
+            let style = op_color(i).stroke_width(2);
+            chart.draw_series(LineSeries::new(points.iter().copied(), style))?;
+            legend.push(LegendEntry::Line(key.clone(), style, false));
+        }
+        for (label, color) in [
+            ("spawn / restart", SPAWN_COLOR),
+            ("exit", EXIT_COLOR),
+            ("overflow", OVERFLOW_COLOR),
+        ] {
+            if marks.iter().any(|(_, c)| *c == color) {
+                legend.push(LegendEntry::Line(label.into(), color.stroke_width(1), true));
+            }
+        }
+        draw_legend(&legend_area, legend, &timeline)
+    })
+    .map_err(|message| ReportError::Chart {
+        chart: "queue lengths",
+        message,
+    })?;
+    Ok(Some(svg))
+}

@@ -96,6 +96,28 @@ struct RunView {
     settle: Option<String>,
     experiment: String,
     environment: Vec<KeyValue>,
+    web: Option<WebView>,
+}
+
+#[derive(Serialize)]
+struct WebView {
+    /// (what, value) lines: the trace, the responses, the cluster.
+    facts: Vec<KeyValue>,
+    queue_svg: Option<String>,
+    faults: Vec<WebFaultRow>,
+    checks_bad: bool,
+}
+
+#[derive(Serialize)]
+struct WebFaultRow {
+    number: String,
+    what: String,
+    start: String,
+    detail: String,
+    detection: String,
+    respawn: String,
+    hints_back: String,
+    throughput_back: String,
 }
 
 #[derive(Serialize)]
@@ -283,6 +305,7 @@ impl RunView {
             p99_by_op,
             errors_total,
             throughput_svg: charts::throughput_svg(run)?,
+            web: web_view(run)?,
             latency_charts: charts::latency_svgs(run)?
                 .into_iter()
                 .map(|c| ChartView {
@@ -533,4 +556,102 @@ fn environment_rows(run: &Results) -> Vec<KeyValue> {
             value: run.view_changes.len().to_string(),
         },
     ]
+}
+
+fn web_view(run: &Results) -> Result<Option<WebView>, ReportError> {
+    let Some(web) = &run.web else {
+        return Ok(None);
+    };
+    let o = |k: &str| web.outcomes.get(k).copied().unwrap_or(0);
+    let t = &web.trace;
+    let mut facts = vec![
+        KeyValue {
+            key: "trace",
+            value: format!(
+                "{}{}: {} requests sent, {}{}",
+                t["file"].as_str().unwrap_or("?"),
+                if t["synthesized"].as_bool() == Some(true) {
+                    " (synthesized)"
+                } else {
+                    ""
+                },
+                fmt_count(t["sent"].as_u64().unwrap_or(0)),
+                match (t["per_s"].as_f64(), t["speedup"].as_f64()) {
+                    (Some(r), _) => format!("in log order at {r} req/s"),
+                    (None, Some(x)) => format!("at the log's timing x{x}"),
+                    _ => String::new(),
+                },
+                if t["cut_at_duration"].as_bool() == Some(true) {
+                    " (cut at the run's duration)"
+                } else {
+                    ""
+                }
+            ),
+        },
+        KeyValue {
+            key: "responses",
+            value: format!(
+                "{} answered 200: {} distilled, {} passed through, {} degraded, {} original, {} from a plain server",
+                fmt_count(o("ok")),
+                fmt_count(o("distilled")),
+                fmt_count(o("pass_through")),
+                fmt_count(o("degraded")),
+                fmt_count(o("original")),
+                fmt_count(o("untagged"))
+            ),
+        },
+        KeyValue {
+            key: "cache hit rate",
+            value: web.hit_rate.map_or_else(|| NONE.to_string(), fmt_percent),
+        },
+        KeyValue {
+            key: "checks",
+            value: format!(
+                "{} originals byte-identical to the origin's, {} not in its manifest, {} failed",
+                fmt_count(o("verified")),
+                fmt_count(o("unverified")),
+                fmt_count(web.check_failures)
+            ),
+        },
+    ];
+    if let Some(c) = &web.cluster {
+        let n = |k: &str| c.get(k).map_or_else(|| NONE.to_string(), |v| v.to_string().trim_matches('"').to_string());
+        facts.push(KeyValue {
+            key: "web cluster",
+            value: format!(
+                "{} node(s) + {} overflow ({} overflow process(es) at most), {} front end(s), {} worker(s) at the end, lottery {}, CPU {}",
+                n("nodes"), n("overflow_nodes"), n("overflow_in_use_max"), n("front_ends"), n("workers"), n("lottery"), n("cpu_model")
+            ),
+        });
+        facts.push(KeyValue {
+            key: "manager",
+            value: format!(
+                "{} spawn(s), {} restart(s), {} failover(s), {} retirement(s); {} degradation(s) at the front ends",
+                n("spawns"), n("restarts"), n("failovers"), n("retirements"), n("degraded")
+            ),
+        });
+    }
+    let s = |v: Option<f64>| fmt_s(v, 2);
+    Ok(Some(WebView {
+        facts,
+        queue_svg: charts::web_queue_svg(run)?,
+        faults: web
+            .faults
+            .iter()
+            .map(|f| WebFaultRow {
+                number: (f.index + 1).to_string(),
+                what: match &f.process {
+                    Some(p) => format!("{} {p}", f.action.replace('_', " ")),
+                    None => f.action.replace('_', " "),
+                },
+                start: fmt_s(Some(f.start_s), 1),
+                detail: f.detail.clone(),
+                detection: s(f.detection_s),
+                respawn: s(f.respawn_s),
+                hints_back: s(f.hints_back_s),
+                throughput_back: s(f.throughput_recovered_s),
+            })
+            .collect(),
+        checks_bad: web.check_failures > 0,
+    }))
 }

@@ -45,6 +45,75 @@ pub struct Results {
     pub slo: Option<Slo>,
     #[serde(default)]
     pub verdict: Option<Verdict>,
+    /// A web experiment's trace, responses, cluster figures, samples and faults.
+    #[serde(default)]
+    pub web: Option<Web>,
+}
+
+/// `web`: what a web run adds.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Web {
+    #[serde(default)]
+    pub target: String,
+    #[serde(default)]
+    pub trace: serde_json::Value,
+    #[serde(default)]
+    pub outcomes: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub hit_rate: Option<f64>,
+    #[serde(default)]
+    pub check_failures: u64,
+    #[serde(default)]
+    pub cluster: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    pub samples: Vec<WebSample>,
+    #[serde(default)]
+    pub events: Vec<WebEvent>,
+    #[serde(default)]
+    pub faults: Vec<WebFault>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebSample {
+    pub t_s: f64,
+    #[serde(default)]
+    pub workers: Vec<WorkerSample>,
+    #[serde(default)]
+    pub overflow_in_use: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSample {
+    pub key: String,
+    pub queue: f64,
+    #[serde(default)]
+    pub overflow: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebEvent {
+    pub t_s: f64,
+    pub kind: String,
+    pub process: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebFault {
+    pub index: u64,
+    pub action: String,
+    #[serde(default)]
+    pub process: Option<String>,
+    pub start_s: f64,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default)]
+    pub detection_s: Option<f64>,
+    #[serde(default)]
+    pub respawn_s: Option<f64>,
+    #[serde(default)]
+    pub hints_back_s: Option<f64>,
+    #[serde(default)]
+    pub throughput_recovered_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -132,6 +201,9 @@ pub struct FaultWindow {
     pub node: Option<u64>,
     #[serde(default)]
     pub groups: Option<Vec<Vec<u64>>>,
+    /// Web: the process, by role and index.
+    #[serde(default)]
+    pub process: Option<String>,
     pub start_s: f64,
     /// `None`: never undone, so it lasts to the end of the run.
     #[serde(default)]
@@ -270,7 +342,10 @@ impl Results {
 impl FaultWindow {
     /// What the fault did, for labels: `kill node 2`, `partition 1,2 | 3`.
     pub fn label(&self) -> String {
-        describe_fault(&self.action, self.node, self.groups.as_deref())
+        match &self.process {
+            Some(p) => format!("{} {p}", self.action.replace('_', " ")),
+            None => describe_fault(&self.action, self.node, self.groups.as_deref()),
+        }
     }
 }
 

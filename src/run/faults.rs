@@ -24,6 +24,9 @@ pub struct FaultWindow {
     pub action: FaultAction,
     pub node: Option<u32>,
     pub groups: Option<Vec<Vec<u32>>>,
+    /// Web: the process (`worker jpeg 1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
     /// Seconds from the start of the load.
     pub start_s: f64,
     /// When it was undone, if it was.
@@ -76,6 +79,7 @@ pub async fn run_schedule(
                     action: f.action,
                     node: f.node,
                     groups: f.groups.clone(),
+                    process: None,
                     start_s: t,
                     end_s: None,
                     error: result.err().map(|e| format!("{e:#}")),
@@ -225,6 +229,9 @@ async fn apply(
             let body = serde_json::json!({ "clock_skew_ms": f.skew_ms.unwrap_or(0) }).to_string();
             post_faults(cluster, token, f.node, &body).await
         }
+        FaultAction::BeaconLoss | FaultAction::SlowWorker | FaultAction::OriginDelay => {
+            anyhow::bail!("{:?} is a web fault; the mail cluster has no such thing", f.action)
+        }
     }
 }
 
@@ -255,5 +262,6 @@ async fn undo(
         FaultAction::ClockSkew => {
             post_faults(cluster, token, f.node, r#"{"clock_skew_ms": 0}"#).await
         }
+        FaultAction::BeaconLoss | FaultAction::SlowWorker | FaultAction::OriginDelay => Ok(()),
     }
 }

@@ -14,6 +14,7 @@ pub mod faults;
 pub mod poll;
 pub mod results;
 pub mod sweep;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -130,6 +131,9 @@ pub async fn run_one(
 ) -> anyhow::Result<(serde_json::Value, Outcome)> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out = out.canonicalize()?;
+    if experiment.is_web() {
+        return web::run_one(experiment, &out).await;
+    }
     let started_at = chrono::Utc::now();
 
     // The target.
@@ -336,7 +340,7 @@ pub async fn run_one(
 
 /// `ip:port` or `host:port` front ends, resolved once (the first address of each name); an
 /// address that does not resolve is an error that names it.
-async fn resolve(key: &str, addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+pub(crate) async fn resolve(key: &str, addrs: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
     let mut out = Vec::with_capacity(addrs.len());
     for a in addrs {
         let first =
@@ -536,14 +540,14 @@ fn describe(experiment: &Experiment, bundled: bool) {
 }
 
 /// The live progress line: a bar on a terminal, a line every 10 s otherwise.
-struct Progress {
+pub(crate) struct Progress {
     bar: indicatif::ProgressBar,
     tty: bool,
     last_line: std::sync::Mutex<Duration>,
 }
 
 impl Progress {
-    fn new(duration: Duration) -> Progress {
+    pub(crate) fn new(duration: Duration) -> Progress {
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let bar = if tty {
             let bar = indicatif::ProgressBar::new(duration.as_secs().max(1));
@@ -564,7 +568,7 @@ impl Progress {
         }
     }
 
-    fn update(&self, live: &loadgen::metrics::LiveFigures, elapsed: Duration) {
+    pub(crate) fn update(&self, live: &loadgen::metrics::LiveFigures, elapsed: Duration) {
         let p99 = live
             .p99_ms
             .map_or_else(|| "-".to_string(), |p| format!("{p:.1} ms"));
@@ -584,7 +588,7 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.bar.finish_and_clear();
     }
 }

@@ -38,6 +38,9 @@ pub struct Results {
     pub agents: Vec<super::agents::AgentReport>,
     /// How the load generator connected and how much it ran at once.
     pub loadgen: LoadgenInfo,
+    /// A web experiment's trace, responses, cluster figures and faults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web: Option<super::web::WebResults>,
     pub slo: SloVerdicts,
     pub verdict: Verdict,
 }
@@ -280,6 +283,7 @@ impl Results {
             settle,
             agents,
             loadgen,
+            web: None,
             verdict: Verdict {
                 pass: outcome == Outcome::Pass,
                 reasons,
@@ -287,6 +291,32 @@ impl Results {
             },
             slo,
         }
+    }
+
+    /// Adds a web run's figures: responses that failed their checks fail the run, as corrupted
+    /// mail would.
+    pub fn attach_web(&mut self, web: super::web::WebResults) {
+        if web.check_failures > 0 {
+            self.verdict.reasons.insert(
+                0,
+                format!(
+                    "{} response(s) failed their checks (see errors by kind)",
+                    web.check_failures
+                ),
+            );
+            self.verdict.pass = false;
+            self.verdict.exit_code = Outcome::Failed.exit_code();
+        }
+        if let Some(c) = &web.cluster {
+            self.target = TargetInfo {
+                kind: "bundled".into(),
+                nodes: Some(c.nodes as usize),
+                replication: None,
+                placement: None,
+                disk: None,
+            };
+        }
+        self.web = Some(web);
     }
 
     /// The summary a person reads at the end of a run.
@@ -328,13 +358,25 @@ impl Results {
                 f(r.reintegration_s)
             );
         }
+        if let Some(w) = &self.web {
+            print_web(w);
+        }
         let l = &self.loadgen;
         println!(
-            "load generator: {} connection(s) opened (SMTP {}), at most {} open and {} operation(s) in flight at once",
+            "load generator: {} connection(s) opened ({}), at most {} open and {} operation(s) in flight at once",
             l.connections_opened,
-            match l.smtp_connection {
-                ConnectionModel::Reuse => "connections reused",
-                ConnectionModel::PerMessage => "a connection per message",
+            match (self.web.is_some(), l.smtp_connection) {
+                (true, _) => match self.experiment.loadgen.http.connection {
+                    loadgen::web::client::HttpConnection::Reuse => format!(
+                        "HTTP keep-alive, at most {} busy per server",
+                        self.experiment.loadgen.http.connections_per_target
+                    ),
+                    loadgen::web::client::HttpConnection::PerRequest => {
+                        "HTTP, a connection per request".to_string()
+                    }
+                },
+                (false, ConnectionModel::Reuse) => "SMTP connections reused".to_string(),
+                (false, ConnectionModel::PerMessage) => "SMTP, a connection per message".to_string(),
             },
             l.connections_open_peak,
             l.in_flight_peak
@@ -455,4 +497,62 @@ fn commit() -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into())
+}
+
+fn print_web(w: &super::web::WebResults) {
+    let o = &w.outcomes;
+    println!(
+        "http: {} sent from the trace ({}), {} answered 200: {} distilled, {} passed through, {} \
+         degraded, {} original, {} from a plain server; cache hits {}",
+        w.trace.sent,
+        match (w.trace.per_s, w.trace.speedup) {
+            (Some(r), _) => format!("log order at {r} req/s"),
+            (None, Some(x)) => format!("the log's timing x{x}"),
+            _ => "?".into(),
+        },
+        o.ok,
+        o.distilled,
+        o.pass_through,
+        o.degraded,
+        o.original,
+        o.untagged,
+        w.hit_rate
+            .map_or_else(|| "-".to_string(), |h| format!("{:.1} %", h * 100.0))
+    );
+    println!(
+        "checks: {} original(s) byte-identical to the origin's, {} not in its manifest, {} failed",
+        o.verified, o.unverified, w.check_failures
+    );
+    if let Some(c) = &w.cluster {
+        println!(
+            "web cluster: {} node(s) + {} overflow (at most {} overflow process(es) in use), {} front end(s), {} worker(s) at the end, lottery {}, CPU {}; {} spawn(s), {} restart(s), {} failover(s), {} retirement(s), {} degradation(s)",
+            c.nodes,
+            c.overflow_nodes,
+            c.overflow_in_use_max,
+            c.front_ends,
+            c.workers,
+            c.lottery,
+            c.cpu_model,
+            c.spawns,
+            c.restarts,
+            c.failovers,
+            c.retirements,
+            c.degraded
+        );
+    }
+    for f in &w.faults {
+        let t = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |s| format!("{s:.2} s"));
+        println!(
+            "fault {} ({:?}{}) at {:.1} s: detected {}, respawned {}, load hints back {}, throughput back {} ({})",
+            f.index,
+            f.action,
+            f.process.as_deref().map(|p| format!(" {p}")).unwrap_or_default(),
+            f.start_s,
+            t(f.detection_s),
+            t(f.respawn_s),
+            t(f.hints_back_s),
+            t(f.throughput_recovered_s),
+            f.detail
+        );
+    }
 }

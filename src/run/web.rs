@@ -1,0 +1,935 @@
+//! Web experiments: a trace replayed against the bundled SNS/TACC web cluster, a proxy or web
+//! servers, with faults by process and the cluster's own figures polled.
+//!
+//! The trace is the experiment's `workload.trace.file`, or one synthesized into `DIR/trace.log`
+//! first (long enough for the run). The bundled cluster's origin serves the trace's URLs with
+//! the sizes the trace logged, and its manifest lets every original be checked byte for byte.
+//! While the load runs, the manager's `/status` and every node daemon's process list are polled
+//! twice a second: per-worker queue lengths, spawns, restarts, overflow nodes in use,
+//! degradations, and the manager's timeline of events. Faults are carried out on processes by
+//! role and index (`worker jpeg 1`): kill, pause and restart by real signals, and beacon loss,
+//! a slow worker and a slow origin through the processes' fault API. Each fault gets recovery
+//! figures: detection (the manager's `exit` event), respawn (a new process of that key
+//! running), load hints back (the manager has the new worker's report), throughput back.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use cluster::web::config::WebConfig;
+use cluster::web::proto::{ProcessKey, Role, RunningProcess};
+use loadgen::experiment::{Experiment, FaultAction, FaultSpec, TraceTiming};
+use loadgen::trace::{clf, replay, synth};
+use loadgen::web::check::{Manifest, Outcomes};
+use loadgen::web::client::{Client, HttpClient, Route};
+use loadgen::web::engine::{self, WebEngineConfig};
+use loadgen::web::WebRequest;
+use loadgen::workload::{Rate, RateShape};
+use loadgen::OpKind;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::results::{self, Outcome};
+use crate::local_web::{LocalWebCluster, OriginSpec, WebClusterSpec};
+
+/// How often the cluster is polled.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Poll samples kept at most (about 2.8 hours at two a second); later ones are counted only.
+pub const SAMPLES_MAX: usize = 20_000;
+/// Manager timeline events kept at most.
+pub const EVENTS_MAX: usize = 10_000;
+/// Longest user name sent to the proxy.
+const USER_CHARS_MAX: usize = 64;
+
+/// What a web run adds to results.json (`web`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WebResults {
+    /// `bundled`, `proxy` or `http`.
+    pub target: String,
+    pub trace: TraceInfo,
+    /// What the service did with the responses, and what was verified.
+    pub outcomes: Outcomes,
+    /// Cache hits over responses (from `X-Cache`), when the target says.
+    pub hit_rate: Option<f64>,
+    /// Responses that failed a check (wrong bytes, an undecodable image, a page unmunged).
+    pub check_failures: u64,
+    /// The bundled cluster's shape and figures at the end.
+    pub cluster: Option<ClusterFigures>,
+    /// The cluster polled twice a second: per-worker queues, overflow in use, spawns.
+    pub samples: Vec<Sample>,
+    pub samples_dropped: u64,
+    /// The manager's events during the run (spawn, exit, restart, failover, retire, overflow,
+    /// release), seconds from the run's start.
+    pub events: Vec<Event>,
+    pub faults: Vec<WebFault>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceInfo {
+    pub file: String,
+    pub synthesized: bool,
+    /// `trace` (the log's timing) or `rate` (log order at a constant rate).
+    pub timing: String,
+    pub speedup: Option<f64>,
+    pub per_s: Option<f64>,
+    /// Requests sent.
+    pub sent: u64,
+    /// Whether the trace had more requests when the run's duration ended.
+    pub cut_at_duration: bool,
+    /// Origin objects the manifest listed (0: no manifest, originals not compared).
+    pub manifest_objects: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterFigures {
+    pub nodes: u32,
+    pub overflow_nodes: u32,
+    pub front_ends: usize,
+    pub workers: usize,
+    pub cache_partitions: usize,
+    pub lottery: String,
+    pub cpu_model: String,
+    pub spawns: u64,
+    pub restarts: u64,
+    pub failovers: u64,
+    pub retirements: u64,
+    pub degraded: u64,
+    pub overflow_in_use_max: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub workers: Vec<WorkerSample>,
+    pub overflow_in_use: u64,
+    pub spawns: u64,
+    pub degraded: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerSample {
+    pub key: String,
+    pub queue: f64,
+    pub overflow: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Event {
+    pub t_s: f64,
+    pub kind: String,
+    pub process: String,
+    pub node: Option<u32>,
+    pub detail: String,
+}
+
+/// A fault carried out, and how the service recovered.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebFault {
+    pub index: usize,
+    pub action: FaultAction,
+    pub process: Option<String>,
+    pub start_s: f64,
+    pub end_s: Option<f64>,
+    /// What was done (or why it could not be).
+    pub detail: String,
+    /// The manager saw the process exit.
+    pub detection_s: Option<f64>,
+    /// A new process of that key was running.
+    pub respawn_s: Option<f64>,
+    /// The manager had the new worker's load report (workers), or beaconed again (manager).
+    pub hints_back_s: Option<f64>,
+    /// Completed requests a second back within 10 % of the 10 s before the fault.
+    pub throughput_recovered_s: Option<f64>,
+}
+
+/// Runs one web experiment into `out` (already created and canonical).
+pub async fn run_one(
+    experiment: Experiment,
+    out: &Path,
+) -> anyhow::Result<(serde_json::Value, Outcome)> {
+    let started_at = chrono::Utc::now();
+    let trace = experiment.workload.trace.clone().unwrap_or_default();
+    let duration = Duration::from_secs_f64(experiment.workload.duration_s);
+    let per_s = match (&trace.timing, &experiment.workload.rate) {
+        (TraceTiming::Trace, _) => None,
+        (
+            TraceTiming::Rate,
+            Rate::Open {
+                shape: RateShape::Constant(r),
+                ..
+            },
+        ) => Some(*r),
+        (TraceTiming::Rate, _) => bail!(
+            "workload.rate: timing = \"rate\" replays at a constant rate: give {{ per_s = N }}"
+        ),
+    };
+    let (trace_path, synthesized) = match &trace.file {
+        Some(f) => {
+            let p = PathBuf::from(f);
+            if !p.is_file() {
+                bail!("workload.trace.file: {} is not a file", p.display());
+            }
+            (p, false)
+        }
+        None => {
+            let path = out.join("trace.log");
+            synthesize(&experiment, trace.synth.clone(), per_s, trace.speedup, &path)?;
+            (path, true)
+        }
+    };
+
+    // The target.
+    let mut cluster = None;
+    let (route, bases, target_kind) = match &experiment.target {
+        Some(t) if !t.proxy.is_empty() => {
+            let proxies = super::resolve("target.proxy", &t.proxy).await?;
+            let origin = t.origin.clone().context("target.origin")?;
+            (Route::Proxy(proxies), vec![origin], "proxy")
+        }
+        Some(t) => {
+            let bases = t.http.iter().map(|h| format!("http://{h}")).collect();
+            (Route::Direct, bases, "http")
+        }
+        None => {
+            let c = start_web_cluster(&experiment, &out.join("cluster"), &trace_path).await?;
+            let proxies: Vec<_> = c
+                .endpoints_of(Role::FrontEnd)
+                .into_iter()
+                .filter_map(|(_, e)| e.http)
+                .collect();
+            if proxies.is_empty() {
+                c.stop().await;
+                bail!("the web cluster has no front end");
+            }
+            let origin = format!("http://{}", c.config.origins[0]);
+            cluster = Some(Arc::new(tokio::sync::Mutex::new(c)));
+            (Route::Proxy(proxies), vec![origin], "bundled")
+        }
+    };
+    let manifest = fetch_manifest(&bases[0]).await;
+    eprintln!(
+        "running {}: trace {}{}, {} s (warm-up {} s), {}{}",
+        experiment.name,
+        trace_path.display(),
+        if synthesized { " (synthesized)" } else { "" },
+        experiment.workload.duration_s,
+        experiment.workload.warmup_s,
+        match per_s {
+            Some(r) => format!("in log order at {r} req/s"),
+            None => format!("at the log's timing x{}", trace.speedup),
+        },
+        match &manifest {
+            Some(m) => format!(", originals checked against {} manifest entries", m.len()),
+            None => ", no origin manifest (originals not compared)".into(),
+        }
+    );
+
+    // The requests, streamed from the trace.
+    let timing = match per_s {
+        Some(per_s) => replay::Timing::Rate { per_s },
+        None => replay::Timing::Trace {
+            speedup: trace.speedup,
+        },
+    };
+    let reader = clf::open(&trace_path)
+        .with_context(|| format!("reading the trace {}", trace_path.display()))?;
+    let replayed = replay::Replay::new(reader, timing, &bases[0]).map_err(|e| anyhow::anyhow!(e))?;
+    let first_base = bases[0].clone();
+    let requests = replayed.map_while(Result::ok).map(move |r| {
+        let url = if bases.len() > 1 && r.url.starts_with(&first_base) {
+            let base = &bases[(r.index % bases.len() as u64) as usize];
+            format!("{base}{}", &r.url[first_base.len()..])
+        } else {
+            r.url
+        };
+        WebRequest {
+            at: r.at,
+            index: r.index,
+            url,
+            user: user_name(&r.user),
+        }
+    });
+    let source = engine::spawn_source(requests);
+
+    // Watch the cluster and carry out the faults while the load runs.
+    let start = Instant::now();
+    let wall_start_ms = chrono::Utc::now().timestamp_millis();
+    let watch = Arc::new(Mutex::new(Watch::default()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let fault_log = Arc::new(Mutex::new(Vec::<WebFault>::new()));
+    if let Some(c) = &cluster {
+        tasks.push(tokio::spawn(poll(
+            c.clone(),
+            watch.clone(),
+            start,
+            wall_start_ms,
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(run_faults(
+            c.clone(),
+            experiment.faults.clone(),
+            start,
+            duration,
+            fault_log.clone(),
+            stop_rx,
+        )));
+    }
+    let progress = super::Progress::new(duration);
+    let output = engine::run(
+        WebEngineConfig {
+            route,
+            client: experiment.loadgen.http.clone(),
+            in_flight_max: experiment.loadgen.in_flight_max,
+            warmup: Duration::from_secs_f64(experiment.workload.warmup_s),
+            duration,
+            manifest: manifest.clone().map(Arc::new),
+        },
+        source,
+        |live, elapsed| progress.update(live, elapsed),
+    )
+    .await;
+    progress.finish();
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Undo what is still in force (a paused process, a fault API setting).
+    if let Some(c) = &cluster {
+        undo_all(c, &experiment.faults).await;
+    }
+
+    let summary = output.recorder.summary(output.elapsed);
+    let watch = std::mem::take(&mut *watch.lock().unwrap());
+    let completed: Vec<u64> = summary
+        .series
+        .iter()
+        .map(|p| {
+            OpKind::WEB
+                .iter()
+                .filter_map(|k| p.per_op.get(k))
+                .map(|f| f.count)
+                .sum()
+        })
+        .collect();
+    let mut faults = fault_log.lock().unwrap().clone();
+    for f in &mut faults {
+        recovery(f, &experiment.faults, &watch, &completed);
+    }
+    let check_failures: u64 = summary
+        .ops
+        .values()
+        .flat_map(|op| op.errors_by_kind.iter())
+        .filter(|(k, _)| k.starts_with("check:"))
+        .map(|(_, n)| *n)
+        .sum();
+    let cluster_figures = match &cluster {
+        Some(c) => Some(figures(&*c.lock().await, &experiment, &watch)),
+        None => None,
+    };
+    let web = WebResults {
+        target: target_kind.into(),
+        trace: TraceInfo {
+            file: trace_path.display().to_string(),
+            synthesized,
+            timing: match per_s {
+                Some(_) => "rate".into(),
+                None => "trace".into(),
+            },
+            speedup: per_s.is_none().then_some(trace.speedup),
+            per_s,
+            sent: output.sent,
+            cut_at_duration: output.source_left,
+            manifest_objects: manifest.as_ref().map_or(0, Manifest::len),
+        },
+        outcomes: output.outcomes,
+        hit_rate: output.outcomes.hit_rate(),
+        check_failures,
+        cluster: cluster_figures,
+        samples: watch.samples,
+        samples_dropped: watch.samples_dropped,
+        events: watch.events,
+        faults,
+    };
+    let windows = web
+        .faults
+        .iter()
+        .map(|f| super::faults::FaultWindow {
+            index: f.index,
+            action: f.action,
+            node: None,
+            groups: None,
+            process: f.process.clone(),
+            start_s: f.start_s,
+            end_s: f.end_s,
+            error: f.detail.starts_with("not done").then(|| f.detail.clone()),
+        })
+        .collect();
+    let mut results = results::Results::new(
+        &experiment,
+        started_at,
+        output.elapsed,
+        None,
+        summary,
+        windows,
+        Vec::new(),
+        Vec::new(),
+        None,
+        None,
+        Vec::new(),
+        results::LoadgenInfo::new(&experiment, output.connections, super::file_limit()),
+    );
+    results.attach_web(web);
+    let path = out.join("results.json");
+    let json = serde_json::to_value(&results)?;
+    crate::local_cluster::write_atomically(&path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    let report = out.join("report.html");
+    match reports::render_run(&json) {
+        Ok(html) => crate::local_cluster::write_atomically(&report, html.as_bytes())?,
+        Err(e) => eprintln!("the HTML report could not be rendered: {e}"),
+    }
+    results.print(&path);
+    println!("report: {}", report.display());
+    if let Some(c) = cluster {
+        let c = Arc::try_unwrap(c)
+            .map_err(|_| anyhow::anyhow!("the web cluster is still in use"))?
+            .into_inner();
+        c.stop().await;
+    }
+    let outcome = Outcome::of(&json);
+    Ok((json, outcome))
+}
+
+/// Writes a synthesized trace to `path`: the experiment's `[workload.trace.synth]` settings,
+/// seeded by the experiment unless they say otherwise, and long enough for the run unless they
+/// give a length.
+fn synthesize(
+    experiment: &Experiment,
+    table: Option<toml::Table>,
+    per_s: Option<f64>,
+    speedup: f64,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let mut table = table.unwrap_or_default();
+    table
+        .entry("seed")
+        .or_insert_with(|| toml::Value::Integer(experiment.seed as i64));
+    let mean_per_s = table
+        .get("mean_per_s")
+        .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
+        .unwrap_or(synth::SynthConfig::default().mean_per_s);
+    if !table.contains_key("duration_s") {
+        let run_s = experiment.workload.duration_s;
+        let trace_s = match per_s {
+            // Enough requests for the run at the constant rate, with a margin.
+            Some(r) => r * run_s / mean_per_s.max(1e-9) * 1.2,
+            None => run_s * speedup,
+        };
+        table.insert(
+            "duration_s".into(),
+            toml::Value::Integer(trace_s.ceil().max(1.0) as i64 + 1),
+        );
+    }
+    let config: synth::SynthConfig = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("workload.trace.synth: {}", e.message()))?;
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("workload.trace.synth: {e}"))?;
+    let generator = synth::Synth::new(config).map_err(|e| anyhow::anyhow!("workload.trace.synth: {e}"))?;
+    let file = std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut writer = synth::ClfWriter::new(generator.offset_s());
+    let mut line = String::new();
+    let mut lines = 0u64;
+    let for_writing = synth::Synth::new(generator.config().clone())
+        .map_err(|e| anyhow::anyhow!("workload.trace.synth: {e}"))?;
+    for request in for_writing {
+        line.clear();
+        writer.line(&generator, &request, &mut line);
+        out.write_all(line.as_bytes())?;
+        lines += 1;
+    }
+    out.flush()?;
+    out.get_ref().sync_all()?;
+    eprintln!("synthesized a trace of {lines} requests into {}", path.display());
+    Ok(())
+}
+
+/// The bundled web cluster the experiment describes, its origin serving the trace's URLs.
+async fn start_web_cluster(
+    experiment: &Experiment,
+    dir: &Path,
+    trace: &Path,
+) -> anyhow::Result<LocalWebCluster> {
+    let c = &experiment.cluster;
+    let template: WebConfig = toml::Value::Table(c.web.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("cluster.web: {}", e.message()))?;
+    eprintln!(
+        "starting the bundled web cluster: {} node(s) + {} overflow, in {}",
+        c.nodes,
+        c.overflow_nodes,
+        dir.display()
+    );
+    LocalWebCluster::start(WebClusterSpec {
+        dir: dir.to_path_buf(),
+        nodes: c.nodes,
+        overflow_nodes: c.overflow_nodes,
+        host: std::net::IpAddr::from([127, 0, 0, 1]),
+        template,
+        origin: OriginSpec {
+            seed: c.origin.seed,
+            objects: c.origin.objects,
+            delay_ms: c.origin.delay_ms,
+        },
+        origin_trace: Some(trace.to_path_buf()),
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+/// The origin's manifest, if it serves one (the bundled origin does).
+async fn fetch_manifest(base: &str) -> Option<Manifest> {
+    let client = Client::new(
+        HttpClient {
+            body_bytes_max: 256 * 1024 * 1024,
+            timeout_ms: 30_000,
+            ..HttpClient::default()
+        },
+        Route::Direct,
+        Default::default(),
+    );
+    let response = client
+        .get(&format!("{base}/manifest.json"), "", 0)
+        .await
+        .ok()?;
+    if response.status != 200 {
+        return None;
+    }
+    Manifest::from_json(&response.body).ok()
+}
+
+/// A trace's client as a user name the proxy accepts: lower case, letters, digits and `._-@`.
+fn user_name(user: &str) -> String {
+    user.chars()
+        .take(USER_CHARS_MAX)
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || "._-@".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Default)]
+struct Watch {
+    samples: Vec<Sample>,
+    samples_dropped: u64,
+    events: Vec<Event>,
+    /// (key, started_at_ms) of every process seen, in order first seen.
+    started: Vec<(ProcessKey, i64)>,
+    /// When each worker's load report was first seen after a given time: (t_s, key).
+    reports_seen: Vec<(f64, String)>,
+    /// Times the manager answered with at least one worker's load (t_s).
+    manager_hints: Vec<f64>,
+    overflow_in_use_max: u64,
+    last: Option<serde_json::Value>,
+}
+
+async fn poll(
+    cluster: Arc<tokio::sync::Mutex<LocalWebCluster>>,
+    watch: Arc<Mutex<Watch>>,
+    start: Instant,
+    wall_start_ms: i64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(POLL_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let (processes, status) = {
+            let c = cluster.lock().await;
+            (c.processes().await, c.manager_status().await)
+        };
+        let t_s = start.elapsed().as_secs_f64();
+        let mut w = watch.lock().unwrap();
+        for p in &processes {
+            if !w.started.iter().any(|(k, at)| *k == p.key && *at == p.started_at_ms) {
+                w.started.push((p.key, p.started_at_ms));
+            }
+        }
+        let Some(status) = status else { continue };
+        if let Some(events) = status["timeline"].as_array() {
+            for e in events {
+                let at_ms = e["at_ms"].as_i64().unwrap_or(0);
+                if at_ms < wall_start_ms {
+                    continue;
+                }
+                let event = Event {
+                    t_s: (at_ms - wall_start_ms) as f64 / 1000.0,
+                    kind: e["kind"].as_str().unwrap_or("").into(),
+                    process: key_text(&e["process"]),
+                    node: e["node"].as_u64().map(|n| n as u32),
+                    detail: e["detail"].as_str().unwrap_or("").into(),
+                };
+                if !w.events.contains(&event) && w.events.len() < EVENTS_MAX {
+                    w.events.push(event);
+                }
+            }
+        }
+        let mut workers = Vec::new();
+        for worker in status["workers"].as_array().into_iter().flatten() {
+            let key = key_text(&worker["key"]);
+            if worker["reported_queue"].is_number() {
+                w.reports_seen.push((t_s, key.clone()));
+            }
+            workers.push(WorkerSample {
+                key,
+                queue: worker["queue"].as_f64().unwrap_or(0.0),
+                overflow: worker["overflow"].as_bool().unwrap_or(false),
+            });
+        }
+        if !workers.is_empty() {
+            w.manager_hints.push(t_s);
+        }
+        // Bounded: the per-report bookkeeping keeps the latest few thousand only.
+        if w.reports_seen.len() > 50_000 {
+            w.reports_seen.drain(..25_000);
+        }
+        if w.manager_hints.len() > 50_000 {
+            w.manager_hints.drain(..25_000);
+        }
+        let overflow_in_use = status["overflow_in_use"].as_u64().unwrap_or(0);
+        w.overflow_in_use_max = w.overflow_in_use_max.max(overflow_in_use);
+        let sample = Sample {
+            t_s,
+            workers,
+            overflow_in_use,
+            spawns: status["spawns"].as_u64().unwrap_or(0),
+            degraded: status["degraded"].as_u64().unwrap_or(0),
+        };
+        if w.samples.len() < SAMPLES_MAX {
+            w.samples.push(sample);
+        } else {
+            w.samples_dropped += 1;
+        }
+        w.last = Some(status);
+    }
+}
+
+/// A process key as JSON (`{"role": ..., "id": ...}` or a string) in its text form.
+fn key_text(v: &serde_json::Value) -> String {
+    match serde_json::from_value::<ProcessKey>(v.clone()) {
+        Ok(k) => k.to_string(),
+        Err(_) => v.as_str().map_or_else(|| v.to_string(), str::to_string),
+    }
+}
+
+async fn run_faults(
+    cluster: Arc<tokio::sync::Mutex<LocalWebCluster>>,
+    faults: Vec<FaultSpec>,
+    start: Instant,
+    duration: Duration,
+    log: Arc<Mutex<Vec<WebFault>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Start and end times of every fault, in order.
+    let mut steps: Vec<(f64, usize, bool)> = Vec::new();
+    for (i, f) in faults.iter().enumerate() {
+        steps.push((f.at_s, i, true));
+        if let Some(d) = f.duration_s {
+            if f.at_s + d < duration.as_secs_f64() {
+                steps.push((f.at_s + d, i, false));
+            }
+        }
+    }
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // The pid a pause stopped, to continue it.
+    let mut paused: std::collections::HashMap<usize, u32> = Default::default();
+    for (at_s, i, begin) in steps {
+        tokio::select! {
+            _ = tokio::time::sleep_until(start + Duration::from_secs_f64(at_s)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let f = &faults[i];
+        let c = cluster.lock().await;
+        if begin {
+            let detail = apply(&c, f, &mut paused, i).await;
+            eprintln!(
+                "  {:>4.0} s  fault {i}: {:?}{}: {detail}",
+                start.elapsed().as_secs_f64(),
+                f.action,
+                f.process.as_deref().map(|p| format!(" {p}")).unwrap_or_default()
+            );
+            log.lock().unwrap().push(WebFault {
+                index: i,
+                action: f.action,
+                process: f.process.clone(),
+                start_s: start.elapsed().as_secs_f64(),
+                end_s: None,
+                detail,
+                detection_s: None,
+                respawn_s: None,
+                hints_back_s: None,
+                throughput_recovered_s: None,
+            });
+        } else {
+            undo(&c, f, &mut paused, i).await;
+            if let Some(w) = log.lock().unwrap().iter_mut().find(|w| w.index == i) {
+                w.end_s = Some(start.elapsed().as_secs_f64());
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, signal: i32) -> bool {
+    // SAFETY: kill(2) on a process of our cluster; a wrong pid is an error, nothing else.
+    pid > 0 && unsafe { libc::kill(pid as i32, signal) } == 0
+}
+
+async fn apply(
+    c: &LocalWebCluster,
+    f: &FaultSpec,
+    paused: &mut std::collections::HashMap<usize, u32>,
+    index: usize,
+) -> String {
+    let key = match f.process.as_deref().map(str::parse::<ProcessKey>) {
+        Some(Ok(k)) => Some(k),
+        Some(Err(e)) => return format!("not done: {e}"),
+        None => None,
+    };
+    let found = match key {
+        Some(k) => c.find(k).await,
+        None => None,
+    };
+    match f.action {
+        FaultAction::Kill | FaultAction::Restart => match found {
+            Some(p) if signal(p.pid, libc::SIGKILL) => format!("SIGKILL pid {}", p.pid),
+            Some(p) => format!("not done: pid {} could not be signalled", p.pid),
+            None => "not done: no such process running".into(),
+        },
+        FaultAction::Pause => match found {
+            Some(p) if signal(p.pid, libc::SIGSTOP) => {
+                paused.insert(index, p.pid);
+                format!("SIGSTOP pid {}", p.pid)
+            }
+            _ => "not done: no such process running".into(),
+        },
+        FaultAction::SlowWorker => match found {
+            Some(p) => {
+                let body = serde_json::json!({"cpu_slowdown": f.factor.unwrap_or(1.0)});
+                post_faults(c, &p, body).await
+            },
+            None => "not done: no such process running".into(),
+        },
+        FaultAction::BeaconLoss => {
+            let body = serde_json::json!({"beacon_loss": f.loss.unwrap_or(0.0)});
+            let mut n = 0;
+            for p in c.processes().await {
+                if post_faults(c, &p, body.clone()).await.starts_with("set") {
+                    n += 1;
+                }
+            }
+            format!("beacon loss {} at {n} process(es)", f.loss.unwrap_or(0.0))
+        }
+        FaultAction::OriginDelay => {
+            let body = serde_json::json!({"upstream_delay_ms": f.delay_ms.unwrap_or(0)});
+            let mut n = 0;
+            for p in c.processes().await.iter().filter(|p| p.key.role == Role::FrontEnd) {
+                if post_faults(c, p, body.clone()).await.starts_with("set") {
+                    n += 1;
+                }
+            }
+            format!("origin fetches delayed {} ms at {n} front end(s)", f.delay_ms.unwrap_or(0))
+        }
+        FaultAction::Heal => {
+            for p in c.processes().await {
+                clear_faults(c, &p).await;
+            }
+            "every process's faults cleared".into()
+        }
+        other => format!("not done: {other:?} is not a web fault"),
+    }
+}
+
+async fn undo(
+    c: &LocalWebCluster,
+    f: &FaultSpec,
+    paused: &mut std::collections::HashMap<usize, u32>,
+    index: usize,
+) {
+    match f.action {
+        FaultAction::Pause => {
+            if let Some(pid) = paused.remove(&index) {
+                signal(pid, libc::SIGCONT);
+            }
+        }
+        FaultAction::SlowWorker | FaultAction::BeaconLoss | FaultAction::OriginDelay => {
+            for p in c.processes().await {
+                clear_faults(c, &p).await;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// After the load: nothing paused stays paused, no fault setting stays in force.
+async fn undo_all(cluster: &Arc<tokio::sync::Mutex<LocalWebCluster>>, faults: &[FaultSpec]) {
+    let c = cluster.lock().await;
+    if faults.is_empty() {
+        return;
+    }
+    for p in c.processes().await {
+        signal(p.pid, libc::SIGCONT);
+        clear_faults(&c, &p).await;
+    }
+}
+
+async fn post_faults(c: &LocalWebCluster, p: &RunningProcess, body: serde_json::Value) -> String {
+    let url = format!("http://{}/faults", p.endpoints.admin);
+    match cluster::web::http::Client::new()
+        .send_json::<serde_json::Value>(
+            cluster::web::http::Method::POST,
+            &url,
+            &c.config.admin_token,
+            &body,
+            Duration::from_secs(5),
+        )
+        .await
+    {
+        Ok(_) => format!("set {body} at {}", p.key),
+        Err(e) => format!("not done: {url}: {e}"),
+    }
+}
+
+async fn clear_faults(c: &LocalWebCluster, p: &RunningProcess) {
+    let url = format!("http://{}/faults", p.endpoints.admin);
+    let _ = cluster::web::http::Client::new()
+        .send_json::<serde_json::Value>(
+            cluster::web::http::Method::DELETE,
+            &url,
+            &c.config.admin_token,
+            &serde_json::json!({}),
+            Duration::from_secs(5),
+        )
+        .await;
+}
+
+/// Fills in a fault's recovery figures from what was watched.
+fn recovery(f: &mut WebFault, specs: &[FaultSpec], watch: &Watch, completed: &[u64]) {
+    let spec = &specs[f.index];
+    let t0 = f.start_s;
+    if let Some(key) = spec
+        .process
+        .as_deref()
+        .and_then(|p| p.parse::<ProcessKey>().ok())
+    {
+        let name = key.to_string();
+        if matches!(
+            f.action,
+            FaultAction::Kill | FaultAction::Restart | FaultAction::Pause
+        ) {
+            f.detection_s = watch
+                .events
+                .iter()
+                .find(|e| e.process == name && e.kind == "exit" && e.t_s >= t0 - 0.5)
+                .map(|e| (e.t_s - t0).max(0.0));
+            // The manager's event for a new process of this key.
+            f.respawn_s = watch
+                .events
+                .iter()
+                .find(|e| {
+                    e.process == name
+                        && e.t_s >= t0 - 0.5
+                        && matches!(e.kind.as_str(), "spawn" | "restart" | "failover" | "adopt")
+                })
+                .map(|e| (e.t_s - t0).max(0.0));
+            if let Some(respawn) = f.respawn_s {
+                f.hints_back_s = match key.role {
+                    Role::Worker(_) => watch
+                        .reports_seen
+                        .iter()
+                        .find(|(t, k)| *k == name && *t >= t0 + respawn)
+                        .map(|(t, _)| t - t0),
+                    Role::Manager => watch
+                        .manager_hints
+                        .iter()
+                        .find(|t| **t >= t0 + respawn)
+                        .map(|t| t - t0),
+                    _ => None,
+                };
+            } else if key.role == Role::Manager {
+                // A manager restarted by a front end starts a fresh timeline: its hints coming
+                // back is the sign.
+                f.hints_back_s = watch
+                    .manager_hints
+                    .iter()
+                    .find(|t| **t >= t0 + 0.5)
+                    .map(|t| t - t0);
+            }
+        }
+    }
+    // Throughput: the first second from the fault on whose completions are within 10 % of the
+    // mean of the 10 seconds before it.
+    let s0 = t0.floor() as usize;
+    let before: Vec<u64> = completed[s0.saturating_sub(10)..s0.min(completed.len())].to_vec();
+    if !before.is_empty() {
+        let mean = before.iter().sum::<u64>() as f64 / before.len() as f64;
+        f.throughput_recovered_s = completed
+            .iter()
+            .enumerate()
+            .skip(s0)
+            .find(|(_, c)| **c as f64 >= 0.9 * mean)
+            .map(|(s, _)| (s as f64 - t0).max(0.0));
+    }
+}
+
+fn figures(c: &LocalWebCluster, experiment: &Experiment, watch: &Watch) -> ClusterFigures {
+    let last = watch.last.clone().unwrap_or_default();
+    let running: Vec<RunningProcess> =
+        serde_json::from_value(last["running"].clone()).unwrap_or_default();
+    let count = |f: &dyn Fn(&Role) -> bool| running.iter().filter(|p| f(&p.key.role)).count();
+    ClusterFigures {
+        nodes: experiment.cluster.nodes,
+        overflow_nodes: experiment.cluster.overflow_nodes,
+        front_ends: count(&|r| *r == Role::FrontEnd),
+        workers: count(&|r| matches!(r, Role::Worker(_))),
+        cache_partitions: count(&|r| *r == Role::Cache),
+        lottery: serde_json::to_value(c.config.front_end.lottery)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        cpu_model: serde_json::to_value(&c.config.workers.cpu)
+            .ok()
+            .and_then(|v| v["model"].as_str().map(str::to_string))
+            .unwrap_or_default(),
+        spawns: last["spawns"].as_u64().unwrap_or(0),
+        restarts: last["restarts"].as_u64().unwrap_or(0),
+        failovers: last["failovers"].as_u64().unwrap_or(0),
+        retirements: last["retirements"].as_u64().unwrap_or(0),
+        degraded: last["degraded"].as_u64().unwrap_or(0),
+        overflow_in_use_max: watch.overflow_in_use_max,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_clients_become_user_names_the_proxy_accepts() {
+        assert_eq!(user_name("10.0.1.2"), "10.0.1.2");
+        assert_eq!(user_name("Alice Smith"), "alice-smith");
+        assert_eq!(user_name(&"x".repeat(100)).len(), USER_CHARS_MAX);
+    }
+}
