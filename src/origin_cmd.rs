@@ -77,7 +77,10 @@ pub fn run(args: OriginArgs) -> anyhow::Result<()> {
         let mut stdout = std::io::stdout();
         writeln!(stdout, "{READY_PREFIX}{ready}")?;
         stdout.flush()?;
-        let objects = config.table.as_ref().map_or(config.objects as usize, |t| t.len());
+        let objects = config
+            .table
+            .as_ref()
+            .map_or(config.objects as usize, |t| t.len());
         tracing::info!(%http, objects, seed = config.seed, "origin serving");
         let result = tokio::select! {
             _ = signals.recv() => {

@@ -1480,4 +1480,81 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn table_objects_are_real_bodies_of_the_size_asked() {
+        let objects = vec![
+            TableObject {
+                path: "/images/logo.gif".into(),
+                content_type: ContentType::Gif,
+                bytes: 4321,
+            },
+            TableObject {
+                path: "/photos/bay.jpg".into(),
+                content_type: ContentType::Jpeg,
+                bytes: 15_000,
+            },
+            TableObject {
+                path: "/news/".into(),
+                content_type: ContentType::Html,
+                bytes: 7000,
+            },
+            TableObject {
+                path: "/data.bin".into(),
+                content_type: ContentType::Other,
+                bytes: 10,
+            },
+        ];
+        let table = ObjectTable::new(9, objects.clone()).unwrap();
+        for (i, object) in objects.iter().enumerate() {
+            let body = table.body(i as u32).unwrap();
+            let bytes = object.bytes.max(bytes_min(object.content_type));
+            assert_eq!(body.len(), bytes, "{}", object.path);
+            assert_eq!(table.lookup(&object.path), Some(i as u32));
+            // The same path and seed: the same bytes, whatever the table's order.
+            let alone = ObjectTable::new(9, vec![object.clone()]).unwrap();
+            if object.content_type != ContentType::Html {
+                assert_eq!(alone.body(0).unwrap(), body, "{}", object.path);
+            }
+        }
+        let gif = decode_for_test(&table.body(0).unwrap());
+        assert!(gif.width() > 1);
+        decode_for_test(&table.body(1).unwrap());
+        let page = String::from_utf8(table.body(2).unwrap()).unwrap();
+        assert!(
+            page.contains("<img src=\"/images/logo.gif\"")
+                || page.contains("<img src=\"/photos/bay.jpg\""),
+            "{page}"
+        );
+        let manifest: Vec<ManifestEntry> = table.manifest().collect();
+        assert_eq!(manifest.len(), 4);
+        assert_eq!(manifest[3].bytes, OTHER_BYTES_MIN);
+        assert_eq!(table.lookup("/nope"), None);
+
+        // Bad tables: empty, a bad path, a duplicate, the origin's own path.
+        assert!(matches!(
+            ObjectTable::new(1, vec![]),
+            Err(TableError::Objects { .. })
+        ));
+        let with = |path: &str| {
+            let mut o = objects.clone();
+            o.push(TableObject {
+                path: path.into(),
+                content_type: ContentType::Other,
+                bytes: 100,
+            });
+            ObjectTable::new(1, o).unwrap_err()
+        };
+        assert!(matches!(
+            with("no-slash"),
+            TableError::Path { index: 4, .. }
+        ));
+        assert!(matches!(with("/a b"), TableError::Path { .. }));
+        assert!(matches!(with("/q?x=1"), TableError::Path { .. }));
+        assert!(matches!(
+            with("/news/"),
+            TableError::Duplicate { index: 4, .. }
+        ));
+        assert!(matches!(with("/health"), TableError::Reserved { .. }));
+    }
 }
