@@ -57,6 +57,54 @@ pub enum Command {
         #[command(subcommand)]
         command: SimCommand,
     },
+    /// Web access traces (Common Log Format): synthesize a TranSend-like one, or measure any
+    /// one against TranSend's mix, sizes, popularity and burstiness.
+    Trace {
+        #[command(subcommand)]
+        command: TraceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Write a seeded synthetic trace (CLF, one request per line) and print its fit.
+    Synth(TraceSynthArgs),
+    /// Read a CLF or Combined log (plain or gzip) and print its fit and the lines skipped.
+    Fit(TraceFitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceSynthArgs {
+    /// Where to write the trace.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The synthesizer's settings (TOML; any key of `loadgen::trace::synth::SynthConfig`).
+    /// The flags below override the file's values.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Length of the trace, in seconds (default 86400).
+    #[arg(long)]
+    pub duration_s: Option<u64>,
+    /// Mean request rate (default 5.8, TranSend's).
+    #[arg(long)]
+    pub mean_per_s: Option<f64>,
+    /// Distinct objects (default 10000).
+    #[arg(long)]
+    pub objects: Option<u32>,
+    /// Zipf exponent of popularity (default 0.75).
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Compress the trace with gzip.
+    #[arg(long)]
+    pub gzip: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceFitArgs {
+    /// The log: CLF or Combined, plain or gzip (told by its magic bytes).
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +368,10 @@ pub struct OriginArgs {
     /// Miss penalty: milliseconds added to every object response, as a distant server's would.
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+    /// Serve a trace's URLs instead of the corpus: every distinct path of this CLF log (plain or
+    /// gzip) as a real body of its type (by extension) and the largest size it was logged with.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -15,9 +15,10 @@ pub mod origin_cmd;
 pub mod report_cmd;
 pub mod run;
 pub mod sim_cmd;
+pub mod trace_cmd;
 pub mod web_cmd;
 
-use cli::{Cli, ClusterCommand, Command, SimCommand};
+use cli::{Cli, ClusterCommand, Command, SimCommand, TraceCommand};
 
 /// Runs one parsed command line to completion.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -39,6 +40,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim {
             command: SimCommand::Membership(args),
         } => sim_cmd::membership(args),
+        Command::Trace {
+            command: TraceCommand::Synth(args),
+        } => trace_cmd::synth(args),
+        Command::Trace {
+            command: TraceCommand::Fit(args),
+        } => trace_cmd::fit(args),
     }
 }
 

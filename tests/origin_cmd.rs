@@ -225,3 +225,130 @@ fn bad_settings_are_refused_with_a_message() {
     assert!(stderr.contains("objects"), "{stderr}");
     assert!(out.stdout.is_empty(), "no READY line");
 }
+
+#[test]
+fn origin_serves_a_traces_urls_with_their_logged_types_and_sizes() {
+    if !require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A small synthetic trace, plus hand-written lines of paths outside /obj/.
+    let trace = dir.path().join("trace.log");
+    let out = Command::new(BIN)
+        .args(["trace", "synth", "--out"])
+        .arg(&trace)
+        .args(["--duration-s", "20", "--mean-per-s", "5", "--objects", "30"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut text = std::fs::read_to_string(&trace).unwrap();
+    text.push_str(
+        "10.9.9.9 - - [01/Nov/1996:01:00:00 -0800] \"GET /images/logo.gif HTTP/1.0\" 200 2000\n\
+         10.9.9.9 - - [01/Nov/1996:01:00:01 -0800] \"GET /images/logo.gif HTTP/1.0\" 200 4321\n\
+         10.9.9.9 - - [01/Nov/1996:01:00:02 -0800] \"GET http://www.example.org/news/ HTTP/1.0\" 200 7000\n\
+         10.9.9.9 - - [01/Nov/1996:01:00:03 -0800] \"GET /photos/bay.jpg?size=big HTTP/1.0\" 200 15000\n\
+         not a log line\n",
+    );
+    std::fs::write(&trace, &text).unwrap();
+    // What the trace logged per path: the largest size (the synthesizer logs one per path).
+    let mut logged: std::collections::HashMap<String, usize> = Default::default();
+    for line in text.lines().filter(|l| l.contains("\" 200 ")) {
+        let target = line.split('"').nth(1).unwrap().split(' ').nth(1).unwrap();
+        let path = target
+            .trim_start_matches("http://www.example.org")
+            .split('?')
+            .next()
+            .unwrap();
+        let bytes: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
+        let e = logged.entry(path.to_string()).or_default();
+        *e = (*e).max(bytes);
+    }
+
+    let origin = Origin::start(&["--trace", trace.to_str().unwrap(), "--seed", "4"]);
+    assert_eq!(
+        origin.ready["objects"].as_u64().unwrap() as usize,
+        logged.len()
+    );
+
+    // The manifest lists exactly the trace's paths, with their logged sizes.
+    let manifest_file = dir.path().join("manifest.json");
+    curl(&origin.url("/manifest.json"), &manifest_file);
+    let manifest: Value = serde_json::from_slice(&std::fs::read(&manifest_file).unwrap()).unwrap();
+    let entries = manifest["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), logged.len());
+    assert_eq!(manifest["truncated"], false);
+    for entry in entries {
+        let path = entry["path"].as_str().unwrap();
+        assert_eq!(
+            entry["bytes"].as_u64().unwrap() as usize,
+            logged[path],
+            "{path}"
+        );
+    }
+
+    // Fetched with curl: the logged size, the type's header and magic bytes, the manifest's CRC.
+    let mut checked = std::collections::HashSet::new();
+    for entry in entries {
+        let path = entry["path"].as_str().unwrap();
+        let content_type = entry["content_type"].as_str().unwrap();
+        let hand_written = !path.starts_with("/obj/");
+        if !hand_written && !checked.insert(content_type.to_string()) {
+            continue; // one synthesized object per type, and every hand-written one
+        }
+        let file = dir.path().join(format!("object-{}", checked.len()));
+        let mime = curl(&origin.url(path), &file);
+        let body = std::fs::read(&file).unwrap();
+        assert_eq!(body.len(), logged[path], "{path}");
+        assert_eq!(
+            u64::from(crc32(&body)),
+            entry["crc32"].as_u64().unwrap(),
+            "{path}"
+        );
+        match content_type {
+            "gif" => {
+                assert_eq!(mime, "image/gif", "{path}");
+                assert!(body.starts_with(b"GIF8"), "{path}");
+            }
+            "jpeg" => {
+                assert_eq!(mime, "image/jpeg", "{path}");
+                assert!(body.starts_with(&[0xff, 0xd8]), "{path}");
+            }
+            "html" => {
+                assert!(mime.starts_with("text/html"), "{path}");
+                let page = String::from_utf8(body).unwrap();
+                assert!(page.starts_with("<!DOCTYPE html>"), "{path}");
+            }
+            _ => assert_eq!(mime, "application/octet-stream", "{path}"),
+        }
+    }
+    assert!(logged.contains_key("/images/logo.gif") && logged["/images/logo.gif"] == 4321);
+    assert!(logged.contains_key("/news/"));
+    assert!(checked.contains("gif"), "{checked:?}");
+
+    // Paths not in the trace are not found, the corpus's included.
+    let out = Command::new("curl")
+        .args([
+            "--silent",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_code}",
+        ])
+        .arg(origin.url("/obj/999999.gif"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+
+    // A trace that is not there: exit 2, naming it.
+    let out = Command::new(BIN)
+        .args(["origin", "--trace"])
+        .arg(dir.path().join("missing.log"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.log"));
+}

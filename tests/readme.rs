@@ -51,3 +51,22 @@ fn the_readme_experiment_example_parses() {
     );
     assert_eq!(experiment.workload.mix, defaults.workload.mix);
 }
+
+/// The README's synthesizer example parses and shows the defaults.
+#[test]
+fn the_readme_trace_synth_example_shows_the_defaults() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Traces: `clusterbench trace`")
+        .nth(1)
+        .expect("README has a Traces section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the Traces section has a TOML example");
+    let config = loadgen::trace::synth::SynthConfig::from_toml(block)
+        .unwrap_or_else(|e| panic!("README synthesizer example does not parse: {e}"));
+    assert_eq!(config, loadgen::trace::synth::SynthConfig::default());
+}

@@ -228,16 +228,24 @@ impl Corpus {
     pub fn body(&self, index: u32) -> Option<Vec<u8>> {
         let (content_type, bytes) = self.kind(index)?;
         let mut rng = Stream::new(self.seed, index, STREAM_BODY);
-        Some(match content_type {
-            ContentType::Html => self.html_page(index, bytes, &mut rng),
-            ContentType::Gif => image_body(ImageKind::Gif, bytes, &mut rng),
-            ContentType::Jpeg => image_body(ImageKind::Jpeg, bytes, &mut rng),
-            ContentType::Other => {
-                let mut out = vec![0u8; bytes];
-                rng.fill(&mut out);
-                out
-            }
-        })
+        Some(generate(
+            content_type,
+            u64::from(index),
+            bytes,
+            &mut rng,
+            |rng: &mut Stream| {
+                // Two thirds of objects are images, so 64 tries miss only in a corpus with none.
+                for _ in 0..64 {
+                    let candidate = rng.below(u64::from(self.objects)) as u32;
+                    if let Some((t @ (ContentType::Gif | ContentType::Jpeg), _)) =
+                        self.kind(candidate)
+                    {
+                        return Some((path_of(candidate, t), u64::from(candidate)));
+                    }
+                }
+                None
+            },
+        ))
     }
 
     /// Every object's manifest entry, in index order. Each one generates its body (for the
@@ -279,80 +287,317 @@ impl Corpus {
         let bytes = (size.round() as usize).clamp(content_type.bytes_min(), OBJECT_BYTES_MAX);
         Some((content_type, bytes))
     }
+}
 
-    /// An HTML page of exactly `bytes` bytes: a head, seeded paragraphs, and 1 to
-    /// [`PAGE_IMAGES_MAX`] `<img>` references to image objects of this corpus (none if the
-    /// corpus has no image to be found).
-    fn html_page(&self, index: u32, bytes: usize, rng: &mut Stream) -> Vec<u8> {
-        let mut images = Vec::new();
-        let wanted = 1 + rng.below(u64::from(PAGE_IMAGES_MAX)) as u32;
-        for _ in 0..wanted {
-            // Two thirds of objects are images, so 64 tries miss only in a corpus with none.
-            for _ in 0..64 {
-                let candidate = rng.below(u64::from(self.objects)) as u32;
-                if let Some((t @ (ContentType::Gif | ContentType::Jpeg), _)) = self.kind(candidate)
-                {
-                    images.push(format!(
-                        "<p><img src=\"{}\" alt=\"figure {candidate}\"></p>\n",
-                        path_of(candidate, t)
-                    ));
-                    break;
-                }
-            }
+/// A body of `content_type` and exactly `bytes` bytes (at least the type's minimum, see
+/// [`bytes_min`]), from `rng`; an HTML page's images come from `pick_image` (a path and a
+/// number for its `alt`, or `None`).
+fn generate(
+    content_type: ContentType,
+    key: u64,
+    bytes: usize,
+    rng: &mut Stream,
+    pick_image: impl FnMut(&mut Stream) -> Option<(String, u64)>,
+) -> Vec<u8> {
+    match content_type {
+        ContentType::Html => html_page(key, bytes, rng, pick_image),
+        ContentType::Gif => image_body(ImageKind::Gif, bytes, rng),
+        ContentType::Jpeg => image_body(ImageKind::Jpeg, bytes, rng),
+        ContentType::Other => {
+            let mut out = vec![0u8; bytes];
+            rng.fill(&mut out);
+            out
         }
-        let words = 2 + rng.below(4);
-        let mut title = String::new();
-        for i in 0..words {
-            if i > 0 {
-                title.push(' ');
-            }
-            title.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
+    }
+}
+
+/// The smallest body of a type that [`body_of`] makes exactly as long as asked: a GIF with its
+/// palette, a page's skeleton, a JPEG's headers and tables.
+pub fn bytes_min(content_type: ContentType) -> usize {
+    content_type.bytes_min()
+}
+
+/// A real body of `content_type` and exactly `bytes` bytes, a pure function of `(seed, key)` and
+/// its arguments, made as the corpus's objects are (GIFs and JPEGs that decode, pages of prose):
+/// for objects that are not the corpus's own, such as a trace's. `bytes` is raised to
+/// [`bytes_min`] and lowered to [`OBJECT_BYTES_MAX`]. An HTML page references 1 to
+/// [`PAGE_IMAGES_MAX`] of `images` (paths), chosen by the seeded stream (none if it is empty).
+pub fn body_of(
+    seed: u64,
+    key: u64,
+    content_type: ContentType,
+    bytes: usize,
+    images: &[String],
+) -> Vec<u8> {
+    let bytes = bytes.clamp(content_type.bytes_min(), OBJECT_BYTES_MAX);
+    let mut rng = Stream::keyed(seed, key, STREAM_BODY);
+    generate(content_type, key, bytes, &mut rng, |rng: &mut Stream| {
+        if images.is_empty() {
+            return None;
         }
-        let head = format!(
+        let i = rng.below(images.len() as u64);
+        Some((images[i as usize].clone(), i))
+    })
+}
+
+/// An HTML page of exactly `bytes` bytes: a head, seeded paragraphs, and 1 to
+/// [`PAGE_IMAGES_MAX`] `<img>` references to images `pick_image` names (none if it finds
+/// none).
+fn html_page(
+    index: u64,
+    bytes: usize,
+    rng: &mut Stream,
+    mut pick_image: impl FnMut(&mut Stream) -> Option<(String, u64)>,
+) -> Vec<u8> {
+    let mut images = Vec::new();
+    let wanted = 1 + rng.below(u64::from(PAGE_IMAGES_MAX)) as u32;
+    for _ in 0..wanted {
+        if let Some((path, number)) = pick_image(rng) {
+            images.push(format!(
+                "<p><img src=\"{}\" alt=\"figure {number}\"></p>\n",
+                html_escape(&path)
+            ));
+        }
+    }
+    let words = 2 + rng.below(4);
+    let mut title = String::new();
+    for i in 0..words {
+        if i > 0 {
+            title.push(' ');
+        }
+        title.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
+    }
+    let head = format!(
             "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>{title} ({index})</title>\n</head>\n<body>\n<h1>{title}</h1>\n"
         );
-        const TAIL: &str = "</body>\n</html>\n";
-        // The minimum size leaves room for all of this; should it not, drop images until it fits.
-        while !images.is_empty()
-            && head.len() + TAIL.len() + images.iter().map(String::len).sum::<usize>() > bytes
-        {
-            images.pop();
-        }
-        let fixed = head.len() + TAIL.len() + images.iter().map(String::len).sum::<usize>();
-        let mut out = Vec::with_capacity(bytes);
-        out.extend_from_slice(head.as_bytes());
-        // The text budget, split evenly between the gaps before, between and after the images.
-        let mut text = bytes.saturating_sub(fixed);
-        let gaps = images.len() + 1;
-        for gap in 0..gaps {
-            let mut budget = if gap + 1 == gaps {
-                text
-            } else {
-                text / (gaps - gap)
-            };
-            text -= budget;
-            const PARAGRAPH_OVERHEAD: usize = "<p></p>\n".len();
-            while budget > PARAGRAPH_OVERHEAD {
-                let mut n = (150 + rng.below(650) as usize).min(budget - PARAGRAPH_OVERHEAD);
-                // A remainder too small for another paragraph joins this one.
-                if budget - PARAGRAPH_OVERHEAD - n <= PARAGRAPH_OVERHEAD {
-                    n = budget - PARAGRAPH_OVERHEAD;
-                }
-                out.extend_from_slice(b"<p>");
-                prose(&mut out, n, rng);
-                out.extend_from_slice(b"</p>\n");
-                budget -= PARAGRAPH_OVERHEAD + n;
-            }
-            // Whatever is left (fewer bytes than an empty paragraph) is a blank line's worth.
-            out.resize(out.len() + budget, b'\n');
-            if let Some(image) = images.get(gap) {
-                out.extend_from_slice(image.as_bytes());
-            }
-        }
-        out.extend_from_slice(TAIL.as_bytes());
-        debug_assert_eq!(out.len(), bytes.max(fixed));
-        out
+    const TAIL: &str = "</body>\n</html>\n";
+    // The minimum size leaves room for all of this; should it not, drop images until it fits.
+    while !images.is_empty()
+        && head.len() + TAIL.len() + images.iter().map(String::len).sum::<usize>() > bytes
+    {
+        images.pop();
     }
+    let fixed = head.len() + TAIL.len() + images.iter().map(String::len).sum::<usize>();
+    let mut out = Vec::with_capacity(bytes);
+    out.extend_from_slice(head.as_bytes());
+    // The text budget, split evenly between the gaps before, between and after the images.
+    let mut text = bytes.saturating_sub(fixed);
+    let gaps = images.len() + 1;
+    for gap in 0..gaps {
+        let mut budget = if gap + 1 == gaps {
+            text
+        } else {
+            text / (gaps - gap)
+        };
+        text -= budget;
+        const PARAGRAPH_OVERHEAD: usize = "<p></p>\n".len();
+        while budget > PARAGRAPH_OVERHEAD {
+            let mut n = (150 + rng.below(650) as usize).min(budget - PARAGRAPH_OVERHEAD);
+            // A remainder too small for another paragraph joins this one.
+            if budget - PARAGRAPH_OVERHEAD - n <= PARAGRAPH_OVERHEAD {
+                n = budget - PARAGRAPH_OVERHEAD;
+            }
+            out.extend_from_slice(b"<p>");
+            prose(&mut out, n, rng);
+            out.extend_from_slice(b"</p>\n");
+            budget -= PARAGRAPH_OVERHEAD + n;
+        }
+        // Whatever is left (fewer bytes than an empty paragraph) is a blank line's worth.
+        out.resize(out.len() + budget, b'\n');
+        if let Some(image) = images.get(gap) {
+            out.extend_from_slice(image.as_bytes());
+        }
+    }
+    out.extend_from_slice(TAIL.as_bytes());
+    debug_assert_eq!(out.len(), bytes.max(fixed));
+    out
+}
+
+/// `&`, `<`, `>` and `"` escaped, for a path in an attribute.
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Most objects an [`ObjectTable`] holds.
+pub const TABLE_OBJECTS_MAX: usize = 1_000_000;
+/// Longest path of an [`ObjectTable`] object.
+pub const TABLE_PATH_BYTES_MAX: usize = 2048;
+
+/// One object of an [`ObjectTable`]: what a trace logged for a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableObject {
+    /// The request path (`/obj/17.gif`, `/images/logo.gif`): starts with `/`, no query, no
+    /// white space or control characters.
+    pub path: String,
+    pub content_type: ContentType,
+    /// The body's size (raised to the type's [`bytes_min`], lowered to [`OBJECT_BYTES_MAX`]).
+    pub bytes: usize,
+}
+
+/// Objects given as a table (a trace's URLs) instead of generated by index: each served as a real
+/// body of its type and size ([`body_of`], keyed by a hash of its path, so a path's bytes do not
+/// depend on the other objects' order), HTML pages referencing the table's images.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ObjectTable {
+    seed: u64,
+    objects: Vec<TableObject>,
+    by_path: std::collections::HashMap<String, u32>,
+    /// Paths of the GIFs and JPEGs, for pages to reference.
+    images: Vec<String>,
+}
+
+impl std::fmt::Debug for ObjectTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectTable")
+            .field("seed", &self.seed)
+            .field("objects", &self.objects.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a table could not be made.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TableError {
+    #[error("an object table has 1 to {max} objects, not {objects}")]
+    Objects { objects: usize, max: usize },
+    #[error("object {index}: path {path:?} must start with '/', be at most {max} bytes, and have no query, white space or control characters")]
+    Path {
+        index: usize,
+        path: String,
+        max: usize,
+    },
+    #[error("object {index}: path {path:?} is listed twice")]
+    Duplicate { index: usize, path: String },
+    #[error("object {index}: path {path:?} is the origin's own")]
+    Reserved { index: usize, path: String },
+}
+
+/// Paths the origin answers itself.
+pub const RESERVED_PATHS: [&str; 2] = ["/health", "/manifest.json"];
+
+/// Whether `path` can be an [`ObjectTable`] path.
+pub fn table_path_ok(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= TABLE_PATH_BYTES_MAX
+        && !path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#'))
+}
+
+impl ObjectTable {
+    /// A table of `objects` (sizes clamped to each type's range), bodies seeded by `seed`.
+    pub fn new(seed: u64, mut objects: Vec<TableObject>) -> Result<ObjectTable, TableError> {
+        if objects.is_empty() || objects.len() > TABLE_OBJECTS_MAX {
+            return Err(TableError::Objects {
+                objects: objects.len(),
+                max: TABLE_OBJECTS_MAX,
+            });
+        }
+        let mut by_path = std::collections::HashMap::with_capacity(objects.len());
+        let mut images = Vec::new();
+        for (index, object) in objects.iter_mut().enumerate() {
+            if !table_path_ok(&object.path) {
+                return Err(TableError::Path {
+                    index,
+                    path: object.path.clone(),
+                    max: TABLE_PATH_BYTES_MAX,
+                });
+            }
+            if RESERVED_PATHS.contains(&object.path.as_str()) {
+                return Err(TableError::Reserved {
+                    index,
+                    path: object.path.clone(),
+                });
+            }
+            object.bytes = object
+                .bytes
+                .clamp(object.content_type.bytes_min(), OBJECT_BYTES_MAX);
+            if by_path.insert(object.path.clone(), index as u32).is_some() {
+                return Err(TableError::Duplicate {
+                    index,
+                    path: object.path.clone(),
+                });
+            }
+            if matches!(object.content_type, ContentType::Gif | ContentType::Jpeg) {
+                images.push(object.path.clone());
+            }
+        }
+        Ok(ObjectTable {
+            seed,
+            objects,
+            by_path,
+            images,
+        })
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// The objects, in the order given.
+    pub fn objects(&self) -> &[TableObject] {
+        &self.objects
+    }
+
+    /// The object at `path` (the path only: a query must already be stripped).
+    pub fn lookup(&self, path: &str) -> Option<u32> {
+        self.by_path.get(path).copied()
+    }
+
+    pub fn info(&self, index: u32) -> Option<&TableObject> {
+        self.objects.get(index as usize)
+    }
+
+    /// Object `index`'s bytes: exactly `info(index).bytes` long, the same on every run.
+    pub fn body(&self, index: u32) -> Option<Vec<u8>> {
+        let object = self.info(index)?;
+        Some(body_of(
+            self.seed,
+            path_key(&object.path),
+            object.content_type,
+            object.bytes,
+            &self.images,
+        ))
+    }
+
+    /// Every object's manifest entry, in table order (each generates its body).
+    pub fn manifest(&self) -> impl Iterator<Item = ManifestEntry> + '_ {
+        (0..self.objects.len() as u32).filter_map(move |index| {
+            let object = self.info(index)?;
+            let body = self.body(index)?;
+            Some(ManifestEntry {
+                path: object.path.clone(),
+                content_type: object.content_type,
+                bytes: body.len(),
+                crc32: crc32fast::hash(&body),
+            })
+        })
+    }
+}
+
+/// FNV-1a of a path: the key of its body's stream.
+fn path_key(path: &str) -> u64 {
+    path.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// `/obj/{index}.{extension}`.
@@ -801,9 +1046,14 @@ struct Stream(u64);
 impl Stream {
     /// The stream of object `index` of corpus `seed`, for one purpose (`domain`).
     fn new(seed: u64, index: u32, domain: u64) -> Stream {
+        Stream::keyed(seed, u64::from(index), domain)
+    }
+
+    /// The stream of key `key` (an index, or a hash of a path) of corpus `seed`.
+    fn keyed(seed: u64, key: u64, domain: u64) -> Stream {
         let mut s = Stream(seed);
         let a = s.next_u64();
-        let mut s = Stream(a ^ u64::from(index).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut s = Stream(a ^ key.wrapping_mul(0xD1B5_4A32_D192_ED03));
         let b = s.next_u64();
         Stream(b ^ domain.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
@@ -1229,5 +1479,82 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn table_objects_are_real_bodies_of_the_size_asked() {
+        let objects = vec![
+            TableObject {
+                path: "/images/logo.gif".into(),
+                content_type: ContentType::Gif,
+                bytes: 4321,
+            },
+            TableObject {
+                path: "/photos/bay.jpg".into(),
+                content_type: ContentType::Jpeg,
+                bytes: 15_000,
+            },
+            TableObject {
+                path: "/news/".into(),
+                content_type: ContentType::Html,
+                bytes: 7000,
+            },
+            TableObject {
+                path: "/data.bin".into(),
+                content_type: ContentType::Other,
+                bytes: 10,
+            },
+        ];
+        let table = ObjectTable::new(9, objects.clone()).unwrap();
+        for (i, object) in objects.iter().enumerate() {
+            let body = table.body(i as u32).unwrap();
+            let bytes = object.bytes.max(bytes_min(object.content_type));
+            assert_eq!(body.len(), bytes, "{}", object.path);
+            assert_eq!(table.lookup(&object.path), Some(i as u32));
+            // The same path and seed: the same bytes, whatever the table's order.
+            let alone = ObjectTable::new(9, vec![object.clone()]).unwrap();
+            if object.content_type != ContentType::Html {
+                assert_eq!(alone.body(0).unwrap(), body, "{}", object.path);
+            }
+        }
+        let gif = decode_for_test(&table.body(0).unwrap());
+        assert!(gif.width() > 1);
+        decode_for_test(&table.body(1).unwrap());
+        let page = String::from_utf8(table.body(2).unwrap()).unwrap();
+        assert!(
+            page.contains("<img src=\"/images/logo.gif\"")
+                || page.contains("<img src=\"/photos/bay.jpg\""),
+            "{page}"
+        );
+        let manifest: Vec<ManifestEntry> = table.manifest().collect();
+        assert_eq!(manifest.len(), 4);
+        assert_eq!(manifest[3].bytes, OTHER_BYTES_MIN);
+        assert_eq!(table.lookup("/nope"), None);
+
+        // Bad tables: empty, a bad path, a duplicate, the origin's own path.
+        assert!(matches!(
+            ObjectTable::new(1, vec![]),
+            Err(TableError::Objects { .. })
+        ));
+        let with = |path: &str| {
+            let mut o = objects.clone();
+            o.push(TableObject {
+                path: path.into(),
+                content_type: ContentType::Other,
+                bytes: 100,
+            });
+            ObjectTable::new(1, o).unwrap_err()
+        };
+        assert!(matches!(
+            with("no-slash"),
+            TableError::Path { index: 4, .. }
+        ));
+        assert!(matches!(with("/a b"), TableError::Path { .. }));
+        assert!(matches!(with("/q?x=1"), TableError::Path { .. }));
+        assert!(matches!(
+            with("/news/"),
+            TableError::Duplicate { index: 4, .. }
+        ));
+        assert!(matches!(with("/health"), TableError::Reserved { .. }));
     }
 }

@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OnceCell, Semaphore};
 use tokio::task::JoinSet;
 
-use super::corpus::{Corpus, CorpusError, ManifestEntry};
+use super::corpus::{ContentType, Corpus, CorpusError, ManifestEntry, ObjectTable};
 
 /// Most entries `/manifest.json` lists: building it generates every listed body once (for its
 /// checksum), so a corpus of millions would take minutes. Clients of bigger corpora see
@@ -71,6 +71,10 @@ pub struct OriginConfig {
     /// How long a client may take to send a request head, counted from when the connection
     /// starts waiting for it (so it is also the keep-alive idle timeout).
     pub header_read_timeout_ms: u64,
+    /// Serve these objects (a trace's paths, types and sizes) instead of the corpus: `None`
+    /// serves the corpus of `seed` and `objects`. The table's own seed seeds its bodies, and
+    /// `/manifest.json` lists the table.
+    pub table: Option<Arc<ObjectTable>>,
 }
 
 impl Default for OriginConfig {
@@ -82,6 +86,7 @@ impl Default for OriginConfig {
             connections_max: 1024,
             header_bytes_max: 16 * 1024,
             header_read_timeout_ms: 10_000,
+            table: None,
         }
     }
 }
@@ -141,6 +146,7 @@ pub struct Manifest {
 
 struct State {
     corpus: Corpus,
+    table: Option<Arc<ObjectTable>>,
     delay: Duration,
     /// The manifest's JSON, built on first request.
     manifest: OnceCell<Bytes>,
@@ -156,6 +162,7 @@ pub async fn serve(
     config.validate()?;
     let state = Arc::new(State {
         corpus: Corpus::new(config.seed, config.objects)?,
+        table: config.table.clone(),
         delay: Duration::from_millis(config.delay_ms),
         manifest: OnceCell::new(),
     });
@@ -281,9 +288,15 @@ async fn respond(state: &State, request: Request<Incoming>) -> Response<Full<Byt
                 "the manifest could not be built\n",
             ),
         },
-        _ => match state.corpus.lookup(path) {
-            Some(index) => object(state, index, &request).await,
-            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => match &state.table {
+            Some(table) => match table.lookup(path) {
+                Some(index) => object(state, Source::Table(table.clone(), index), &request).await,
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
+            None => match state.corpus.lookup(path) {
+                Some(index) => object(state, Source::Corpus(state.corpus, index), &request).await,
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
         },
     };
     if head {
@@ -293,16 +306,41 @@ async fn respond(state: &State, request: Request<Incoming>) -> Response<Full<Byt
     }
 }
 
+/// Where an object's bytes come from.
+enum Source {
+    Corpus(Corpus, u32),
+    Table(Arc<ObjectTable>, u32),
+}
+
+impl Source {
+    fn info(&self) -> Option<(ContentType, usize)> {
+        match self {
+            Source::Corpus(corpus, index) => corpus.info(*index).map(|i| (i.content_type, i.bytes)),
+            Source::Table(table, index) => table.info(*index).map(|o| (o.content_type, o.bytes)),
+        }
+    }
+
+    fn body(&self) -> Option<Vec<u8>> {
+        match self {
+            Source::Corpus(corpus, index) => corpus.body(*index),
+            Source::Table(table, index) => table.body(*index),
+        }
+    }
+}
+
 /// One object: generated, checksummed, sent after the miss penalty.
-async fn object(state: &State, index: u32, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let Some(info) = state.corpus.info(index) else {
+async fn object(
+    state: &State,
+    source: Source,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let Some((content_type, bytes)) = source.info() else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
-    let generated = if info.bytes <= INLINE_BODY_BYTES_MAX {
-        state.corpus.body(index)
+    let generated = if bytes <= INLINE_BODY_BYTES_MAX {
+        source.body()
     } else {
-        let corpus = state.corpus;
-        tokio::task::spawn_blocking(move || corpus.body(index))
+        tokio::task::spawn_blocking(move || source.body())
             .await
             .ok()
             .flatten()
@@ -337,7 +375,7 @@ async fn object(state: &State, index: u32, request: &Request<Incoming>) -> Respo
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static(info.content_type.mime()),
+            HeaderValue::from_static(content_type.mime()),
         );
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         response
@@ -356,17 +394,33 @@ async fn object(state: &State, index: u32, request: &Request<Incoming>) -> Respo
 /// The manifest's JSON, built once (on a blocking thread: it generates every listed body).
 async fn manifest(state: &State) -> Option<Bytes> {
     let corpus = state.corpus;
+    let table = state.table.clone();
     state
         .manifest
         .get_or_try_init(|| async move {
             tokio::task::spawn_blocking(move || {
-                let listed = corpus.objects().min(MANIFEST_ENTRIES_MAX);
-                let manifest = Manifest {
-                    seed: corpus.seed(),
-                    objects: corpus.objects(),
-                    entries_max: MANIFEST_ENTRIES_MAX,
-                    truncated: listed < corpus.objects(),
-                    entries: corpus.manifest().take(listed as usize).collect(),
+                let manifest = match table {
+                    Some(table) => {
+                        let objects = table.len() as u32;
+                        let listed = objects.min(MANIFEST_ENTRIES_MAX);
+                        Manifest {
+                            seed: table.seed(),
+                            objects,
+                            entries_max: MANIFEST_ENTRIES_MAX,
+                            truncated: listed < objects,
+                            entries: table.manifest().take(listed as usize).collect(),
+                        }
+                    }
+                    None => {
+                        let listed = corpus.objects().min(MANIFEST_ENTRIES_MAX);
+                        Manifest {
+                            seed: corpus.seed(),
+                            objects: corpus.objects(),
+                            entries_max: MANIFEST_ENTRIES_MAX,
+                            truncated: listed < corpus.objects(),
+                            entries: corpus.manifest().take(listed as usize).collect(),
+                        }
+                    }
                 };
                 serde_json::to_vec(&manifest).map(Bytes::from)
             })

@@ -391,9 +391,10 @@ pub fn object_index(target: &str) -> Option<u32> {
 /// α from the rank-frequency slope: ordinary least squares of ln(count) on ln(rank) at
 /// log-spaced ranks (so each decade weighs the same), over the top ranks with at least
 /// [`ALPHA_FIT_COUNT_MIN`] requests, at most [`ALPHA_FIT_RANKS_MAX`] and at most half the
-/// objects (the very tail of a sorted sample is distorted by its noise).
+/// objects requested (the very tail of a sorted sample is distorted by its noise; counting only
+/// requested objects lets a caller size `per_object` generously).
 pub fn fit_alpha(per_object: &[u32]) -> Option<AlphaFit> {
-    let mut counts: Vec<u32> = per_object.to_vec();
+    let mut counts: Vec<u32> = per_object.iter().copied().filter(|c| *c > 0).collect();
     counts.sort_unstable_by(|a, b| b.cmp(a));
     let ranks = counts
         .iter()

@@ -63,7 +63,7 @@ const SIZE_CALIBRATION_ROUNDS: usize = 4;
 
 const STREAM_ARRIVALS: u64 = 0x6172_7269_7661_6c73;
 const STREAM_BURSTS: u64 = 0x6275_7273_7473;
-const STREAM_PICKS: u64 = 0x7069_636b_73;
+const STREAM_PICKS: u64 = 0x0070_6963_6b73;
 const STREAM_SIZE: u64 = 0x7369_7a65;
 const STREAM_AUTHUSER: u64 = 0x6175_7468;
 
@@ -593,6 +593,26 @@ impl Synth {
         }
     }
 
+    /// The trace as CLF entries (what [`clf`] reads back from its lines), ready for
+    /// [`Replay`](super::replay::Replay).
+    pub fn entries(mut self) -> impl Iterator<Item = Result<Entry, std::convert::Infallible>> {
+        std::iter::from_fn(move || {
+            let request = self.next()?;
+            Some(Ok(self.entry(&request)))
+        })
+    }
+
+    /// The trace as CLF lines, each with its `\n`.
+    pub fn lines(mut self) -> impl Iterator<Item = String> {
+        let mut writer = ClfWriter::new(self.offset_s);
+        std::iter::from_fn(move || {
+            let request = self.next()?;
+            let mut line = String::new();
+            writer.line(&self, &request, &mut line);
+            Some(line)
+        })
+    }
+
     /// The rate of the second `second` from the start (before bursts' normalization).
     fn diurnal(&self, second: u64) -> f64 {
         let local_s = self.start_s + second as i64 + i64::from(self.offset_s);
@@ -774,6 +794,36 @@ mod tests {
         }
         assert!(entries.iter().any(|e| e.user.is_some()));
         assert!(entries.iter().any(|e| e.user.is_none()));
+    }
+
+    #[test]
+    fn synth_feeds_a_replay_and_its_lines_match_its_entries() {
+        use crate::trace::replay::{Replay, Timing};
+        let synth = Synth::new(small(11)).unwrap();
+        let (start, _) = small(11).start_time().unwrap();
+        let requests: Vec<Request> = synth.clone().take(500).collect();
+        let replayed: Vec<_> = Replay::new(
+            synth.clone().entries().take(500),
+            Timing::Trace { speedup: 10.0 },
+            "http://127.0.0.1:9",
+        )
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+        assert_eq!(replayed.len(), 500);
+        for (r, q) in replayed.iter().zip(&requests) {
+            assert_eq!(r.url, format!("http://127.0.0.1:9{}", q.path()));
+            assert_eq!(r.expected_bytes, Some(q.bytes));
+            let offset_s = (q.time_s - requests[0].time_s) as f64 / 10.0;
+            assert!((r.at.as_secs_f64() - offset_s).abs() < 1e-9);
+        }
+        assert!(requests[0].time_s >= start);
+        let lines: Vec<String> = synth.lines().take(500).collect();
+        for (line, q) in lines.iter().zip(&requests) {
+            let entry = clf::parse_line(line.trim_end()).unwrap();
+            assert_eq!(entry.target, q.path());
+            assert_eq!(entry.bytes, Some(q.bytes));
+        }
     }
 
     #[test]
