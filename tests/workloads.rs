@@ -17,7 +17,12 @@ fn every_workload_file_parses() {
         if let Some(toml::Value::Table(sweep)) = table.remove("sweep") {
             plan_sweep(&sweep).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         }
-        Experiment::from_table(table).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let experiment =
+            Experiment::from_table(table).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // The web cluster's settings are read when the cluster starts: check them here too.
+        let _: cluster::web::config::WebConfig = toml::Value::Table(experiment.cluster.web.clone())
+            .try_into()
+            .unwrap_or_else(|e| panic!("{}: cluster.web: {e}", path.display()));
         checked += 1;
     }
     assert!(checked >= 9, "only {checked} workload files found");

@@ -421,11 +421,17 @@ fn synthesize(
         .get("mean_per_s")
         .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
         .unwrap_or(synth::SynthConfig::default().mean_per_s);
+    let run_s = experiment.workload.duration_s;
+    // At a constant rate the run needs this many requests; the log's timing needs its length.
+    let mut needed = None;
     if !table.contains_key("duration_s") {
-        let run_s = experiment.workload.duration_s;
         let trace_s = match per_s {
-            // Enough requests for the run at the constant rate, with a margin.
-            Some(r) => r * run_s / mean_per_s.max(1e-9) * 1.2,
+            // The daily cycle makes some hours quieter than the mean: generate ample time and
+            // stop at the requests the run needs.
+            Some(r) => {
+                needed = Some((r * run_s).ceil() as u64 + 1);
+                r * run_s / mean_per_s.max(1e-9) * 4.0 + 60.0
+            }
             None => run_s * speedup,
         };
         table.insert(
@@ -448,6 +454,9 @@ fn synthesize(
     let for_writing = synth::Synth::new(generator.config().clone())
         .map_err(|e| anyhow::anyhow!("workload.trace.synth: {e}"))?;
     for request in for_writing {
+        if needed.is_some_and(|n| lines >= n) {
+            break;
+        }
         line.clear();
         writer.line(&generator, &request, &mut line);
         out.write_all(line.as_bytes())?;
