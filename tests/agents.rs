@@ -249,9 +249,10 @@ fn wrong_tokens_versions_and_unreachable_agents_are_clear_errors() {
     }
 
     // An address where no agent listens: the run says which.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Bound, never listened on, and kept for the whole test, so no parallel test can take it.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = closed.local_addr().unwrap().to_string();
-    drop(closed);
     let experiment = format!(
         "{EXPERIMENT}\n[loadgen]\nagents = [\"{addr}\"]\ntoken = \"t\"\nconnect_timeout_s = 1\n"
     );

@@ -788,8 +788,8 @@ impl Experiment {
         let w = &self.workload;
         let trace = w.trace.clone().unwrap_or_default();
         trace.validate()?;
-        if trace.timing == TraceTiming::Rate && w.rate.sessions_for(crate::workload::Share { index: 0, count: 1 }).is_some() {
-            return Err("workload.rate: a trace replays open loop; give { per_s = N } with timing = \"rate\"".into());
+        if trace.timing == TraceTiming::Trace && w.rate.sessions_for(crate::workload::Share { index: 0, count: 1 }).is_some() {
+            return Err("workload.rate: a closed loop ({ closed = N }) ignores the log's times; give timing = \"rate\"".into());
         }
         let c = &self.cluster;
         if let Some(t) = &self.target {
@@ -878,7 +878,13 @@ pub struct TraceWorkload {
     /// `workload.rate`.
     pub timing: TraceTiming,
     pub speedup: f64,
+    /// Passes over the log: a short log replayed again and again (each pass after the last,
+    /// on the same clock), up to the run's duration.
+    pub repeat: u32,
 }
+
+/// Most passes over one log.
+pub const TRACE_REPEAT_MAX: u32 = 1_000_000;
 
 /// See [`TraceWorkload::timing`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -896,6 +902,7 @@ impl Default for TraceWorkload {
             synth: None,
             timing: TraceTiming::Trace,
             speedup: 1.0,
+            repeat: 1,
         }
     }
 }
@@ -904,6 +911,11 @@ impl TraceWorkload {
     pub fn validate(&self) -> Result<(), String> {
         if self.file.is_some() && self.synth.is_some() {
             return Err("workload.trace: give file or synth, not both".into());
+        }
+        if !(1..=TRACE_REPEAT_MAX).contains(&self.repeat) {
+            return Err(format!(
+                "workload.trace.repeat: must be 1 to {TRACE_REPEAT_MAX}"
+            ));
         }
         if !(self.speedup >= 0.001 && self.speedup <= 1_000_000.0) {
             return Err("workload.trace.speedup: must be 0.001 to 1000000".into());

@@ -300,11 +300,12 @@ async fn drivers_against_a_real_cluster() {
 
 #[tokio::test]
 async fn a_closed_port_is_a_connect_error() {
-    // A port that was just free: nothing listens there.
-    let addr = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    // A port bound but never listened on, and kept bound for the whole test: nothing listens
+    // there, and no other test can take it in the meantime (a port merely "just free" was once
+    // taken by a parallel test's server, which then reset the connection).
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = reserved.local_addr().unwrap();
     let e = pop3_session(addr, "u", "p", true).await.unwrap_err();
     assert!(matches!(e, OpError::Connect(_)), "{e:?}");
     let e = pop3::retrieve_all(addr, "u", "p").await.unwrap_err();

@@ -79,6 +79,9 @@ pub struct TraceInfo {
     pub sent: u64,
     /// Whether the trace had more requests when the run's duration ended.
     pub cut_at_duration: bool,
+    /// Requests due within the run but not started by its end (the target or
+    /// `loadgen.in_flight_max` held them back), at least.
+    pub unsent: u64,
     /// Origin objects the manifest listed (0: no manifest, originals not compared).
     pub manifest_objects: usize,
 }
@@ -155,6 +158,8 @@ pub async fn run_one(
     let duration = Duration::from_secs_f64(experiment.workload.duration_s);
     let per_s = match (&trace.timing, &experiment.workload.rate) {
         (TraceTiming::Trace, _) => None,
+        // A closed loop sends as fast as it is answered; the replay's own spacing is moot.
+        (TraceTiming::Rate, Rate::Closed { .. }) => Some(1_000_000.0),
         (
             TraceTiming::Rate,
             Rate::Open {
@@ -234,11 +239,14 @@ pub async fn run_one(
             speedup: trace.speedup,
         },
     };
-    let reader = clf::open(&trace_path)
+    // Fail early on a log that cannot be read or a bad base; each pass reopens it.
+    clf::open(&trace_path)
         .with_context(|| format!("reading the trace {}", trace_path.display()))?;
-    let replayed = replay::Replay::new(reader, timing, &bases[0]).map_err(|e| anyhow::anyhow!(e))?;
+    replay::Replay::new(Vec::<Result<clf::Entry, std::io::Error>>::new(), timing, &bases[0])
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let replayed = Passes::new(trace_path.clone(), timing, bases[0].clone(), trace.repeat);
     let first_base = bases[0].clone();
-    let requests = replayed.map_while(Result::ok).map(move |r| {
+    let requests = replayed.map(move |r| {
         let url = if bases.len() > 1 && r.url.starts_with(&first_base) {
             let base = &bases[(r.index % bases.len() as u64) as usize];
             format!("{base}{}", &r.url[first_base.len()..])
@@ -278,20 +286,38 @@ pub async fn run_one(
             stop_rx,
         )));
     }
-    let progress = super::Progress::new(duration);
-    let output = engine::run(
-        WebEngineConfig {
-            route,
-            client: experiment.loadgen.http.clone(),
-            in_flight_max: experiment.loadgen.in_flight_max,
-            warmup: Duration::from_secs_f64(experiment.workload.warmup_s),
-            duration,
-            manifest: manifest.clone().map(Arc::new),
-        },
-        source,
-        |live, elapsed| progress.update(live, elapsed),
-    )
-    .await;
+    let progress = Arc::new(super::Progress::new(duration));
+    let config = WebEngineConfig {
+        route,
+        client: experiment.loadgen.http.clone(),
+        in_flight_max: experiment.loadgen.in_flight_max,
+        warmup: Duration::from_secs_f64(experiment.workload.warmup_s),
+        duration,
+        manifest: manifest.clone().map(Arc::new),
+        closed: experiment
+            .workload
+            .rate
+            .sessions_for(loadgen::workload::Share { index: 0, count: 1 }),
+    };
+    // The load runs on a thread and a single-threaded runtime of its own: every request's
+    // tasks on one core, with no wake-ups across threads, and nothing else (polls, faults)
+    // competing with it for that runtime.
+    let shown = progress.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("web-load".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building the load's runtime");
+            let output = runtime.block_on(engine::run(config, source, move |live, elapsed| {
+                shown.update(live, elapsed)
+            }));
+            let _ = done_tx.send(output);
+        })
+        .context("starting the load's thread")?;
+    let output = done_rx.await.context("the load's thread ended early")?;
     progress.finish();
     let _ = stop_tx.send(true);
     for t in tasks {
@@ -343,6 +369,7 @@ pub async fn run_one(
             per_s,
             sent: output.sent,
             cut_at_duration: output.source_left,
+            unsent: output.unsent,
             manifest_objects: manifest.as_ref().map_or(0, Manifest::len),
         },
         outcomes: output.outcomes,
@@ -466,6 +493,67 @@ fn synthesize(
     out.get_ref().sync_all()?;
     eprintln!("synthesized a trace of {lines} requests into {}", path.display());
     Ok(())
+}
+
+/// The replay of a log, `repeat` times over: each pass starts where the last one ended (at the
+/// constant rate, the next slot; at the log's timing, a second of the log after its last
+/// request), with request numbers continuing. A pass that cannot reopen the log ends the replay.
+struct Passes {
+    path: PathBuf,
+    timing: replay::Timing,
+    base: String,
+    passes_left: u32,
+    current: Option<Box<dyn Iterator<Item = replay::Replayed> + Send>>,
+    offset: Duration,
+    index_offset: u64,
+    last: Option<(Duration, u64)>,
+}
+
+impl Passes {
+    fn new(path: PathBuf, timing: replay::Timing, base: String, repeat: u32) -> Passes {
+        Passes {
+            path,
+            timing,
+            base,
+            passes_left: repeat,
+            current: None,
+            offset: Duration::ZERO,
+            index_offset: 0,
+            last: None,
+        }
+    }
+}
+
+impl Iterator for Passes {
+    type Item = replay::Replayed;
+
+    fn next(&mut self) -> Option<replay::Replayed> {
+        loop {
+            if let Some(pass) = &mut self.current {
+                if let Some(mut r) = pass.next() {
+                    r.at += self.offset;
+                    r.index += self.index_offset;
+                    self.last = Some((r.at, r.index));
+                    return Some(r);
+                }
+                self.current = None;
+                let (at, index) = self.last?;
+                self.index_offset = index + 1;
+                self.offset = at
+                    + match self.timing {
+                        replay::Timing::Rate { per_s } => Duration::from_secs_f64(1.0 / per_s),
+                        replay::Timing::Trace { speedup } => Duration::from_secs_f64(1.0 / speedup),
+                    };
+            }
+            if self.passes_left == 0 {
+                return None;
+            }
+            self.passes_left -= 1;
+            let reader = clf::open(&self.path).ok()?;
+            let replay = replay::Replay::new(reader, self.timing, &self.base).ok()?;
+            self.current = Some(Box::new(replay.map_while(Result::ok)));
+        }
+    }
 }
 
 /// The bundled web cluster the experiment describes, its origin serving the trace's URLs.

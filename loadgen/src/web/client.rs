@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::client::conn::http1::SendRequest;
+use std::pin::Pin;
+
+use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::header::{HeaderValue, CONNECTION, HOST};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -198,8 +200,13 @@ fn split_url(url: &str) -> Result<(&str, &str), HttpError> {
     Ok((authority, path))
 }
 
+/// A connection: its sender, and the connection itself, which the task using it drives (no
+/// task of its own, so a request costs no wake-ups across tasks).
 struct Idle {
     sender: SendRequest<Empty<Bytes>>,
+    connection: Pin<Box<Connection<TokioIo<TcpStream>, Empty<Bytes>>>>,
+    /// The connection's future has ended (the server closed it, or it failed).
+    ended: bool,
     _open: OpenConnection,
 }
 
@@ -278,43 +285,78 @@ impl Client {
             .acquire_owned()
             .await
             .map_err(|_| HttpError::Connect("the client is closing".into()))?;
-        let mut connection = match reuse.then(|| take_idle(&pool)).flatten() {
+        let pooled = reuse.then(|| take_idle(&pool)).flatten();
+        let reused = pooled.is_some();
+        let mut connection = match pooled {
             Some(idle) => idle,
             None => self.connect(server).await?,
         };
-        let response = connection
-            .sender
-            .send_request(request)
-            .await
-            .map_err(|e| HttpError::Io(e.to_string()))?;
-        let (parts, body) = response.into_parts();
-        let body = Limited::new(body, self.config.body_bytes_max)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    HttpError::TooLarge(self.config.body_bytes_max)
-                } else {
-                    HttpError::Io(e.to_string())
-                }
-            })?
-            .to_bytes();
-        let closing = parts
-            .headers
+        let retry = reused.then(|| clone_request(&request));
+        let mut result = self.exchange(&mut connection, request).await;
+        if let (Err(HttpError::Io(_)), Some(request)) = (&result, retry) {
+            // A kept-alive connection the server had closed meanwhile: like a browser, send an
+            // idempotent request again once, on a new connection.
+            connection = self.connect(server).await?;
+            result = self.exchange(&mut connection, request).await;
+        }
+        let (status, headers, body) = result?;
+        let closing = headers
             .get(CONNECTION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if reuse && !closing && !connection.sender.is_closed() {
+        if reuse && !closing && !connection.ended && !connection.sender.is_closed() {
             let mut idle = pool.idle.lock().unwrap();
             if idle.len() < self.config.connections_per_target as usize {
                 idle.push(connection);
             }
         }
         Ok(Response {
-            status: parts.status,
-            headers: parts.headers,
+            status,
+            headers,
             body,
         })
+    }
+
+    /// One request and its whole response on `c`, driving the connection meanwhile.
+    async fn exchange(
+        &self,
+        c: &mut Idle,
+        request: Request<Empty<Bytes>>,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), HttpError> {
+        let limit = self.config.body_bytes_max;
+        let Idle {
+            sender,
+            connection,
+            ended,
+            ..
+        } = c;
+        let work = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| HttpError::Io(e.to_string()))?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, limit)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                        HttpError::TooLarge(limit)
+                    } else {
+                        HttpError::Io(e.to_string())
+                    }
+                })?
+                .to_bytes();
+            Ok((parts.status, parts.headers, body))
+        };
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut work => return r,
+                _ = connection.as_mut(), if !*ended => *ended = true,
+            }
+        }
     }
 
     fn pool(&self, server: SocketAddr) -> Arc<Pool> {
@@ -363,15 +405,22 @@ impl Client {
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| HttpError::Connect(format!("{server}: {e}")))?;
-        // The connection's task ends when the server closes it or the sender is dropped.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
         Ok(Idle {
             sender,
+            connection: Box::pin(connection),
+            ended: false,
             _open: open,
         })
     }
+}
+
+/// A GET again (a request has no body here, so its head is all there is).
+fn clone_request(r: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
+    let mut again = Request::new(Empty::new());
+    *again.method_mut() = r.method().clone();
+    *again.uri_mut() = r.uri().clone();
+    *again.headers_mut() = r.headers().clone();
+    again
 }
 
 /// An idle connection that can take a request now, if the pool has one (closed ones dropped).

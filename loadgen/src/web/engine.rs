@@ -20,8 +20,11 @@ use crate::drivers::{ConnectionStats, ConnectionTracker};
 use crate::metrics::{LiveFigures, Recorder};
 use crate::OpKind;
 
-/// Requests read ahead of the open loop, at most.
-pub const READ_AHEAD: usize = 4_096;
+/// Requests handed from the source's thread to the engine at once: one wake-up per batch, not
+/// per request.
+pub const BATCH: usize = 256;
+/// Batches read ahead of the open loop, at most.
+pub const BATCHES_AHEAD: usize = 16;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -35,6 +38,9 @@ pub struct WebEngineConfig {
     pub duration: Duration,
     /// The origin's objects, to check originals against.
     pub manifest: Option<Arc<Manifest>>,
+    /// Closed loop: this many clients, each sending the trace's next request as soon as its
+    /// last one is answered (the trace's times ignored; latency from each request's start).
+    pub closed: Option<u32>,
 }
 
 /// What a run produced.
@@ -46,24 +52,38 @@ pub struct WebRunOutput {
     pub sent: u64,
     /// Whether the source still had requests when the duration ended.
     pub source_left: bool,
+    /// Requests intended within the duration but not started by its end, because the target or
+    /// the in-flight limit held them back (counted from the batch at hand; later batches are not
+    /// read).
+    pub unsent: u64,
     pub started_at: SystemTime,
     pub elapsed: Duration,
 }
 
-/// Runs `requests` on a thread of its own, handing them over through a bounded channel.
-pub fn spawn_source<I>(requests: I) -> mpsc::Receiver<WebRequest>
+/// Runs `requests` on a thread of its own, handing them over in batches through a bounded
+/// channel.
+pub fn spawn_source<I>(requests: I) -> mpsc::Receiver<Vec<WebRequest>>
 where
     I: Iterator<Item = WebRequest> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    let (tx, rx) = mpsc::channel(BATCHES_AHEAD);
     std::thread::Builder::new()
         .name("web-source".into())
         .spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
             for r in requests {
-                // The engine is done (its duration is over, or it was dropped).
-                if tx.blocking_send(r).is_err() {
-                    break;
+                batch.push(r);
+                // A batch never waits long for its last requests: a slow trace (the log's own
+                // timing) sends what it has once the first of it is due soon.
+                if batch.len() == BATCH {
+                    // The engine is done (its duration is over, or it was dropped).
+                    if tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                        return;
+                    }
                 }
+            }
+            if !batch.is_empty() {
+                let _ = tx.blocking_send(batch);
             }
         })
         .expect("spawning the request source's thread");
@@ -83,7 +103,7 @@ struct Shared {
 /// second with the live figures and the time elapsed.
 pub async fn run(
     config: WebEngineConfig,
-    mut requests: mpsc::Receiver<WebRequest>,
+    mut requests: mpsc::Receiver<Vec<WebRequest>>,
     mut progress: impl FnMut(&LiveFigures, Duration),
 ) -> WebRunOutput {
     let tracker = Arc::new(ConnectionTracker::default());
@@ -96,43 +116,67 @@ pub async fn run(
         start: Instant::now(),
         config,
     });
+    if let Some(clients) = shared.config.closed {
+        return closed_loop(shared, requests, clients, progress, tracker, started_at).await;
+    }
     let in_flight_max = shared.config.in_flight_max.max(1) as usize;
     let slots = Arc::new(Semaphore::new(in_flight_max));
     let mut tasks = tokio::task::JoinSet::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let mut sent = 0u64;
+    let mut unsent = 0u64;
     let mut source_left = false;
     let report = |shared: &Shared, progress: &mut dyn FnMut(&LiveFigures, Duration)| {
         let elapsed = shared.start.elapsed();
         let live = shared.recorder.lock().unwrap().live_at(elapsed);
         progress(&live, elapsed);
     };
+    let mut pending = std::collections::VecDeque::new();
     loop {
-        let next = tokio::select! {
-            r = requests.recv() => r,
-            _ = ticker.tick() => {
-                report(&shared, &mut progress);
-                continue;
-            }
-        };
-        let Some(request) = next else { break };
+        if pending.is_empty() {
+            let next = tokio::select! {
+                r = requests.recv() => r,
+                _ = ticker.tick() => {
+                    report(&shared, &mut progress);
+                    continue;
+                }
+            };
+            let Some(batch) = next else { break };
+            pending.extend(batch);
+            continue;
+        }
+        let Some(request) = pending.pop_front() else { continue };
         if request.at >= shared.config.duration {
             source_left = true;
             break;
         }
+        // The run ends at its duration even when the target (or the in-flight limit) held the
+        // requests back: those not started by then are counted, not sent late forever.
+        if shared.start.elapsed() >= shared.config.duration {
+            unsent = 1 + pending.len() as u64;
+            source_left = true;
+            break;
+        }
         let due = shared.start + request.at;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(due) => break,
-                _ = ticker.tick() => report(&shared, &mut progress),
+        if Instant::now() < due {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = tokio::time::sleep_until(due) => break,
+                    _ = ticker.tick() => report(&shared, &mut progress),
+                }
             }
         }
-        let permit = loop {
-            tokio::select! {
-                p = slots.clone().acquire_owned() => break p,
-                _ = ticker.tick() => report(&shared, &mut progress),
-            }
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => Ok(p),
+            Err(_) => loop {
+                tokio::select! {
+                    biased;
+                    p = slots.clone().acquire_owned() => break p,
+                    _ = ticker.tick() => report(&shared, &mut progress),
+                }
+            },
         };
         let Ok(permit) = permit else { break };
         let in_flight = (in_flight_max - slots.available_permits()) as u64;
@@ -167,6 +211,85 @@ pub async fn run(
         },
         sent,
         source_left,
+        unsent,
+        started_at,
+        elapsed,
+    }
+}
+
+/// `clients` clients back to back over the trace's requests, in its order, to the duration's end.
+async fn closed_loop(
+    shared: Arc<Shared>,
+    requests: mpsc::Receiver<Vec<WebRequest>>,
+    clients: u32,
+    mut progress: impl FnMut(&LiveFigures, Duration),
+    tracker: Arc<ConnectionTracker>,
+    started_at: SystemTime,
+) -> WebRunOutput {
+    let queue = Arc::new(tokio::sync::Mutex::new((
+        requests,
+        std::collections::VecDeque::<WebRequest>::new(),
+        false,
+    )));
+    let sent = Arc::new(AtomicU64::new(0));
+    shared
+        .in_flight_peak
+        .fetch_max(u64::from(clients), Ordering::Relaxed);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients.max(1) {
+        let (shared, queue, sent) = (shared.clone(), queue.clone(), sent.clone());
+        tasks.spawn(async move {
+            while shared.start.elapsed() < shared.config.duration {
+                let next = {
+                    let mut q = queue.lock().await;
+                    if q.1.is_empty() && !q.2 {
+                        match q.0.recv().await {
+                            Some(batch) => q.1.extend(batch),
+                            None => q.2 = true,
+                        }
+                    }
+                    q.1.pop_front()
+                };
+                let Some(mut request) = next else { break };
+                // In a closed loop a request is intended to start now.
+                request.at = shared.start.elapsed();
+                sent.fetch_add(1, Ordering::Relaxed);
+                execute(&shared, request).await;
+            }
+        });
+    }
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => if r.is_none() { break },
+            _ = ticker.tick() => {
+                let elapsed = shared.start.elapsed();
+                let live = shared.recorder.lock().unwrap().live_at(elapsed);
+                progress(&live, elapsed);
+            }
+        }
+    }
+    let source_left = {
+        let q = queue.lock().await;
+        !q.2 || !q.1.is_empty()
+    };
+    let elapsed = shared.start.elapsed();
+    let recorder = std::mem::replace(
+        &mut *shared.recorder.lock().unwrap(),
+        Recorder::new(shared.config.warmup),
+    );
+    let outcomes = *shared.outcomes.lock().unwrap();
+    WebRunOutput {
+        recorder,
+        outcomes,
+        connections: ConnectionStats {
+            in_flight_peak: shared.in_flight_peak.load(Ordering::Relaxed),
+            ..tracker.stats()
+        },
+        sent: sent.load(Ordering::Relaxed),
+        source_left,
+        unsent: 0,
         started_at,
         elapsed,
     }
