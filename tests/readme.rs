@@ -70,3 +70,38 @@ fn the_readme_trace_synth_example_shows_the_defaults() {
         .unwrap_or_else(|e| panic!("README synthesizer example does not parse: {e}"));
     assert_eq!(config, loadgen::trace::synth::SynthConfig::default());
 }
+
+/// The README's web experiment keys parse with every key the runner knows (the cluster's own
+/// tables as the web cluster reads them), and show the HTTP client's defaults.
+#[test]
+fn the_readme_web_experiment_example_parses() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Web experiments")
+        .nth(1)
+        .expect("README has a Web experiments section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the Web experiments section has a TOML example");
+    let experiment = loadgen::experiment::Experiment::from_toml(block)
+        .unwrap_or_else(|e| panic!("README web experiment example does not parse: {e}"));
+    assert!(experiment.is_web());
+    let _: cluster::web::config::WebConfig = toml::Value::Table(experiment.cluster.web.clone())
+        .try_into()
+        .unwrap_or_else(|e| panic!("README cluster.web does not parse: {e}"));
+    assert_eq!(
+        experiment.loadgen.http,
+        loadgen::web::client::HttpClient::default()
+    );
+    let faults = section
+        .split("```toml\n")
+        .nth(2)
+        .and_then(|b| b.split("```").next())
+        .expect("the Web experiments section has a faults example");
+    let with_faults = format!("[cluster]\nservice = \"web\"\n{faults}");
+    loadgen::experiment::Experiment::from_toml(&with_faults)
+        .unwrap_or_else(|e| panic!("README web faults example does not parse: {e}"));
+}

@@ -195,7 +195,11 @@ http {{
     let addr = format!("127.0.0.1:{port}");
     wait_port(&addr);
     let trace = trace(dir.path(), &origin);
-    let results = run(dir.path(), &format!("[target]\nhttp = [\"{addr}\"]"), &trace);
+    let results = run(
+        dir.path(),
+        &format!("[target]\nhttp = [\"{addr}\"]"),
+        &trace,
+    );
     assert_all_verified(&results);
     assert_eq!(results["web"]["target"], "http");
 }

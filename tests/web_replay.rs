@@ -142,7 +142,10 @@ timing = "rate"
         .collect();
     // 20 a second for 4 seconds: the first 80 of the log's 60 requests, i.e. all of them, in
     // the log's order.
-    assert_eq!(seen, expected, "the server saw the log's requests in its order");
+    assert_eq!(
+        seen, expected,
+        "the server saw the log's requests in its order"
+    );
     assert_eq!(results["web"]["trace"]["sent"], 60);
     let ops = &results["operations"]["ops"];
     for (op, n) in [("html", 15), ("gif", 15), ("jpeg", 15), ("other", 15)] {

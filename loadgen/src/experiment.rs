@@ -669,7 +669,10 @@ impl Experiment {
                 }
             }
             if !t.proxy.is_empty() || !t.http.is_empty() {
-                return Err("target: proxy and http are web targets; give no smtp, pop3 or imap with them".into());
+                return Err(
+                    "target: proxy and http are web targets; give no smtp, pop3 or imap with them"
+                        .into(),
+                );
             }
             if t.smtp.is_empty() && t.pop3.is_empty() && t.imap.is_empty() {
                 return Err("target: give at least one of smtp, pop3, imap".into());
@@ -788,20 +791,29 @@ impl Experiment {
         let w = &self.workload;
         let trace = w.trace.clone().unwrap_or_default();
         trace.validate()?;
-        if trace.timing == TraceTiming::Trace && w.rate.sessions_for(crate::workload::Share { index: 0, count: 1 }).is_some() {
+        if trace.timing == TraceTiming::Trace
+            && w.rate
+                .sessions_for(crate::workload::Share { index: 0, count: 1 })
+                .is_some()
+        {
             return Err("workload.rate: a closed loop ({ closed = N }) ignores the log's times; give timing = \"rate\"".into());
         }
         let c = &self.cluster;
         if let Some(t) = &self.target {
             if !t.smtp.is_empty() || !t.pop3.is_empty() || !t.imap.is_empty() {
-                return Err("target: proxy and http are web targets; give no smtp, pop3 or imap with them".into());
+                return Err(
+                    "target: proxy and http are web targets; give no smtp, pop3 or imap with them"
+                        .into(),
+                );
             }
             if !t.proxy.is_empty() && !t.http.is_empty() {
                 return Err("target: give proxy or http, not both".into());
             }
             for (key, addrs) in [("proxy", &t.proxy), ("http", &t.http)] {
                 if let Some(a) = addrs.iter().find(|a| !is_host_port(a)) {
-                    return Err(format!("target.{key}: {a:?} is not an address like 127.0.0.1:3128"));
+                    return Err(format!(
+                        "target.{key}: {a:?} is not an address like 127.0.0.1:3128"
+                    ));
                 }
             }
             if !t.proxy.is_empty() && t.origin.is_none() {
@@ -820,7 +832,10 @@ impl Experiment {
         } else if c.nodes == 0 || c.nodes > 63 {
             return Err(format!("cluster.nodes: must be 1 to 63, got {}", c.nodes));
         } else if c.overflow_nodes > 63 {
-            return Err(format!("cluster.overflow_nodes: must be 0 to 63, got {}", c.overflow_nodes));
+            return Err(format!(
+                "cluster.overflow_nodes: must be 0 to 63, got {}",
+                c.overflow_nodes
+            ));
         }
         if self.faults.len() > FAULTS_MAX {
             return Err(format!("faults: at most {FAULTS_MAX}"));
@@ -828,7 +843,11 @@ impl Experiment {
         for (i, f) in self.faults.iter().enumerate() {
             let at = |what: &str| format!("faults[{i}].{what}");
             if !(0.0..=w.duration_s).contains(&f.at_s) {
-                return Err(format!("{}: must be within the run (0 to {} s)", at("at_s"), w.duration_s));
+                return Err(format!(
+                    "{}: must be within the run (0 to {} s)",
+                    at("at_s"),
+                    w.duration_s
+                ));
             }
             if let Some(d) = f.duration_s {
                 if d.is_nan() || d <= 0.0 {
@@ -839,20 +858,45 @@ impl Experiment {
                 return Err(format!("{}: {:?} is not a web fault (kill, pause, restart, heal, beacon_loss, slow_worker, origin_delay)", at("action"), f.action));
             }
             if f.node.is_some() || f.groups.is_some() {
-                return Err(format!("{}: web faults name a process (process = \"worker jpeg 1\"), not a node", at("node")));
+                return Err(format!(
+                    "{}: web faults name a process (process = \"worker jpeg 1\"), not a node",
+                    at("node")
+                ));
             }
-            let needs_process = matches!(f.action, FaultAction::Kill | FaultAction::Pause | FaultAction::Restart | FaultAction::SlowWorker);
+            let needs_process = matches!(
+                f.action,
+                FaultAction::Kill
+                    | FaultAction::Pause
+                    | FaultAction::Restart
+                    | FaultAction::SlowWorker
+            );
             match &f.process {
-                None if needs_process => return Err(format!("{}: {:?} needs a process, e.g. \"worker jpeg 1\"", at("process"), f.action)),
-                Some(p) if p.trim().is_empty() || p.len() > 64 => return Err(format!("{}: {p:?} is not a process", at("process"))),
+                None if needs_process => {
+                    return Err(format!(
+                        "{}: {:?} needs a process, e.g. \"worker jpeg 1\"",
+                        at("process"),
+                        f.action
+                    ))
+                }
+                Some(p) if p.trim().is_empty() || p.len() > 64 => {
+                    return Err(format!("{}: {p:?} is not a process", at("process")))
+                }
                 _ => {}
             }
             match f.action {
                 FaultAction::BeaconLoss if !f.loss.is_some_and(|l| (0.0..=1.0).contains(&l)) => {
-                    return Err(format!("{}: beacon_loss needs loss between 0 and 1", at("loss")))
+                    return Err(format!(
+                        "{}: beacon_loss needs loss between 0 and 1",
+                        at("loss")
+                    ))
                 }
-                FaultAction::SlowWorker if !f.factor.is_some_and(|x| (1.0..=1000.0).contains(&x)) => {
-                    return Err(format!("{}: slow_worker needs factor from 1 to 1000", at("factor")))
+                FaultAction::SlowWorker
+                    if !f.factor.is_some_and(|x| (1.0..=1000.0).contains(&x)) =>
+                {
+                    return Err(format!(
+                        "{}: slow_worker needs factor from 1 to 1000",
+                        at("factor")
+                    ))
                 }
                 FaultAction::OriginDelay if f.delay_ms.is_none() => {
                     return Err(format!("{}: origin_delay needs delay_ms", at("delay_ms")))
@@ -1062,5 +1106,45 @@ mod tests {
         let mut t = toml::Table::new();
         set_key(&mut t, "cluster.nodez=5").unwrap();
         assert!(Experiment::from_table(t).unwrap_err().contains("nodez"));
+    }
+
+    #[test]
+    fn web_experiments_name_what_is_wrong() {
+        let web = "[cluster]\nservice = \"web\"\n";
+        let ok = Experiment::from_toml(web).unwrap();
+        assert!(ok.is_web());
+        let err = Experiment::from_toml(&format!("{web}[[faults]]\nat_s = 1\naction = \"kill\"\n"))
+            .unwrap_err();
+        assert!(err.contains("faults[0].process"), "{err}");
+        let err = Experiment::from_toml(&format!(
+            "{web}[[faults]]\nat_s = 1\naction = \"kill\"\nnode = 1\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("not a node"), "{err}");
+        let err = Experiment::from_toml(&format!(
+            "{web}[[faults]]\nat_s = 1\naction = \"slow_worker\"\nprocess = \"worker gif 1\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("factor"), "{err}");
+        let err =
+            Experiment::from_toml(&format!("{web}[workload.trace]\nspeedup = 0\n")).unwrap_err();
+        assert!(err.contains("workload.trace.speedup"), "{err}");
+        let err =
+            Experiment::from_toml(&format!("{web}[workload.trace]\nfyle = \"x\"\n")).unwrap_err();
+        assert!(err.contains("fyle"), "{err}");
+        // A trace in a mail experiment, a proxy without its origin, a web fault on mail.
+        let err = Experiment::from_toml("[workload.trace]\nfile = \"x\"\n").unwrap_err();
+        assert!(err.contains("workload.trace"), "{err}");
+        let err = Experiment::from_toml("[target]\nproxy = [\"127.0.0.1:3128\"]\n").unwrap_err();
+        assert!(err.contains("target.origin"), "{err}");
+        let err =
+            Experiment::from_toml("[[faults]]\nat_s = 1\naction = \"beacon_loss\"\nloss = 0.5\n")
+                .unwrap_err();
+        assert!(err.contains("web cluster"), "{err}");
+        let err = Experiment::from_toml(&format!(
+            "{web}[loadgen.http]\nconnections_per_target = 0\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("loadgen.http.connections_per_target"), "{err}");
     }
 }

@@ -615,7 +615,12 @@ fn web_view(run: &Results) -> Result<Option<WebView>, ReportError> {
         },
     ];
     if let Some(c) = &web.cluster {
-        let n = |k: &str| c.get(k).map_or_else(|| NONE.to_string(), |v| v.to_string().trim_matches('"').to_string());
+        let n = |k: &str| {
+            c.get(k).map_or_else(
+                || NONE.to_string(),
+                |v| v.to_string().trim_matches('"').to_string(),
+            )
+        };
         facts.push(KeyValue {
             key: "web cluster",
             value: format!(

@@ -230,7 +230,10 @@ async fn apply(
             post_faults(cluster, token, f.node, &body).await
         }
         FaultAction::BeaconLoss | FaultAction::SlowWorker | FaultAction::OriginDelay => {
-            anyhow::bail!("{:?} is a web fault; the mail cluster has no such thing", f.action)
+            anyhow::bail!(
+                "{:?} is a web fault; the mail cluster has no such thing",
+                f.action
+            )
         }
     }
 }

@@ -181,7 +181,13 @@ pub async fn run_one(
         }
         None => {
             let path = out.join("trace.log");
-            synthesize(&experiment, trace.synth.clone(), per_s, trace.speedup, &path)?;
+            synthesize(
+                &experiment,
+                trace.synth.clone(),
+                per_s,
+                trace.speedup,
+                &path,
+            )?;
             (path, true)
         }
     };
@@ -242,8 +248,12 @@ pub async fn run_one(
     // Fail early on a log that cannot be read or a bad base; each pass reopens it.
     clf::open(&trace_path)
         .with_context(|| format!("reading the trace {}", trace_path.display()))?;
-    replay::Replay::new(Vec::<Result<clf::Entry, std::io::Error>>::new(), timing, &bases[0])
-        .map_err(|e| anyhow::anyhow!(e))?;
+    replay::Replay::new(
+        Vec::<Result<clf::Entry, std::io::Error>>::new(),
+        timing,
+        &bases[0],
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     let replayed = Passes::new(trace_path.clone(), timing, bases[0].clone(), trace.repeat);
     let first_base = bases[0].clone();
     let requests = replayed.map(move |r| {
@@ -472,8 +482,10 @@ fn synthesize(
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("workload.trace.synth: {e}"))?;
-    let generator = synth::Synth::new(config).map_err(|e| anyhow::anyhow!("workload.trace.synth: {e}"))?;
-    let file = std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+    let generator =
+        synth::Synth::new(config).map_err(|e| anyhow::anyhow!("workload.trace.synth: {e}"))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
     let mut writer = synth::ClfWriter::new(generator.offset_s());
     let mut line = String::new();
@@ -491,7 +503,10 @@ fn synthesize(
     }
     out.flush()?;
     out.get_ref().sync_all()?;
-    eprintln!("synthesized a trace of {lines} requests into {}", path.display());
+    eprintln!(
+        "synthesized a trace of {lines} requests into {}",
+        path.display()
+    );
     Ok(())
 }
 
@@ -661,7 +676,11 @@ async fn poll(
         let t_s = start.elapsed().as_secs_f64();
         let mut w = watch.lock().unwrap();
         for p in &processes {
-            if !w.started.iter().any(|(k, at)| *k == p.key && *at == p.started_at_ms) {
+            if !w
+                .started
+                .iter()
+                .any(|(k, at)| *k == p.key && *at == p.started_at_ms)
+            {
                 w.started.push((p.key, p.started_at_ms));
             }
         }
@@ -766,7 +785,10 @@ async fn run_faults(
                 "  {:>4.0} s  fault {i}: {:?}{}: {detail}",
                 start.elapsed().as_secs_f64(),
                 f.action,
-                f.process.as_deref().map(|p| format!(" {p}")).unwrap_or_default()
+                f.process
+                    .as_deref()
+                    .map(|p| format!(" {p}"))
+                    .unwrap_or_default()
             );
             log.lock().unwrap().push(WebFault {
                 index: i,
@@ -826,7 +848,7 @@ async fn apply(
             Some(p) => {
                 let body = serde_json::json!({"cpu_slowdown": f.factor.unwrap_or(1.0)});
                 post_faults(c, &p, body).await
-            },
+            }
             None => "not done: no such process running".into(),
         },
         FaultAction::BeaconLoss => {
@@ -842,12 +864,20 @@ async fn apply(
         FaultAction::OriginDelay => {
             let body = serde_json::json!({"upstream_delay_ms": f.delay_ms.unwrap_or(0)});
             let mut n = 0;
-            for p in c.processes().await.iter().filter(|p| p.key.role == Role::FrontEnd) {
+            for p in c
+                .processes()
+                .await
+                .iter()
+                .filter(|p| p.key.role == Role::FrontEnd)
+            {
                 if post_faults(c, p, body.clone()).await.starts_with("set") {
                     n += 1;
                 }
             }
-            format!("origin fetches delayed {} ms at {n} front end(s)", f.delay_ms.unwrap_or(0))
+            format!(
+                "origin fetches delayed {} ms at {n} front end(s)",
+                f.delay_ms.unwrap_or(0)
+            )
         }
         FaultAction::Heal => {
             for p in c.processes().await {

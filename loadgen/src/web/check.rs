@@ -178,7 +178,8 @@ pub fn check(
                 Ok(())
             }
             OpKind::Html => {
-                if contains(&response.body, TOOLBAR_MARK) || contains(&response.body, DISTILLED_MARK)
+                if contains(&response.body, TOOLBAR_MARK)
+                    || contains(&response.body, DISTILLED_MARK)
                 {
                     Ok(())
                 } else {
@@ -237,12 +238,35 @@ mod tests {
         let m = manifest("/obj/1.bin", b"hello world");
         let mut o = Outcomes::default();
         let good = response(200, &[("x-cb", "pass-through")], b"hello world");
-        check("http://o:1/obj/1.bin", OpKind::Other, &good, Some(&m), true, &mut o).unwrap();
+        check(
+            "http://o:1/obj/1.bin",
+            OpKind::Other,
+            &good,
+            Some(&m),
+            true,
+            &mut o,
+        )
+        .unwrap();
         let bad = response(200, &[], b"hello worle");
-        let e = check("http://o:1/obj/1.bin", OpKind::Other, &bad, Some(&m), true, &mut o);
+        let e = check(
+            "http://o:1/obj/1.bin",
+            OpKind::Other,
+            &bad,
+            Some(&m),
+            true,
+            &mut o,
+        );
         assert_eq!(e.unwrap_err().kind(), "check: not the original's bytes");
         // Not listed: counted as unverified, not failed.
-        check("http://o:1/obj/2.bin", OpKind::Other, &bad, Some(&m), true, &mut o).unwrap();
+        check(
+            "http://o:1/obj/2.bin",
+            OpKind::Other,
+            &bad,
+            Some(&m),
+            true,
+            &mut o,
+        )
+        .unwrap();
         assert_eq!((o.ok, o.verified, o.unverified, o.untagged), (3, 1, 1, 2));
     }
 
@@ -251,12 +275,30 @@ mod tests {
         let mut o = Outcomes::default();
         let m = manifest("/obj/1.jpg", &[0u8; 100]);
         let junk = response(200, &[("x-cb", "distilled")], &[0xff, 0xd8, 1, 2, 3]);
-        let e = check("http://o/obj/1.jpg", OpKind::Jpeg, &junk, Some(&m), true, &mut o);
+        let e = check(
+            "http://o/obj/1.jpg",
+            OpKind::Jpeg,
+            &junk,
+            Some(&m),
+            true,
+            &mut o,
+        );
         assert_eq!(e.unwrap_err().kind(), "check: not a decodable jpeg");
         let big = response(200, &[("x-cb", "distilled")], &[0u8; 200]);
-        let e = check("http://o/obj/1.jpg", OpKind::Jpeg, &big, Some(&m), true, &mut o);
+        let e = check(
+            "http://o/obj/1.jpg",
+            OpKind::Jpeg,
+            &big,
+            Some(&m),
+            true,
+            &mut o,
+        );
         assert_eq!(e.unwrap_err().kind(), "check: not smaller");
-        let page = response(200, &[("x-cb", "distilled")], b"<html><body>plain</body></html>");
+        let page = response(
+            200,
+            &[("x-cb", "distilled")],
+            b"<html><body>plain</body></html>",
+        );
         assert!(check("http://o/a.html", OpKind::Html, &page, None, true, &mut o).is_err());
         let page = response(
             200,
@@ -266,8 +308,23 @@ mod tests {
         check("http://o/a.html", OpKind::Html, &page, None, true, &mut o).unwrap();
         assert_eq!(o.cache_hits, 1);
         // Status-only checks let anything with a 200 through.
-        check("http://o/obj/1.jpg", OpKind::Jpeg, &junk, Some(&m), false, &mut o).unwrap();
-        let e = check("http://o/x", OpKind::Other, &response(502, &[], b""), None, true, &mut o);
+        check(
+            "http://o/obj/1.jpg",
+            OpKind::Jpeg,
+            &junk,
+            Some(&m),
+            false,
+            &mut o,
+        )
+        .unwrap();
+        let e = check(
+            "http://o/x",
+            OpKind::Other,
+            &response(502, &[], b""),
+            None,
+            true,
+            &mut o,
+        );
         assert_eq!(e.unwrap_err().kind(), "http 502");
     }
 }

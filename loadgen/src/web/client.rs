@@ -254,12 +254,18 @@ impl Client {
         }
     }
 
-    async fn get_unbounded(&self, url: &str, user: &str, index: u64) -> Result<Response, HttpError> {
+    async fn get_unbounded(
+        &self,
+        url: &str,
+        user: &str,
+        index: u64,
+    ) -> Result<Response, HttpError> {
         let (authority, path) = split_url(url)?;
         let (server, uri) = match &self.route {
-            Route::Proxy(proxies) if !proxies.is_empty() => {
-                (proxies[(index % proxies.len() as u64) as usize], url.to_string())
-            }
+            Route::Proxy(proxies) if !proxies.is_empty() => (
+                proxies[(index % proxies.len() as u64) as usize],
+                url.to_string(),
+            ),
             Route::Proxy(_) => return Err(HttpError::Connect("no proxy".into())),
             Route::Direct => (self.resolve(authority).await?, path.to_string()),
         };
@@ -340,7 +346,9 @@ impl Client {
                 .collect()
                 .await
                 .map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
                         HttpError::TooLarge(limit)
                     } else {
                         HttpError::Io(e.to_string())
@@ -378,7 +386,9 @@ impl Client {
         if let Some(a) = self.resolved.lock().unwrap().get(authority) {
             return Ok(*a);
         }
-        let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         {
             authority.to_string()
         } else {
@@ -463,7 +473,10 @@ mod tests {
             user_header: "a b".into(),
             ..HttpClient::default()
         };
-        assert!(bad.validate("loadgen.http").unwrap_err().contains("user_header"));
+        assert!(bad
+            .validate("loadgen.http")
+            .unwrap_err()
+            .contains("user_header"));
         assert!(HttpClient::default().validate("loadgen.http").is_ok());
     }
 

@@ -146,7 +146,9 @@ pub async fn run(
             pending.extend(batch);
             continue;
         }
-        let Some(request) = pending.pop_front() else { continue };
+        let Some(request) = pending.pop_front() else {
+            continue;
+        };
         if request.at >= shared.config.duration {
             source_left = true;
             break;
@@ -180,7 +182,9 @@ pub async fn run(
         };
         let Ok(permit) = permit else { break };
         let in_flight = (in_flight_max - slots.available_permits()) as u64;
-        shared.in_flight_peak.fetch_max(in_flight, Ordering::Relaxed);
+        shared
+            .in_flight_peak
+            .fetch_max(in_flight, Ordering::Relaxed);
         sent += 1;
         let s = shared.clone();
         tasks.spawn(async move {
