@@ -234,6 +234,7 @@ mod tests {
             action: loadgen::experiment::FaultAction::Kill,
             node: Some(2),
             groups: None,
+            process: None,
             start_s: 30.0,
             end_s: Some(40.0),
             error: None,

@@ -1036,10 +1036,7 @@ fn figures(c: &LocalWebCluster, experiment: &Experiment, watch: &Watch) -> Clust
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
-        cpu_model: serde_json::to_value(&c.config.workers.cpu)
-            .ok()
-            .and_then(|v| v["model"].as_str().map(str::to_string))
-            .unwrap_or_default(),
+        cpu_model: c.config.workers.cpu.name().to_string(),
         spawns: last["spawns"].as_u64().unwrap_or(0),
         restarts: last["restarts"].as_u64().unwrap_or(0),
         failovers: last["failovers"].as_u64().unwrap_or(0),
