@@ -82,12 +82,17 @@ pub async fn find(
     while (probes.len() as u32) < search.probes {
         let probe = probe(table, rate, out, file).await?;
         eprintln!(
-            "probe {:>7.1}/s: {} (smtp {:.1}/s, p99 {:.1} ms, errors {:.2}%)",
+            "probe {:>7.1}/s: {} ({} {:.1}/s, p99 {:.1} ms, errors {:.2}%)",
             rate,
             if probe.pass {
                 "meets the SLO"
             } else {
                 "misses"
+            },
+            if probe.results.get("web").is_some() {
+                "http"
+            } else {
+                "smtp"
             },
             probe.smtp_per_s,
             probe.p99_ms,
@@ -261,10 +266,24 @@ async fn probe(table: &toml::Table, rate: f64, out: &Path, file: &Path) -> anyho
     Ok(Probe {
         rate,
         pass: outcome == Outcome::Pass && keeps_up,
-        smtp_per_s: smtp["throughput_per_s"].as_f64().unwrap_or(0.0),
-        p99_ms: smtp["p99_ms"].as_f64().unwrap_or(0.0),
+        // A web run's main figure is all its requests (every content type) and their worst p99.
+        smtp_per_s: match results.get("web") {
+            Some(_) => web_ops(&results).map(|o| o["throughput_per_s"].as_f64().unwrap_or(0.0)).sum(),
+            None => smtp["throughput_per_s"].as_f64().unwrap_or(0.0),
+        },
+        p99_ms: match results.get("web") {
+            Some(_) => web_ops(&results).map(|o| o["p99_ms"].as_f64().unwrap_or(0.0)).fold(0.0, f64::max),
+            None => smtp["p99_ms"].as_f64().unwrap_or(0.0),
+        },
         error_rate,
         dir,
         results,
     })
+}
+
+/// A web run's operations (HTTP requests by content type).
+fn web_ops(results: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    loadgen::OpKind::WEB
+        .iter()
+        .filter_map(move |k| results["operations"]["ops"].get(k.name()))
 }

@@ -226,8 +226,8 @@ fn print_table(entries: &[serde_json::Value], results: &[serde_json::Value]) {
                 if saturated { "-".into() } else { String::new() },
                 |c| format!("{c:.1}")
             ),
-            smtp["throughput_per_s"].as_f64().unwrap_or(0.0),
-            smtp["p99_ms"].as_f64().unwrap_or(0.0),
+            main_rate(r, smtp),
+            main_p99(r, smtp),
             r["correctness"]["lost"]
                 .as_u64()
                 .map_or("-".into(), |n| n.to_string()),
@@ -238,4 +238,28 @@ fn print_table(entries: &[serde_json::Value], results: &[serde_json::Value]) {
             },
         );
     }
+}
+
+/// The throughput a sweep's table shows: SMTP's, or a web run's requests of every content type.
+fn main_rate(r: &serde_json::Value, smtp: &serde_json::Value) -> f64 {
+    if r.get("web").is_none() {
+        return smtp["throughput_per_s"].as_f64().unwrap_or(0.0);
+    }
+    loadgen::OpKind::WEB
+        .iter()
+        .filter_map(|k| r["operations"]["ops"].get(k.name()))
+        .map(|o| o["throughput_per_s"].as_f64().unwrap_or(0.0))
+        .sum()
+}
+
+/// The p99 a sweep's table shows: SMTP's, or a web run's worst content type's.
+fn main_p99(r: &serde_json::Value, smtp: &serde_json::Value) -> f64 {
+    if r.get("web").is_none() {
+        return smtp["p99_ms"].as_f64().unwrap_or(0.0);
+    }
+    loadgen::OpKind::WEB
+        .iter()
+        .filter_map(|k| r["operations"]["ops"].get(k.name()))
+        .map(|o| o["p99_ms"].as_f64().unwrap_or(0.0))
+        .fold(0.0, f64::max)
 }
