@@ -204,9 +204,9 @@ fn split_url(url: &str) -> Result<(&str, &str), HttpError> {
 /// task of its own, so a request costs no wake-ups across tasks).
 struct Idle {
     sender: SendRequest<Empty<Bytes>>,
-    connection: Pin<Box<Connection<TokioIo<TcpStream>, Empty<Bytes>>>>,
-    /// The connection's future has ended (the server closed it, or it failed).
-    ended: bool,
+    /// `None` once the connection's future has ended (the server closed it, or it failed): it
+    /// is dropped then, which cancels a request still waiting on it.
+    connection: Option<Pin<Box<Connection<TokioIo<TcpStream>, Empty<Bytes>>>>>,
     _open: OpenConnection,
 }
 
@@ -310,7 +310,8 @@ impl Client {
             .get(CONNECTION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if reuse && !closing && !connection.ended && !connection.sender.is_closed() {
+        if reuse && !closing && connection.connection.is_some() && !connection.sender.is_closed()
+        {
             let mut idle = pool.idle.lock().unwrap();
             if idle.len() < self.config.connections_per_target as usize {
                 idle.push(connection);
@@ -331,10 +332,7 @@ impl Client {
     ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), HttpError> {
         let limit = self.config.body_bytes_max;
         let Idle {
-            sender,
-            connection,
-            ended,
-            ..
+            sender, connection, ..
         } = c;
         let work = async {
             let response = sender
@@ -359,10 +357,19 @@ impl Client {
         };
         tokio::pin!(work);
         loop {
+            let driving = async {
+                match connection.as_mut() {
+                    Some(c) => {
+                        let _ = c.as_mut().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 biased;
                 r = &mut work => return r,
-                _ = connection.as_mut(), if !*ended => *ended = true,
+                // The connection is over: dropping it fails whatever still waits on it.
+                _ = driving => *connection = None,
             }
         }
     }
@@ -417,8 +424,7 @@ impl Client {
             .map_err(|e| HttpError::Connect(format!("{server}: {e}")))?;
         Ok(Idle {
             sender,
-            connection: Box::pin(connection),
-            ended: false,
+            connection: Some(Box::pin(connection)),
             _open: open,
         })
     }
