@@ -268,11 +268,15 @@ async fn probe(table: &toml::Table, rate: f64, out: &Path, file: &Path) -> anyho
         pass: outcome == Outcome::Pass && keeps_up,
         // A web run's main figure is all its requests (every content type) and their worst p99.
         smtp_per_s: match results.get("web") {
-            Some(_) => web_ops(&results).map(|o| o["throughput_per_s"].as_f64().unwrap_or(0.0)).sum(),
+            Some(_) => web_ops(&results)
+                .map(|o| o["throughput_per_s"].as_f64().unwrap_or(0.0))
+                .sum(),
             None => smtp["throughput_per_s"].as_f64().unwrap_or(0.0),
         },
         p99_ms: match results.get("web") {
-            Some(_) => web_ops(&results).map(|o| o["p99_ms"].as_f64().unwrap_or(0.0)).fold(0.0, f64::max),
+            Some(_) => web_ops(&results)
+                .map(|o| o["p99_ms"].as_f64().unwrap_or(0.0))
+                .fold(0.0, f64::max),
             None => smtp["p99_ms"].as_f64().unwrap_or(0.0),
         },
         error_rate,

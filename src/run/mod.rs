@@ -316,8 +316,25 @@ pub async fn run_one(
         agent_reports,
         results::LoadgenInfo::new(&experiment, output.connections, file_limit()),
     );
+    let json = write_results(&results, &out)?;
+    if let Some(cluster) = cluster {
+        let cluster = Arc::try_unwrap(cluster)
+            .map_err(|_| anyhow::anyhow!("the cluster is still in use"))?
+            .into_inner();
+        cluster.stop().await;
+    }
+    let outcome = Outcome::of(&json);
+    Ok((json, outcome))
+}
+
+/// Writes `results.json` and `report.html` into `out` and prints the summary; the results as
+/// written.
+pub(crate) fn write_results(
+    results: &results::Results,
+    out: &Path,
+) -> anyhow::Result<serde_json::Value> {
     let path = out.join("results.json");
-    let json = serde_json::to_value(&results)?;
+    let json = serde_json::to_value(results)?;
     crate::local_cluster::write_atomically(&path, serde_json::to_string_pretty(&json)?.as_bytes())?;
     // The report is rendered from exactly what results.json holds, as `clusterbench report`
     // would render it later.
@@ -328,14 +345,7 @@ pub async fn run_one(
     }
     results.print(&path);
     println!("report: {}", report.display());
-    if let Some(cluster) = cluster {
-        let cluster = Arc::try_unwrap(cluster)
-            .map_err(|_| anyhow::anyhow!("the cluster is still in use"))?
-            .into_inner();
-        cluster.stop().await;
-    }
-    let outcome = Outcome::of(&json);
-    Ok((json, outcome))
+    Ok(json)
 }
 
 /// `ip:port` or `host:port` front ends, resolved once (the first address of each name); an

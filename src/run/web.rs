@@ -420,16 +420,7 @@ pub async fn run_one(
         results::LoadgenInfo::new(&experiment, output.connections, super::file_limit()),
     );
     results.attach_web(web);
-    let path = out.join("results.json");
-    let json = serde_json::to_value(&results)?;
-    crate::local_cluster::write_atomically(&path, serde_json::to_string_pretty(&json)?.as_bytes())?;
-    let report = out.join("report.html");
-    match reports::render_run(&json) {
-        Ok(html) => crate::local_cluster::write_atomically(&report, html.as_bytes())?,
-        Err(e) => eprintln!("the HTML report could not be rendered: {e}"),
-    }
-    results.print(&path);
-    println!("report: {}", report.display());
+    let json = super::write_results(&results, out)?;
     if let Some(c) = cluster {
         let c = Arc::try_unwrap(c)
             .map_err(|_| anyhow::anyhow!("the web cluster is still in use"))?

@@ -56,23 +56,10 @@ impl Kind {
     /// case-insensitive; `/` and `.htm` are HTML, `.jpeg` and `.jpe` JPEG); anything else is
     /// `Other`.
     pub fn of_target(target: &str) -> Kind {
-        let path = target.split(['?', '#']).next().unwrap_or("");
-        // An absolute URL's path: what follows the authority.
-        let path = match path.split_once("://") {
-            Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
-            None => path,
-        };
-        if path.ends_with('/') {
-            return Kind::Html;
-        }
-        let name = path.rsplit('/').next().unwrap_or("");
-        let Some((_, extension)) = name.rsplit_once('.') else {
-            return Kind::Other;
-        };
-        match extension.to_ascii_lowercase().as_str() {
-            "gif" => Kind::Gif,
-            "html" | "htm" => Kind::Html,
-            "jpg" | "jpeg" | "jpe" => Kind::Jpeg,
+        match crate::OpKind::of_url(target) {
+            crate::OpKind::Gif => Kind::Gif,
+            crate::OpKind::Html => Kind::Html,
+            crate::OpKind::Jpeg => Kind::Jpeg,
             _ => Kind::Other,
         }
     }

@@ -310,8 +310,7 @@ impl Client {
             .get(CONNECTION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if reuse && !closing && connection.connection.is_some() && !connection.sender.is_closed()
-        {
+        if reuse && !closing && connection.connection.is_some() && !connection.sender.is_closed() {
             let mut idle = pool.idle.lock().unwrap();
             if idle.len() < self.config.connections_per_target as usize {
                 idle.push(connection);

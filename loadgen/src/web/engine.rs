@@ -200,25 +200,7 @@ pub async fn run(
             _ = ticker.tick() => report(&shared, &mut progress),
         }
     }
-    let elapsed = shared.start.elapsed();
-    let recorder = std::mem::replace(
-        &mut *shared.recorder.lock().unwrap(),
-        Recorder::new(shared.config.warmup),
-    );
-    let outcomes = *shared.outcomes.lock().unwrap();
-    WebRunOutput {
-        recorder,
-        outcomes,
-        connections: ConnectionStats {
-            in_flight_peak: shared.in_flight_peak.load(Ordering::Relaxed),
-            ..tracker.stats()
-        },
-        sent,
-        source_left,
-        unsent,
-        started_at,
-        elapsed,
-    }
+    shared.output(&tracker, sent, source_left, unsent, started_at)
 }
 
 /// `clients` clients back to back over the trace's requests, in its order, to the duration's end.
@@ -278,24 +260,43 @@ async fn closed_loop(
         let q = queue.lock().await;
         !q.2 || !q.1.is_empty()
     };
-    let elapsed = shared.start.elapsed();
-    let recorder = std::mem::replace(
-        &mut *shared.recorder.lock().unwrap(),
-        Recorder::new(shared.config.warmup),
-    );
-    let outcomes = *shared.outcomes.lock().unwrap();
-    WebRunOutput {
-        recorder,
-        outcomes,
-        connections: ConnectionStats {
-            in_flight_peak: shared.in_flight_peak.load(Ordering::Relaxed),
-            ..tracker.stats()
-        },
-        sent: sent.load(Ordering::Relaxed),
+    shared.output(
+        &tracker,
+        sent.load(Ordering::Relaxed),
         source_left,
-        unsent: 0,
+        0,
         started_at,
-        elapsed,
+    )
+}
+
+impl Shared {
+    /// What the run produced, taken out of the shared state at its end.
+    fn output(
+        &self,
+        tracker: &ConnectionTracker,
+        sent: u64,
+        source_left: bool,
+        unsent: u64,
+        started_at: SystemTime,
+    ) -> WebRunOutput {
+        let elapsed = self.start.elapsed();
+        let recorder = std::mem::replace(
+            &mut *self.recorder.lock().unwrap(),
+            Recorder::new(self.config.warmup),
+        );
+        WebRunOutput {
+            recorder,
+            outcomes: *self.outcomes.lock().unwrap(),
+            connections: ConnectionStats {
+                in_flight_peak: self.in_flight_peak.load(Ordering::Relaxed),
+                ..tracker.stats()
+            },
+            sent,
+            source_left,
+            unsent,
+            started_at,
+            elapsed,
+        }
     }
 }
 
