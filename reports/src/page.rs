@@ -614,6 +614,14 @@ fn web_view(run: &Results) -> Result<Option<WebView>, ReportError> {
             ),
         },
     ];
+    if let Some(spread) = web.queue_spread {
+        facts.push(KeyValue {
+            key: "load balance",
+            value: format!(
+                "the queues of one class's workers differed by {spread:.2} (standard deviation, mean over the run after the warmup)"
+            ),
+        });
+    }
     if let Some(c) = &web.cluster {
         let n = |k: &str| {
             c.get(k).map_or_else(

@@ -64,6 +64,8 @@ pub struct Web {
     #[serde(default)]
     pub check_failures: u64,
     #[serde(default)]
+    pub queue_spread: Option<f64>,
+    #[serde(default)]
     pub cluster: Option<BTreeMap<String, serde_json::Value>>,
     #[serde(default)]
     pub samples: Vec<WebSample>,

@@ -523,6 +523,11 @@ fn print_web(w: &super::web::WebResults) {
         "checks: {} original(s) byte-identical to the origin's, {} not in its manifest, {} failed",
         o.verified, o.unverified, w.check_failures
     );
+    if let Some(spread) = w.queue_spread {
+        println!(
+            "load balance: workers' queues of one class differed by {spread:.2} (standard deviation, mean over the run)"
+        );
+    }
     if let Some(c) = &w.cluster {
         println!(
             "web cluster: {} node(s) + {} overflow (at most {} overflow process(es) in use), {} front end(s), {} worker(s) at the end, lottery {}, CPU {}; {} spawn(s), {} restart(s), {} failover(s), {} retirement(s), {} degradation(s)",

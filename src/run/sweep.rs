@@ -207,14 +207,16 @@ fn label(params: &[(String, toml::Value)]) -> String {
 
 fn print_table(entries: &[serde_json::Value], results: &[serde_json::Value]) {
     let saturated = entries.iter().any(|e| e.get("capacity_per_s").is_some());
+    // Web runs show requests a second and the cache hit rate where mail shows SMTP and loss.
+    let web = results.iter().any(|r| r.get("web").is_some());
     println!();
     println!(
         "{:<48} {:>10} {:>10} {:>10} {:>6} {:>6}",
         "run",
         if saturated { "capacity/s" } else { "" },
-        "smtp/s",
+        if web { "req/s" } else { "smtp/s" },
         "p99 ms",
-        "lost",
+        if web { "hit %" } else { "lost" },
         "pass"
     );
     for (entry, r) in entries.iter().zip(results) {
@@ -228,9 +230,15 @@ fn print_table(entries: &[serde_json::Value], results: &[serde_json::Value]) {
             ),
             main_rate(r, smtp),
             main_p99(r, smtp),
-            r["correctness"]["lost"]
-                .as_u64()
-                .map_or("-".into(), |n| n.to_string()),
+            if web {
+                r["web"]["hit_rate"]
+                    .as_f64()
+                    .map_or("-".into(), |h| format!("{:.1}", h * 100.0))
+            } else {
+                r["correctness"]["lost"]
+                    .as_u64()
+                    .map_or("-".into(), |n| n.to_string())
+            },
             if entry["pass"].as_bool() == Some(true) {
                 "yes"
             } else {

@@ -58,6 +58,11 @@ pub struct WebResults {
     pub check_failures: u64,
     /// The bundled cluster's shape and figures at the end.
     pub cluster: Option<ClusterFigures>,
+    /// How unevenly the load balancer spread the work: the standard deviation of the queue
+    /// lengths of the workers of one class (classes with two or more workers, averaged), over the
+    /// samples after the warmup. Lower is steadier (TranSend's corrected lottery against its
+    /// naive one).
+    pub queue_spread: Option<f64>,
     /// The cluster polled twice a second: per-worker queues, overflow in use, spawns.
     pub samples: Vec<Sample>,
     pub samples_dropped: u64,
@@ -386,6 +391,7 @@ pub async fn run_one(
         hit_rate: output.outcomes.hit_rate(),
         check_failures,
         cluster: cluster_figures,
+        queue_spread: queue_spread(&watch.samples, experiment.workload.warmup_s),
         samples: watch.samples,
         samples_dropped: watch.samples_dropped,
         events: watch.events,
@@ -943,6 +949,31 @@ async fn clear_faults(c: &LocalWebCluster, p: &RunningProcess) {
         .await;
 }
 
+/// See [`WebResults::queue_spread`].
+fn queue_spread(samples: &[Sample], warmup_s: f64) -> Option<f64> {
+    let mut per_sample = Vec::new();
+    for s in samples.iter().filter(|s| s.t_s >= warmup_s) {
+        let mut classes: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+        for w in &s.workers {
+            // `worker jpeg 2` → `worker jpeg`.
+            let class = w.key.rsplit_once(' ').map_or(w.key.as_str(), |(c, _)| c);
+            classes.entry(class).or_default().push(w.queue);
+        }
+        let deviations: Vec<f64> = classes
+            .values()
+            .filter(|q| q.len() >= 2)
+            .map(|q| {
+                let mean = q.iter().sum::<f64>() / q.len() as f64;
+                (q.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / q.len() as f64).sqrt()
+            })
+            .collect();
+        if !deviations.is_empty() {
+            per_sample.push(deviations.iter().sum::<f64>() / deviations.len() as f64);
+        }
+    }
+    (!per_sample.is_empty()).then(|| per_sample.iter().sum::<f64>() / per_sample.len() as f64)
+}
+
 /// Fills in a fault's recovery figures from what was watched.
 fn recovery(f: &mut WebFault, specs: &[FaultSpec], watch: &Watch, completed: &[u64]) {
     let spec = &specs[f.index];
@@ -1040,6 +1071,39 @@ fn figures(c: &LocalWebCluster, experiment: &Experiment, watch: &Watch) -> Clust
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_spread_is_the_mean_deviation_within_a_class() {
+        let sample = |t_s: f64, queues: &[(&str, f64)]| Sample {
+            t_s,
+            workers: queues
+                .iter()
+                .map(|(k, q)| WorkerSample {
+                    key: k.to_string(),
+                    queue: *q,
+                    overflow: false,
+                })
+                .collect(),
+            overflow_in_use: 0,
+            spawns: 0,
+            degraded: 0,
+        };
+        let samples = [
+            sample(1.0, &[("worker jpeg 1", 100.0), ("worker jpeg 2", 0.0)]),
+            sample(
+                5.0,
+                &[
+                    ("worker jpeg 1", 4.0),
+                    ("worker jpeg 2", 0.0),
+                    ("worker gif 1", 9.0),
+                ],
+            ),
+            sample(6.0, &[("worker jpeg 1", 1.0), ("worker jpeg 2", 1.0)]),
+        ];
+        // The first is in the warmup; a lone gif worker has no spread.
+        assert_eq!(queue_spread(&samples, 2.0), Some(1.0));
+        assert_eq!(queue_spread(&samples[..1], 2.0), None);
+    }
 
     #[test]
     fn trace_clients_become_user_names_the_proxy_accepts() {
