@@ -200,13 +200,16 @@ fn split_url(url: &str) -> Result<(&str, &str), HttpError> {
     Ok((authority, path))
 }
 
+/// The connection half of one hyper HTTP/1.1 client connection.
+type Driver = Connection<TokioIo<TcpStream>, Empty<Bytes>>;
+
 /// A connection: its sender, and the connection itself, which the task using it drives (no
 /// task of its own, so a request costs no wake-ups across tasks).
 struct Idle {
     sender: SendRequest<Empty<Bytes>>,
     /// `None` once the connection's future has ended (the server closed it, or it failed): it
     /// is dropped then, which cancels a request still waiting on it.
-    connection: Option<Pin<Box<Connection<TokioIo<TcpStream>, Empty<Bytes>>>>>,
+    connection: Option<Pin<Box<Driver>>>,
     _open: OpenConnection,
 }
 
