@@ -194,24 +194,13 @@ pub fn throughput_svg(results: &Results) -> Result<Option<String>, ReportError> 
     let mut svg = String::new();
     draw(&mut svg, THROUGHPUT_HEIGHT_PX, |root| {
         let (plot, legend_area) = root.split_horizontally(CHART_WIDTH_PX - LEGEND_WIDTH_PX);
-        let mut chart = ChartBuilder::on(&plot)
-            .margin(10)
-            .x_label_area_size(42)
-            .y_label_area_size(62)
-            .build_cartesian_2d(0.0..timeline.x_max_s, 0.0..y_max)?;
-        chart
-            .configure_mesh()
-            .light_line_style(WHITE)
-            .bold_line_style(GRID_COLOR)
-            .x_desc("seconds since the load started")
-            .y_desc("operations per second")
-            .x_labels(timeline.x_labels())
-            .x_label_formatter(&|x| fmt_tick(*x))
-            .y_label_formatter(&|y| fmt_tick(*y))
-            .label_style(font(TICK_PX))
-            .axis_desc_style(font(AXIS_DESC_PX))
-            .draw()?;
-        draw_timeline(&mut chart, &timeline, 0.0, y_max)?;
+        let mut chart = linear_time_chart(
+            &plot,
+            &timeline,
+            timeline.x_max_s,
+            y_max,
+            "operations per second",
+        )?;
         let mut legend = Vec::new();
         for (i, (op, points)) in ops.iter().zip(&per_op).enumerate() {
             let style = op_color(i).stroke_width(2);
@@ -367,6 +356,39 @@ pub(crate) fn draw(
 
 /// The warmup, fault windows (shaded, labelled at the top) and view changes (dashed lines), drawn
 /// under the data.
+/// A chart over the run's seconds with a linear y axis from 0, its mesh drawn and the
+/// timeline (warmup, faults, view changes) drawn in.
+fn linear_time_chart<'a>(
+    plot: &Area<'a>,
+    timeline: &Timeline,
+    x_max: f64,
+    y_max: f64,
+    y_desc: &str,
+) -> Result<
+    ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    Box<dyn std::error::Error>,
+> {
+    let mut chart = ChartBuilder::on(plot)
+        .margin(10)
+        .x_label_area_size(42)
+        .y_label_area_size(62)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .bold_line_style(GRID_COLOR)
+        .x_desc("seconds since the load started")
+        .y_desc(y_desc)
+        .x_labels(timeline.x_labels())
+        .x_label_formatter(&|x| fmt_tick(*x))
+        .y_label_formatter(&|y| fmt_tick(*y))
+        .label_style(font(TICK_PX))
+        .axis_desc_style(font(AXIS_DESC_PX))
+        .draw()?;
+    draw_timeline(&mut chart, timeline, 0.0, y_max)?;
+    Ok(chart)
+}
+
 fn draw_timeline<'a, Y>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
     timeline: &Timeline,
@@ -551,24 +573,13 @@ pub fn web_queue_svg(results: &Results) -> Result<Option<String>, ReportError> {
     let mut svg = String::new();
     draw(&mut svg, THROUGHPUT_HEIGHT_PX, |root| {
         let (plot, legend_area) = root.split_horizontally(CHART_WIDTH_PX - LEGEND_WIDTH_PX);
-        let mut chart = ChartBuilder::on(&plot)
-            .margin(10)
-            .x_label_area_size(42)
-            .y_label_area_size(62)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
-        chart
-            .configure_mesh()
-            .light_line_style(WHITE)
-            .bold_line_style(GRID_COLOR)
-            .x_desc("seconds since the load started")
-            .y_desc("queue length (manager's hint)")
-            .x_labels(timeline.x_labels())
-            .x_label_formatter(&|x| fmt_tick(*x))
-            .y_label_formatter(&|y| fmt_tick(*y))
-            .label_style(font(TICK_PX))
-            .axis_desc_style(font(AXIS_DESC_PX))
-            .draw()?;
-        draw_timeline(&mut chart, &timeline, 0.0, y_max)?;
+        let mut chart = linear_time_chart(
+            &plot,
+            &timeline,
+            x_max,
+            y_max,
+            "queue length (manager's hint)",
+        )?;
         for (t, color) in &marks {
             chart.draw_series(DashedLineSeries::new(
                 [(*t, 0.0), (*t, y_max)],
