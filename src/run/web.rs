@@ -172,9 +172,20 @@ pub async fn run_one(
                 ..
             },
         ) => Some(*r),
-        (TraceTiming::Rate, _) => bail!(
-            "workload.rate: timing = \"rate\" replays at a constant rate: give {{ per_s = N }}"
-        ),
+        // A ramp or steps: the log in its order, spaced by the rate at each moment; the mean
+        // offered rate stands for it where one figure is wanted.
+        (TraceTiming::Rate, Rate::Open { shape, .. }) => {
+            Some(offered(shape, experiment.workload.duration_s) / experiment.workload.duration_s)
+        }
+    };
+    // Spacing by a changing rate (None: the replay's own spacing).
+    let shape = match (&trace.timing, &experiment.workload.rate) {
+        (TraceTiming::Rate, Rate::Open { shape, .. })
+            if !matches!(shape, RateShape::Constant(_)) =>
+        {
+            Some(shape.clone())
+        }
+        _ => None,
     };
     let (trace_path, synthesized) = match &trace.file {
         Some(f) => {
@@ -261,7 +272,13 @@ pub async fn run_one(
     .map_err(|e| anyhow::anyhow!(e))?;
     let replayed = Passes::new(trace_path.clone(), timing, bases[0].clone(), trace.repeat);
     let first_base = bases[0].clone();
-    let requests = replayed.map(move |r| {
+    let run_s = experiment.workload.duration_s;
+    let mut clock = 0.0f64;
+    let requests = replayed.map(move |mut r| {
+        if let Some(shape) = &shape {
+            r.at = Duration::from_secs_f64(clock);
+            clock = next_start(shape, clock, run_s);
+        }
         let url = if bases.len() > 1 && r.url.starts_with(&first_base) {
             let base = &bases[(r.index % bases.len() as u64) as usize];
             format!("{base}{}", &r.url[first_base.len()..])
@@ -435,6 +452,30 @@ pub async fn run_one(
     }
     let outcome = Outcome::of(&json);
     Ok((json, outcome))
+}
+
+/// The requests a rate shape offers over `duration_s` seconds.
+fn offered(shape: &RateShape, duration_s: f64) -> f64 {
+    const STEP_S: f64 = 0.01;
+    let steps = (duration_s / STEP_S).ceil() as u64;
+    (0..steps)
+        .map(|i| shape.per_s_at(i as f64 * STEP_S, duration_s) * STEP_S)
+        .sum()
+}
+
+/// When the request after one starting at `t_s` starts, at the rate `shape` has then: a gap of
+/// one over the rate, or, where the rate is 0, when it is next above 0 (the run's end at most).
+fn next_start(shape: &RateShape, t_s: f64, duration_s: f64) -> f64 {
+    let rate = shape.per_s_at(t_s, duration_s);
+    let mut t = if rate > 0.0 { t_s + 1.0 / rate } else { t_s };
+    // A start never falls where the rate is 0.
+    while shape.per_s_at(t, duration_s) <= 0.0 {
+        if t >= duration_s {
+            return duration_s;
+        }
+        t += 0.01;
+    }
+    t
 }
 
 /// Writes a synthesized trace to `path`: the experiment's `[workload.trace.synth]` settings,
@@ -1103,6 +1144,30 @@ mod tests {
         // The first is in the warmup; a lone gif worker has no spread.
         assert_eq!(queue_spread(&samples, 2.0), Some(1.0));
         assert_eq!(queue_spread(&samples[..1], 2.0), None);
+    }
+
+    #[test]
+    fn a_changing_rate_spaces_the_log_by_the_rate_of_the_moment() {
+        let steps = RateShape::Steps(vec![(0.0, 10.0), (1.0, 0.0), (2.0, 100.0)]);
+        let mut t = 0.0;
+        let mut starts = Vec::new();
+        while t < 3.0 {
+            starts.push(t);
+            t = next_start(&steps, t, 3.0);
+        }
+        let in_range = |a: f64, b: f64| starts.iter().filter(|s| **s >= a && **s < b).count();
+        assert!(
+            (10..=11).contains(&in_range(0.0, 1.0)),
+            "{}",
+            in_range(0.0, 1.0)
+        );
+        assert_eq!(in_range(1.05, 1.99), 0);
+        assert!(
+            (99..=101).contains(&in_range(2.0, 3.0)),
+            "{}",
+            in_range(2.0, 3.0)
+        );
+        assert!((offered(&steps, 3.0) - 110.0).abs() < 0.5);
     }
 
     #[test]
