@@ -87,12 +87,27 @@ fn trace(dir: &Path, origin: &str) -> std::path::PathBuf {
     path
 }
 
-fn wait_port(addr: &str) {
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{addr} never listened");
-        std::thread::sleep(Duration::from_millis(50));
+/// Starts a server on a port found free (`start` writes its configuration and spawns it) and
+/// waits until it listens. A port is only free until someone takes it: if the server exits
+/// before listening (a parallel test took the port in between), it is tried on another.
+fn start_server(mut start: impl FnMut(u16) -> Child) -> (Running, String) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut server = Running(start(port));
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(_)) = server.0.try_wait() {
+                break;
+            }
+            if TcpStream::connect(&addr).is_ok() {
+                return (server, addr);
+            }
+            assert!(Instant::now() < deadline, "{addr} never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
+    panic!("the server exited before listening, five times over (see its errors above)");
 }
 
 fn run(dir: &Path, target: &str, trace: &Path) -> Value {
@@ -146,14 +161,14 @@ fn nginx_as_a_reverse_proxy_serves_the_trace_byte_for_byte() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (_origin, origin) = origin();
-    let port = free_port();
     let prefix = dir.path().join("nginx");
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
     let conf = prefix.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"
+    let (_nginx, addr) = start_server(|port| {
+        std::fs::write(
+            &conf,
+            format!(
+                r#"
 worker_processes 1;
 pid {p}/nginx.pid;
 error_log {p}/logs/error.log;
@@ -176,24 +191,22 @@ http {{
   }}
 }}
 "#,
-            p = prefix.display()
-        ),
-    )
-    .unwrap();
-    let nginx = Command::new("nginx")
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(&conf)
-        // One process: nothing is left behind whatever happens to the test.
-        .args(["-g", "daemon off; master_process off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting nginx");
-    let _nginx = Running(nginx);
-    let addr = format!("127.0.0.1:{port}");
-    wait_port(&addr);
+                p = prefix.display()
+            ),
+        )
+        .unwrap();
+        Command::new("nginx")
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            // One process: nothing is left behind whatever happens to the test.
+            .args(["-g", "daemon off; master_process off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting nginx")
+    });
     let trace = trace(dir.path(), &origin);
     let results = run(
         dir.path(),
@@ -211,13 +224,15 @@ fn squid_as_a_forward_proxy_serves_the_trace_byte_for_byte() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (_origin, origin) = origin();
-    let port = free_port();
     let conf = dir.path().join("squid.conf");
     let d = dir.path().display();
-    std::fs::write(
-        &conf,
-        format!(
-            r#"
+    // Squid drops root privileges to its own user, who must be able to write the logs.
+    let _ = Command::new("chmod").arg("777").arg(dir.path()).status();
+    let (_squid, addr) = start_server(|port| {
+        std::fs::write(
+            &conf,
+            format!(
+                r#"
 http_port 127.0.0.1:{port}
 http_access allow all
 cache_mem 16 MB
@@ -230,21 +245,17 @@ coredump_dir {d}
 shutdown_lifetime 0 seconds
 dns_nameservers 127.0.0.1
 "#
-        ),
-    )
-    .unwrap();
-    // Squid drops root privileges to its own user, who must be able to write the logs.
-    let _ = Command::new("chmod").arg("777").arg(dir.path()).status();
-    let squid = Command::new("squid")
-        .args(["-N", "-f"])
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting squid");
-    let _squid = Running(squid);
-    let addr = format!("127.0.0.1:{port}");
-    wait_port(&addr);
+            ),
+        )
+        .unwrap();
+        Command::new("squid")
+            .args(["-N", "-f"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting squid")
+    });
     let trace = trace(dir.path(), &origin);
     let results = run(
         dir.path(),

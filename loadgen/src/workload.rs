@@ -235,6 +235,30 @@ impl RateShape {
     pub fn expected_ops(&self, duration_s: f64) -> f64 {
         RateCurve::new(self, duration_s).ops_until(duration_s)
     }
+
+    /// Evenly spaced arrivals under this curve: the `k`-th (from 0) at `Λ⁻¹(k)`, so that the
+    /// spacing follows the rate of the moment (what `arrivals = "constant"` gives a schedule, for
+    /// sequences made elsewhere, such as a replayed log).
+    pub fn even_arrivals(&self, duration_s: f64) -> EvenArrivals {
+        EvenArrivals {
+            curve: RateCurve::new(self, duration_s),
+            cursor: 0,
+        }
+    }
+}
+
+/// See [`RateShape::even_arrivals`].
+#[derive(Debug, Clone)]
+pub struct EvenArrivals {
+    curve: RateCurve,
+    cursor: usize,
+}
+
+impl EvenArrivals {
+    /// When arrival `k` is due, in seconds from the start; call with increasing `k`.
+    pub fn at(&mut self, k: u64) -> f64 {
+        self.curve.time_of(k as f64, &mut self.cursor)
+    }
 }
 
 impl Rate {

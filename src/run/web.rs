@@ -174,9 +174,9 @@ pub async fn run_one(
         ) => Some(*r),
         // A ramp or steps: the log in its order, spaced by the rate at each moment; the mean
         // offered rate stands for it where one figure is wanted.
-        (TraceTiming::Rate, Rate::Open { shape, .. }) => {
-            Some(offered(shape, experiment.workload.duration_s) / experiment.workload.duration_s)
-        }
+        (TraceTiming::Rate, Rate::Open { shape, .. }) => Some(
+            shape.expected_ops(experiment.workload.duration_s) / experiment.workload.duration_s,
+        ),
     };
     // Spacing by a changing rate (None: the replay's own spacing).
     let shape = match (&trace.timing, &experiment.workload.rate) {
@@ -272,12 +272,10 @@ pub async fn run_one(
     .map_err(|e| anyhow::anyhow!(e))?;
     let replayed = Passes::new(trace_path.clone(), timing, bases[0].clone(), trace.repeat);
     let first_base = bases[0].clone();
-    let run_s = experiment.workload.duration_s;
-    let mut clock = 0.0f64;
+    let mut arrivals = shape.map(|s| s.even_arrivals(experiment.workload.duration_s));
     let requests = replayed.map(move |mut r| {
-        if let Some(shape) = &shape {
-            r.at = Duration::from_secs_f64(clock);
-            clock = next_start(shape, clock, run_s);
+        if let Some(arrivals) = &mut arrivals {
+            r.at = Duration::try_from_secs_f64(arrivals.at(r.index)).unwrap_or(Duration::MAX);
         }
         let url = if bases.len() > 1 && r.url.starts_with(&first_base) {
             let base = &bases[(r.index % bases.len() as u64) as usize];
@@ -454,30 +452,6 @@ pub async fn run_one(
     Ok((json, outcome))
 }
 
-/// The requests a rate shape offers over `duration_s` seconds.
-fn offered(shape: &RateShape, duration_s: f64) -> f64 {
-    const STEP_S: f64 = 0.01;
-    let steps = (duration_s / STEP_S).ceil() as u64;
-    (0..steps)
-        .map(|i| shape.per_s_at(i as f64 * STEP_S, duration_s) * STEP_S)
-        .sum()
-}
-
-/// When the request after one starting at `t_s` starts, at the rate `shape` has then: a gap of
-/// one over the rate, or, where the rate is 0, when it is next above 0 (the run's end at most).
-fn next_start(shape: &RateShape, t_s: f64, duration_s: f64) -> f64 {
-    let rate = shape.per_s_at(t_s, duration_s);
-    let mut t = if rate > 0.0 { t_s + 1.0 / rate } else { t_s };
-    // A start never falls where the rate is 0.
-    while shape.per_s_at(t, duration_s) <= 0.0 {
-        if t >= duration_s {
-            return duration_s;
-        }
-        t += 0.01;
-    }
-    t
-}
-
 /// Writes a synthesized trace to `path`: the experiment's `[workload.trace.synth]` settings,
 /// seeded by the experiment unless they say otherwise, and long enough for the run unless they
 /// give a length.
@@ -525,17 +499,11 @@ fn synthesize(
     let file =
         std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
-    let mut writer = synth::ClfWriter::new(generator.offset_s());
-    let mut line = String::new();
     let mut lines = 0u64;
-    let for_writing = synth::Synth::new(generator.config().clone())
-        .map_err(|e| anyhow::anyhow!("workload.trace.synth: {e}"))?;
-    for request in for_writing {
+    for line in generator.lines() {
         if needed.is_some_and(|n| lines >= n) {
             break;
         }
-        line.clear();
-        writer.line(&generator, &request, &mut line);
         out.write_all(line.as_bytes())?;
         lines += 1;
     }
@@ -683,8 +651,6 @@ struct Watch {
     samples: Vec<Sample>,
     samples_dropped: u64,
     events: Vec<Event>,
-    /// (key, started_at_ms) of every process seen, in order first seen.
-    started: Vec<(ProcessKey, i64)>,
     /// When each worker's load report was first seen after a given time: (t_s, key).
     reports_seen: Vec<(f64, String)>,
     /// Times the manager answered with at least one worker's load (t_s).
@@ -707,21 +673,9 @@ async fn poll(
             _ = ticker.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let (processes, status) = {
-            let c = cluster.lock().await;
-            (c.processes().await, c.manager_status().await)
-        };
+        let status = cluster.lock().await.manager_status().await;
         let t_s = start.elapsed().as_secs_f64();
         let mut w = watch.lock().unwrap();
-        for p in &processes {
-            if !w
-                .started
-                .iter()
-                .any(|(k, at)| *k == p.key && *at == p.started_at_ms)
-            {
-                w.started.push((p.key, p.started_at_ms));
-            }
-        }
         let Some(status) = status else { continue };
         if let Some(events) = status["timeline"].as_array() {
             for e in events {
@@ -1149,12 +1103,11 @@ mod tests {
     #[test]
     fn a_changing_rate_spaces_the_log_by_the_rate_of_the_moment() {
         let steps = RateShape::Steps(vec![(0.0, 10.0), (1.0, 0.0), (2.0, 100.0)]);
-        let mut t = 0.0;
-        let mut starts = Vec::new();
-        while t < 3.0 {
-            starts.push(t);
-            t = next_start(&steps, t, 3.0);
-        }
+        let mut arrivals = steps.even_arrivals(3.0);
+        let starts: Vec<f64> = (0..)
+            .map(|k| arrivals.at(k))
+            .take_while(|t| *t < 3.0)
+            .collect();
         let in_range = |a: f64, b: f64| starts.iter().filter(|s| **s >= a && **s < b).count();
         assert!(
             (10..=11).contains(&in_range(0.0, 1.0)),
@@ -1167,7 +1120,7 @@ mod tests {
             "{}",
             in_range(2.0, 3.0)
         );
-        assert!((offered(&steps, 3.0) - 110.0).abs() < 0.5);
+        assert!((steps.expected_ops(3.0) - 110.0).abs() < 0.5);
     }
 
     #[test]
