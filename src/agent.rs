@@ -10,8 +10,10 @@
 //!    and closes (a wrong token, or another clusterbench version);
 //! 2. any number of `clock {t0_ns}` / `clock {t0_ns, agent_ns}` round trips: the coordinator
 //!    estimates the agent's clock offset from the one with the shortest round trip;
-//! 3. coordinator `start {config, start_at_unix_ns}` (the instant in the agent's own clock); the
-//!    agent sends `delta {...}` about once a second and `done {elapsed_s}` at the end. If the
+//! 3. coordinator `start {config, start_at_unix_ns}` (the instant in the agent's own clock), or
+//!    `start_web {job, share, start_at_unix_ns}` for a share of a web experiment; the agent sends
+//!    `delta {...}` about once a second and `done {elapsed_s, web}` at the end (or `refused
+//!    {reason}` when it cannot run its share, e.g. the trace is not on its host). If the
 //!    coordinator goes away, the agent stops the run and waits for the next coordinator.
 //!
 //! One coordinator at a time: while one holds the agent, another is refused as busy.
@@ -25,6 +27,9 @@ use loadgen::drivers::ConnectionStats;
 use loadgen::engine::{self, AbortOnDrop, Delta, EngineConfig};
 use loadgen::ledger::Ledger;
 use loadgen::metrics::{LiveFigures, RecorderState};
+use loadgen::web::check::Outcomes;
+use loadgen::web::engine::WebDelta;
+use loadgen::workload::Share;
 use serde::{Deserialize, Serialize};
 use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
@@ -47,8 +52,8 @@ pub const SESSIONS_MAX: usize = 64;
 pub const START_DELAY_MAX: Duration = Duration::from_secs(60);
 /// The protocol's version: agents and coordinators of other versions refuse each other. The
 /// package version, and the wire format's revision (2: deltas carry a compact ledger of
-/// acknowledged messages), since builds of one package version can differ on the wire.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+wire3");
+/// acknowledged messages; 3: seven operation kinds; 4: web shares), since builds of one package version can differ on the wire.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+wire4");
 
 /// What a coordinator says.
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,6 +70,13 @@ pub enum ToAgent {
         config: Box<EngineConfig>,
         start_at_unix_ns: u64,
     },
+    /// A share of a web experiment: the agent replays the same trace and sends the requests
+    /// whose position is its index modulo the count.
+    StartWeb {
+        job: Box<crate::run::web::WebJob>,
+        share: Share,
+        start_at_unix_ns: u64,
+    },
 }
 
 /// What an agent says.
@@ -75,7 +87,27 @@ pub enum ToCoordinator {
     Refused { reason: String },
     Clock { t0_ns: u64, agent_ns: u64 },
     Delta(Box<WireDelta>),
-    Done { elapsed_s: f64 },
+    Done {
+        elapsed_s: f64,
+        /// A web share's end: requests due but never started, and whether its trace had more.
+        #[serde(default)]
+        web: Option<WebEnd>,
+    },
+}
+
+/// What a web share adds to a delta: additive, like the recorder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct WebPart {
+    pub outcomes: Outcomes,
+    /// Requests sent since the previous delta.
+    pub sent: u64,
+}
+
+/// How a web share ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct WebEnd {
+    pub unsent: u64,
+    pub source_left: bool,
 }
 
 /// A [`Delta`] on the wire, with the agent's live figures for the coordinator's progress line.
@@ -91,6 +123,22 @@ pub struct WireDelta {
     /// Connections opened and peaks, so far in this agent's run.
     #[serde(default)]
     pub connections: ConnectionStats,
+    /// A web share's outcomes and requests sent since the previous delta.
+    #[serde(default)]
+    pub web: Option<WebPart>,
+}
+
+impl WireDelta {
+    fn empty() -> WireDelta {
+        WireDelta {
+            elapsed_s: 0.0,
+            live: LiveFigures::default(),
+            recorders: Vec::new(),
+            ledger: Ledger::default(),
+            connections: ConnectionStats::default(),
+            web: None,
+        }
+    }
 }
 
 /// Nanoseconds since the Unix epoch on this host's clock.
@@ -291,7 +339,16 @@ async fn session(
                 config,
                 start_at_unix_ns,
             }) => {
-                return drive(*config, start_at_unix_ns, name, r, w)
+                return drive(Load::Mail(config), start_at_unix_ns, name, r, w)
+                    .await
+                    .map(|()| true)
+            }
+            Some(ToAgent::StartWeb {
+                job,
+                share,
+                start_at_unix_ns,
+            }) => {
+                return drive(Load::Web(job, share), start_at_unix_ns, name, r, w)
                     .await
                     .map(|()| true)
             }
@@ -313,16 +370,19 @@ impl Pending {
     /// Adds a delta to what waits; states are additive, so they simply queue up (one a second,
     /// for at most [`WRITE_TIMEOUT`] before the session gives up).
     fn add(&mut self, d: Delta) {
-        let p = self.delta.get_or_insert_with(|| WireDelta {
-            elapsed_s: 0.0,
-            live: LiveFigures::default(),
-            recorders: Vec::new(),
-            ledger: Ledger::default(),
-            connections: ConnectionStats::default(),
-        });
+        let p = self.delta.get_or_insert_with(WireDelta::empty);
         p.recorders.push(d.recorder);
         p.ledger.merge(d.ledger);
         p.connections = d.connections;
+    }
+
+    fn add_web(&mut self, d: WebDelta) {
+        let p = self.delta.get_or_insert_with(WireDelta::empty);
+        p.recorders.push(d.recorder);
+        p.connections = d.connections;
+        let web = p.web.get_or_insert_with(WebPart::default);
+        web.outcomes.merge(&d.outcomes);
+        web.sent += d.sent;
     }
 
     /// What waits, stamped for sending.
@@ -334,11 +394,23 @@ impl Pending {
     }
 }
 
+/// What a coordinator handed over to run.
+enum Load {
+    Mail(Box<EngineConfig>),
+    Web(Box<crate::run::web::WebJob>, Share),
+}
+
+/// How the load ended: its elapsed time and, for a web share, how it ended.
+struct Finished {
+    elapsed: Duration,
+    web: Option<WebEnd>,
+}
+
 /// Runs the share from the agreed instant, streaming deltas, until the end or until the
 /// coordinator goes away (end of stream, or a write that does not complete within
 /// [`WRITE_TIMEOUT`]); in every case the load stops with the session.
 async fn drive(
-    config: EngineConfig,
+    load: Load,
     start_at_unix_ns: u64,
     name: &str,
     r: BufReader<tokio::net::tcp::OwnedReadHalf>,
@@ -351,48 +423,42 @@ async fn drive(
         delay.as_secs_f64(),
         START_DELAY_MAX.as_secs()
     );
+    let started = tokio::time::Instant::now() + delay;
+    let pending = Arc::new(std::sync::Mutex::new(Pending::default()));
+    let ready = Arc::new(tokio::sync::Notify::new());
+    let mut engine = match load {
+        Load::Mail(config) => mail_load(*config, started, pending.clone(), ready.clone()),
+        Load::Web(job, share) => {
+            match web_load(*job, share, started, pending.clone(), ready.clone()) {
+                Ok(engine) => engine,
+                Err(e) => {
+                    // Said to the coordinator, which names this agent and stops the run.
+                    let reason = format!("{e:#}");
+                    eprintln!("agent {name}: {reason}");
+                    let _ = send(&mut w, ToCoordinator::Refused { reason }).await;
+                    return Err(e);
+                }
+            }
+        }
+    };
     let late_ms = unix_ns().saturating_sub(start_at_unix_ns) as f64 / 1e6;
     if late_ms > 1.0 {
         eprintln!("agent {name}: the start came {late_ms:.1} ms late; starting now");
     }
-    let started = tokio::time::Instant::now() + delay;
-    let pending = Arc::new(std::sync::Mutex::new(Pending::default()));
-    let ready = Arc::new(tokio::sync::Notify::new());
-    let engine = {
-        let (pending, ready) = (pending.clone(), ready.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep_until(started).await;
-            let live = pending.clone();
-            engine::run_streaming(
-                config,
-                move |figures, _| live.lock().unwrap().live = Some(figures.clone()),
-                Some(move |d: Delta| {
-                    pending.lock().unwrap().add(d);
-                    ready.notify_one();
-                }),
-            )
-            .await
-        })
-    };
-    // However this function ends, the load ends with it.
-    let mut engine = AbortOnDrop(engine);
     let mut closed = Vec::new();
     let mut from_coordinator = r.take(1024);
     loop {
         tokio::select! {
-            output = &mut engine.0 => {
-                let output = output.context("the engine failed")?;
-                let last = {
-                    let mut p = pending.lock().unwrap();
-                    p.add(Delta {
-                        recorder: output.recorder.to_state(),
-                        ledger: output.ledger,
-                        connections: output.connections,
-                    });
-                    p.take(output.elapsed).expect("just added")
-                };
-                send(&mut w, ToCoordinator::Delta(Box::new(last))).await?;
-                send(&mut w, ToCoordinator::Done { elapsed_s: output.elapsed.as_secs_f64() }).await?;
+            finished = &mut engine => {
+                let finished = finished?;
+                let last = pending.lock().unwrap().take(finished.elapsed);
+                if let Some(last) = last {
+                    send(&mut w, ToCoordinator::Delta(Box::new(last))).await?;
+                }
+                send(&mut w, ToCoordinator::Done {
+                    elapsed_s: finished.elapsed.as_secs_f64(),
+                    web: finished.web,
+                }).await?;
                 return Ok(());
             }
             _ = ready.notified() => {
@@ -409,6 +475,146 @@ async fn drive(
             }
         }
     }
+}
+
+/// A directory of this agent's own, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> anyhow::Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!(
+            "clusterbench-agent-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the scratch directory {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+type Engine = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Finished>> + Send>>;
+
+/// The mail engine on this runtime; aborted when the returned future is dropped.
+fn mail_load(
+    config: EngineConfig,
+    started: tokio::time::Instant,
+    pending: Arc<std::sync::Mutex<Pending>>,
+    ready: Arc<tokio::sync::Notify>,
+) -> Engine {
+    let engine = tokio::spawn(async move {
+        tokio::time::sleep_until(started).await;
+        let live = pending.clone();
+        let output = engine::run_streaming(
+            config,
+            move |figures, _| live.lock().unwrap().live = Some(figures.clone()),
+            Some({
+                let (pending, ready) = (pending.clone(), ready.clone());
+                move |d: Delta| {
+                    pending.lock().unwrap().add(d);
+                    ready.notify_one();
+                }
+            }),
+        )
+        .await;
+        pending.lock().unwrap().add(Delta {
+            recorder: output.recorder.to_state(),
+            ledger: output.ledger,
+            connections: output.connections,
+        });
+        output.elapsed
+    });
+    // However the session ends, the load ends with it.
+    let mut engine = AbortOnDrop(engine);
+    Box::pin(async move {
+        let elapsed = (&mut engine.0).await.context("the engine failed")?;
+        Ok(Finished { elapsed, web: None })
+    })
+}
+
+/// A web share on a thread and a single-threaded runtime of its own (as `clusterbench run`
+/// drives it), stopped when the returned future is dropped. Fails at once when the trace is
+/// not here and cannot be made again.
+fn web_load(
+    job: crate::run::web::WebJob,
+    share: Share,
+    started: tokio::time::Instant,
+    pending: Arc<std::sync::Mutex<Pending>>,
+    ready: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<Engine> {
+    let scratch = Scratch::new()?;
+    let trace = job.local_trace(&scratch.0)?;
+    let (config, requests) = job.plan(&trace, share)?;
+    let source = loadgen::web::engine::spawn_source(requests);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    // Dropping the sender stops the load's runtime (and the scratch directory goes with it).
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("web-load".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = done_tx.send(Err(anyhow::anyhow!("building the load's runtime: {e}")));
+                    return;
+                }
+            };
+            let live = pending.clone();
+            let load = async move {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(started.into_std()))
+                    .await;
+                let output = loadgen::web::engine::run_streaming(
+                    config,
+                    source,
+                    move |figures, _| live.lock().unwrap().live = Some(figures.clone()),
+                    Some({
+                        let (pending, ready) = (pending.clone(), ready.clone());
+                        move |d: WebDelta| {
+                            pending.lock().unwrap().add_web(d);
+                            ready.notify_one();
+                        }
+                    }),
+                )
+                .await;
+                pending.lock().unwrap().add_web(WebDelta {
+                    recorder: output.recorder.to_state(),
+                    outcomes: output.outcomes,
+                    sent: output.sent,
+                    connections: output.connections,
+                });
+                Finished {
+                    elapsed: output.elapsed,
+                    web: Some(WebEnd {
+                        unsent: output.unsent,
+                        source_left: output.source_left,
+                    }),
+                }
+            };
+            let finished = runtime.block_on(async move {
+                tokio::select! {
+                    f = load => Some(f),
+                    _ = stop_rx => None,
+                }
+            });
+            drop(scratch);
+            if let Some(f) = finished {
+                let _ = done_tx.send(Ok(f));
+            }
+        })
+        .context("starting the load's thread")?;
+    Ok(Box::pin(async move {
+        let _stop = stop_tx;
+        done_rx.await.context("the load's thread ended early")?
+    }))
 }
 
 /// Writes one message to the coordinator within [`WRITE_TIMEOUT`].

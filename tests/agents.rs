@@ -261,3 +261,85 @@ fn wrong_tokens_versions_and_unreachable_agents_are_clear_errors() {
     assert!(!output.status.success());
     assert!(log.contains(&addr) && log.contains("unreachable"), "{log}");
 }
+
+const WEB_EXPERIMENT: &str = r#"
+name = "web-agents"
+seed = 3
+[cluster]
+service = "web"
+nodes = 1
+[cluster.web.workers]
+classes = { jpeg = 1, gif = 1, html = 1 }
+cpu = { model = "modelled", ms_per_kb = 0.5 }
+[workload]
+duration_s = 8
+warmup_s = 2
+rate = { per_s = 50 }
+[workload.trace]
+timing = "rate"
+synth = { objects = 500 }
+[slo]   # this test judges what was sent and merged, not how fast
+p99_ms = { html = 60000, gif = 60000, jpeg = 60000, other = 60000 }
+error_rate_max = 1.0
+"#;
+
+#[test]
+fn two_agents_drive_a_web_experiment_and_the_merge_is_the_sum_of_their_parts() {
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    let (o1, r1) = run(one.path(), WEB_EXPERIMENT, &[]);
+    let (o2, r2) = run(two.path(), WEB_EXPERIMENT, &["--agents", "2"]);
+    let (log1, log2) = (text(&o1), text(&o2));
+    assert!(o1.status.success(), "{log1}");
+    assert!(o2.status.success(), "{log2}");
+    let (r1, r2) = (r1.unwrap(), r2.unwrap());
+
+    // Each agent sent its half of the trace (positions modulo 2); together, what one process
+    // sends: the trace's first 8 s at 50 a second.
+    let agents = r2["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 2, "{log2}");
+    let sent = r2["web"]["trace"]["sent"].as_u64().unwrap();
+    assert_eq!(sent, 400, "{log2}");
+    assert_eq!(r1["web"]["trace"]["sent"].as_u64(), Some(sent), "{log1}");
+    let mut parts_sent = 0;
+    let mut parts_ops = 0;
+    for a in agents {
+        assert_eq!(a["status"], "finished", "{a}");
+        assert_eq!(a["requests_sent"].as_u64(), Some(sent / 2), "{a}");
+        parts_sent += a["requests_sent"].as_u64().unwrap();
+        parts_ops += a["operations"].as_u64().unwrap();
+    }
+    assert_eq!(parts_sent, sent);
+
+    // The merged operations are the sum of the parts, per content type the same as one
+    // process's (the same requests), and the merged histograms hold every answer.
+    let ops1 = r1["operations"]["ops"].as_object().unwrap();
+    let ops2 = r2["operations"]["ops"].as_object().unwrap();
+    let attempted: u64 = ops2
+        .values()
+        .map(|o| o["attempted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(attempted, parts_ops, "{log2}");
+    assert_eq!(
+        ops1.keys().collect::<Vec<_>>(),
+        ops2.keys().collect::<Vec<_>>()
+    );
+    for (kind, o) in ops2 {
+        assert_eq!(o["attempted"], ops1[kind]["attempted"], "{kind}: {log2}");
+        let h = loadgen::metrics::decode_histogram(o["histogram"].as_str().unwrap()).unwrap();
+        assert_eq!(h.len(), o["count"].as_u64().unwrap());
+    }
+    // What the service did with them, merged from both agents' checks (how many were
+    // distilled can differ: a busy distiller may be bypassed).
+    let w2 = &r2["web"]["outcomes"];
+    assert_eq!(w2["ok"].as_u64(), Some(sent), "{w2}");
+    let kinds: u64 = ["distilled", "pass_through", "degraded", "original", "untagged"]
+        .iter()
+        .map(|k| w2[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(kinds, sent, "{w2}");
+    assert!(w2["verified"].as_u64().unwrap() > 0, "{w2}");
+    assert_eq!(r2["web"]["check_failures"], 0);
+    let html = std::fs::read_to_string(two.path().join("out/report.html")).unwrap();
+    assert!(html.contains("Load agents") && html.contains("Web service"));
+}

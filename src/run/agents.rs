@@ -17,7 +17,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::agent::{read_frame, unix_ns, write_frame, ToAgent, ToCoordinator, VERSION};
+use crate::agent::{read_frame, unix_ns, write_frame, ToAgent, ToCoordinator, WebEnd, VERSION};
+use loadgen::web::check::Outcomes;
 
 /// How long connecting to an agent and its handshake may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +49,9 @@ pub struct AgentReport {
     /// the measured time.
     pub operations: u64,
     pub ops_per_s: f64,
+    /// Web runs: requests it sent (from the run's start, the warmup included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_sent: Option<u64>,
 }
 
 /// Agent processes this run started on this machine; killed when dropped.
@@ -201,19 +205,74 @@ async fn connect(addr: &str, token: &str, patience: Duration) -> anyhow::Result<
 
 enum Event {
     Delta(Box<crate::agent::WireDelta>),
-    Done(f64),
+    Done(f64, Option<WebEnd>),
     Lost(String),
 }
 
-/// Runs `base` split over the agents at `addrs`; returns the merged output and what became of
-/// each agent. Fails before anything starts if an agent cannot be reached or refuses.
+/// What the agents run: a mail engine's share, or a web experiment's.
+pub enum Job {
+    Mail(EngineConfig),
+    Web(Box<super::web::WebJob>),
+}
+
+impl Job {
+    fn warmup_s(&self) -> f64 {
+        match self {
+            Job::Mail(c) => c.workload.warmup_s,
+            Job::Web(j) => j.experiment.workload.warmup_s,
+        }
+    }
+
+    fn duration_s(&self) -> f64 {
+        match self {
+            Job::Mail(c) => c.workload.duration_s,
+            Job::Web(j) => j.experiment.workload.duration_s,
+        }
+    }
+
+    /// The start message for agent `index` of `count`.
+    fn start(&self, index: u32, count: u32, start_at_unix_ns: u64) -> anyhow::Result<ToAgent> {
+        let share = Share::new(index, count).map_err(|e| anyhow::anyhow!(e))?;
+        Ok(match self {
+            Job::Mail(base) => {
+                let mut config = base.clone();
+                config.share = share;
+                config.client = base.client.share(count);
+                ToAgent::Start {
+                    config: Box::new(config),
+                    start_at_unix_ns,
+                }
+            }
+            Job::Web(job) => ToAgent::StartWeb {
+                job: job.clone(),
+                share,
+                start_at_unix_ns,
+            },
+        })
+    }
+}
+
+/// A web run's figures summed over its agents.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WebTotals {
+    pub outcomes: Outcomes,
+    pub sent: u64,
+    pub unsent: u64,
+    /// Some agent's share of the trace had more requests at the duration's end.
+    pub source_left: bool,
+}
+
+/// Runs `job` split over the agents at `addrs`; returns the merged output, what became of each
+/// agent, and for a web job the sums of its figures. `at_start` is called at the agreed start.
+/// Fails before anything starts if an agent cannot be reached or refuses.
 pub async fn drive(
     addrs: &[String],
     token: &str,
     patience: Duration,
-    base: EngineConfig,
+    job: Job,
+    at_start: impl FnOnce(),
     mut progress: impl FnMut(&LiveFigures, Duration),
-) -> anyhow::Result<(RunOutput, Vec<AgentReport>)> {
+) -> anyhow::Result<(RunOutput, Vec<AgentReport>, WebTotals)> {
     let count = addrs.len() as u32;
     // All at once: an agent that is slow to come up does not keep the others waiting (an agent
     // drops a coordinator that stays silent too long before its start).
@@ -239,23 +298,14 @@ pub async fn drive(
     }
     let max_rtt = connected.iter().map(|c| c.rtt_ns).max().unwrap_or(0);
     let start_ns = unix_ns() + 500_000_000 + 4 * max_rtt;
-    let warmup = Duration::from_secs_f64(base.workload.warmup_s);
-    let duration = Duration::from_secs_f64(base.workload.duration_s);
+    let warmup = Duration::from_secs_f64(job.warmup_s());
+    let duration = Duration::from_secs_f64(job.duration_s());
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Event)>(1024);
     let mut reports = Vec::with_capacity(connected.len());
     for (i, mut c) in connected.into_iter().enumerate() {
-        let mut config = base.clone();
-        config.share = Share::new(i as u32, count).map_err(|e| anyhow::anyhow!(e))?;
-        config.client = base.client.share(count);
         let start_at = (start_ns as i128 + c.offset_ns as i128).max(0) as u64;
-        write_frame(
-            &mut c.writer,
-            &ToAgent::Start {
-                config: Box::new(config),
-                start_at_unix_ns: start_at,
-            },
-        )
-        .await
+        write_frame(&mut c.writer, &job.start(i as u32, count, start_at)?)
+            .await
         .with_context(|| format!("starting agent {}", c.addr))?;
         reports.push(AgentReport {
             index: i as u32,
@@ -268,6 +318,7 @@ pub async fn drive(
             reason: None,
             operations: 0,
             ops_per_s: 0.0,
+            requests_sent: None,
         });
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -284,7 +335,10 @@ pub async fn drive(
                     Ok(Err(e)) => Event::Lost(format!("{e:#}")),
                     Ok(Ok(None)) => Event::Lost("the connection closed".into()),
                     Ok(Ok(Some(ToCoordinator::Delta(d)))) => Event::Delta(d),
-                    Ok(Ok(Some(ToCoordinator::Done { elapsed_s }))) => Event::Done(elapsed_s),
+                    Ok(Ok(Some(ToCoordinator::Done { elapsed_s, web }))) => {
+                        Event::Done(elapsed_s, web)
+                    }
+                    Ok(Ok(Some(ToCoordinator::Refused { reason }))) => Event::Lost(reason),
                     Ok(Ok(Some(_))) => Event::Lost("an unexpected message".into()),
                 };
                 let last = !matches!(event, Event::Delta(_));
@@ -300,6 +354,8 @@ pub async fn drive(
     let started_at = SystemTime::now() + Duration::from_nanos(start_ns.saturating_sub(unix_ns()));
     tokio::time::sleep(Duration::from_nanos(start_ns.saturating_sub(unix_ns()))).await;
     let start = Instant::now();
+    at_start();
+    let mut web = WebTotals::default();
     let deadline = start + duration + DRAIN_MAX;
     let mut recorder = Recorder::new(warmup);
     let mut ledger = Ledger::default();
@@ -326,6 +382,11 @@ pub async fn drive(
                                     .map(|t| t.attempted)
                                     .sum::<u64>();
                                 ledger.merge(d.ledger);
+                                if let Some(part) = d.web {
+                                    web.outcomes.merge(&part.outcomes);
+                                    web.sent += part.sent;
+                                    *reports[i].requests_sent.get_or_insert(0) += part.sent;
+                                }
                                 connections[i] = d.connections;
                                 live[i] = Some(d.live);
                             }
@@ -333,7 +394,11 @@ pub async fn drive(
                             Err(e) => eprintln!("agent {}: a malformed delta ({e}), left out", reports[i].name),
                         }
                     }
-                    Event::Done(agent_elapsed) => {
+                    Event::Done(agent_elapsed, end) => {
+                        if let Some(end) = end {
+                            web.unsent += end.unsent;
+                            web.source_left |= end.source_left;
+                        }
                         reports[i].status = "finished".into();
                         elapsed = elapsed.max(Duration::from_secs_f64(agent_elapsed.max(0.0)));
                         open -= 1;
@@ -383,6 +448,7 @@ pub async fn drive(
             elapsed,
         },
         reports,
+        web,
     ))
 }
 

@@ -252,12 +252,18 @@ pub async fn run_one(
         };
         eprintln!("load from {} agent(s): {}", addrs.len(), addrs.join(", "));
         let patience = Duration::from_secs_f64(l.connect_timeout_s);
-        let driven = agents::drive(&addrs, &token, patience, engine_config, |live, elapsed| {
-            progress.update(live, elapsed)
-        })
+        let driven = agents::drive(
+            &addrs,
+            &token,
+            patience,
+            agents::Job::Mail(engine_config),
+            || {},
+            |live, elapsed| progress.update(live, elapsed),
+        )
         .await;
         drop(local);
-        driven?
+        let (output, reports, _) = driven?;
+        (output, reports)
     };
     progress.finish();
 

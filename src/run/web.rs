@@ -26,9 +26,9 @@ use loadgen::web::check::{Manifest, Outcomes};
 use loadgen::web::client::{Client, HttpClient, Route};
 use loadgen::web::engine::{self, WebEngineConfig};
 use loadgen::web::WebRequest;
-use loadgen::workload::{Rate, RateShape};
+use loadgen::workload::{Rate, RateShape, Share};
 use loadgen::OpKind;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -161,32 +161,7 @@ pub async fn run_one(
     let started_at = chrono::Utc::now();
     let trace = experiment.workload.trace.clone().unwrap_or_default();
     let duration = Duration::from_secs_f64(experiment.workload.duration_s);
-    let per_s = match (&trace.timing, &experiment.workload.rate) {
-        (TraceTiming::Trace, _) => None,
-        // A closed loop sends as fast as it is answered; the replay's own spacing is moot.
-        (TraceTiming::Rate, Rate::Closed { .. }) => Some(1_000_000.0),
-        (
-            TraceTiming::Rate,
-            Rate::Open {
-                shape: RateShape::Constant(r),
-                ..
-            },
-        ) => Some(*r),
-        // A ramp or steps: the log in its order, spaced by the rate at each moment; the mean
-        // offered rate stands for it where one figure is wanted.
-        (TraceTiming::Rate, Rate::Open { shape, .. }) => Some(
-            shape.expected_ops(experiment.workload.duration_s) / experiment.workload.duration_s,
-        ),
-    };
-    // Spacing by a changing rate (None: the replay's own spacing).
-    let shape = match (&trace.timing, &experiment.workload.rate) {
-        (TraceTiming::Rate, Rate::Open { shape, .. })
-            if !matches!(shape, RateShape::Constant(_)) =>
-        {
-            Some(shape.clone())
-        }
-        _ => None,
-    };
+    let Pacing { per_s, .. } = pacing(&experiment);
     let (trace_path, synthesized) = match &trace.file {
         Some(f) => {
             let p = PathBuf::from(f);
@@ -254,100 +229,92 @@ pub async fn run_one(
         }
     );
 
-    // The requests, streamed from the trace.
-    let timing = match per_s {
-        Some(per_s) => replay::Timing::Rate { per_s },
-        None => replay::Timing::Trace {
-            speedup: trace.speedup,
-        },
-    };
     // Fail early on a log that cannot be read or a bad base; each pass reopens it.
     clf::open(&trace_path)
         .with_context(|| format!("reading the trace {}", trace_path.display()))?;
     replay::Replay::new(
         Vec::<Result<clf::Entry, std::io::Error>>::new(),
-        timing,
+        timing(per_s, trace.speedup),
         &bases[0],
     )
     .map_err(|e| anyhow::anyhow!(e))?;
-    let replayed = Passes::new(trace_path.clone(), timing, bases[0].clone(), trace.repeat);
-    let first_base = bases[0].clone();
-    let mut arrivals = shape.map(|s| s.even_arrivals(experiment.workload.duration_s));
-    let requests = replayed.map(move |mut r| {
-        if let Some(arrivals) = &mut arrivals {
-            r.at = Duration::try_from_secs_f64(arrivals.at(r.index)).unwrap_or(Duration::MAX);
-        }
-        let url = if bases.len() > 1 && r.url.starts_with(&first_base) {
-            let base = &bases[(r.index % bases.len() as u64) as usize];
-            format!("{base}{}", &r.url[first_base.len()..])
-        } else {
-            r.url
-        };
-        WebRequest {
-            at: r.at,
-            index: r.index,
-            url,
-            user: user_name(&r.user),
-        }
-    });
-    let source = engine::spawn_source(requests);
-
-    // Watch the cluster and carry out the faults while the load runs.
-    let start = Instant::now();
-    let wall_start_ms = chrono::Utc::now().timestamp_millis();
+    let l = &experiment.loadgen;
+    let use_agents = !l.agents.is_empty() || l.local_agents > 0;
+    let job = WebJob {
+        trace: TraceFile::of(&trace_path, synthesized, use_agents)?,
+        experiment: experiment.clone(),
+        route,
+        bases,
+        manifest: manifest.clone(),
+    };
+    // Watch the cluster and carry out the faults while the load runs, timed from the load's
+    // start (with agents, the instant agreed with them).
+    let (started_tx, started_rx) = watch::channel(None::<(Instant, i64)>);
+    let at_start = move || {
+        let _ = started_tx.send(Some((Instant::now(), chrono::Utc::now().timestamp_millis())));
+    };
     let watch = Arc::new(Mutex::new(Watch::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let fault_log = Arc::new(Mutex::new(Vec::<WebFault>::new()));
     if let Some(c) = &cluster {
-        tasks.push(tokio::spawn(poll(
+        let (c, watch, mut started, stop_rx) = (
             c.clone(),
             watch.clone(),
-            start,
-            wall_start_ms,
+            started_rx.clone(),
             stop_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(run_faults(
+        );
+        tasks.push(tokio::spawn(async move {
+            let Some((start, wall_start_ms)) = load_start(&mut started).await else {
+                return;
+            };
+            poll(c, watch, start, wall_start_ms, stop_rx).await
+        }));
+    }
+    if let Some(c) = &cluster {
+        let (c, faults, fault_log, mut started) = (
             c.clone(),
             experiment.faults.clone(),
-            start,
-            duration,
             fault_log.clone(),
-            stop_rx,
-        )));
+            started_rx.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let Some((start, _)) = load_start(&mut started).await else {
+                return;
+            };
+            run_faults(c, faults, start, duration, fault_log, stop_rx).await
+        }));
     }
     let progress = Arc::new(super::Progress::new(duration));
-    let config = WebEngineConfig {
-        route,
-        client: experiment.loadgen.http.clone(),
-        in_flight_max: experiment.loadgen.in_flight_max,
-        warmup: Duration::from_secs_f64(experiment.workload.warmup_s),
-        duration,
-        manifest: manifest.clone().map(Arc::new),
-        closed: experiment
-            .workload
-            .rate
-            .sessions_for(loadgen::workload::Share { index: 0, count: 1 }),
+    let mut agent_reports = Vec::new();
+    let output = if use_agents {
+        let (output, reports) = drive_agents(&job, &progress, at_start).await?;
+        agent_reports = reports;
+        output
+    } else {
+        let (config, requests) = job.plan(&trace_path, Share { index: 0, count: 1 })?;
+        let source = engine::spawn_source(requests);
+        at_start();
+        // The load runs on a thread and a single-threaded runtime of its own: every request's
+        // tasks on one core, with no wake-ups across threads, and nothing else (polls, faults)
+        // competing with it for that runtime.
+        let shown = progress.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("web-load".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("building the load's runtime");
+                let output = runtime.block_on(engine::run(config, source, move |live, elapsed| {
+                    shown.update(live, elapsed)
+                }));
+                let _ = done_tx.send(output);
+            })
+            .context("starting the load's thread")?;
+        done_rx.await.context("the load's thread ended early")?
     };
-    // The load runs on a thread and a single-threaded runtime of its own: every request's
-    // tasks on one core, with no wake-ups across threads, and nothing else (polls, faults)
-    // competing with it for that runtime.
-    let shown = progress.clone();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("web-load".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("building the load's runtime");
-            let output = runtime.block_on(engine::run(config, source, move |live, elapsed| {
-                shown.update(live, elapsed)
-            }));
-            let _ = done_tx.send(output);
-        })
-        .context("starting the load's thread")?;
-    let output = done_rx.await.context("the load's thread ended early")?;
     progress.finish();
     let _ = stop_tx.send(true);
     for t in tasks {
@@ -437,7 +404,7 @@ pub async fn run_one(
         Vec::new(),
         None,
         None,
-        Vec::new(),
+        agent_reports,
         results::LoadgenInfo::new(&experiment, output.connections, super::file_limit()),
     );
     results.attach_web(web);
@@ -450,6 +417,276 @@ pub async fn run_one(
     }
     let outcome = Outcome::of(&json);
     Ok((json, outcome))
+}
+
+/// The load's start (instant, Unix ms) once it is known; None if the load never started.
+async fn load_start(rx: &mut watch::Receiver<Option<(Instant, i64)>>) -> Option<(Instant, i64)> {
+    let start = *rx.wait_for(Option::is_some).await.ok()?;
+    start
+}
+
+/// How the log is spaced: in its order at `per_s` (None: by its own timestamps), and by a
+/// changing rate when the experiment gives steps or a ramp.
+struct Pacing {
+    per_s: Option<f64>,
+    shape: Option<RateShape>,
+}
+
+fn pacing(experiment: &Experiment) -> Pacing {
+    let trace = experiment.workload.trace.clone().unwrap_or_default();
+    let per_s = match (&trace.timing, &experiment.workload.rate) {
+        (TraceTiming::Trace, _) => None,
+        // A closed loop sends as fast as it is answered; the replay's own spacing is moot.
+        (TraceTiming::Rate, Rate::Closed { .. }) => Some(1_000_000.0),
+        (
+            TraceTiming::Rate,
+            Rate::Open {
+                shape: RateShape::Constant(r),
+                ..
+            },
+        ) => Some(*r),
+        // A ramp or steps: the log in its order, spaced by the rate at each moment; the mean
+        // offered rate stands for it where one figure is wanted.
+        (TraceTiming::Rate, Rate::Open { shape, .. }) => Some(
+            shape.expected_ops(experiment.workload.duration_s) / experiment.workload.duration_s,
+        ),
+    };
+    // Spacing by a changing rate (None: the replay's own spacing).
+    let shape = match (&trace.timing, &experiment.workload.rate) {
+        (TraceTiming::Rate, Rate::Open { shape, .. })
+            if !matches!(shape, RateShape::Constant(_)) =>
+        {
+            Some(shape.clone())
+        }
+        _ => None,
+    };
+    Pacing { per_s, shape }
+}
+
+fn timing(per_s: Option<f64>, speedup: f64) -> replay::Timing {
+    match per_s {
+        Some(per_s) => replay::Timing::Rate { per_s },
+        None => replay::Timing::Trace { speedup },
+    }
+}
+
+/// What a load agent needs to run its share of a web experiment (and what this process runs
+/// when it drives the load itself): the experiment, the trace, where requests go, and the
+/// origin's manifest to check originals against.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebJob {
+    pub experiment: Experiment,
+    pub trace: TraceFile,
+    pub route: Route,
+    /// Origin base URLs (`http://host:port`); requests go to them in turn.
+    pub bases: Vec<String>,
+    pub manifest: Option<Manifest>,
+}
+
+/// The trace a web run replays. Agents replay the same file: from the same path on their own
+/// host, checked by its length and CRC-32; one the run synthesized they synthesize again (the
+/// same seed gives the same bytes) when it is not there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TraceFile {
+    pub path: String,
+    pub bytes: u64,
+    pub crc32: u32,
+    pub synthesized: bool,
+}
+
+impl TraceFile {
+    /// The file's identity; its checksum only when agents will need it (reading a long log
+    /// costs time).
+    fn of(path: &Path, synthesized: bool, checksum: bool) -> anyhow::Result<TraceFile> {
+        let (bytes, crc32) = if checksum {
+            file_crc(path)?
+        } else {
+            (std::fs::metadata(path)?.len(), 0)
+        };
+        Ok(TraceFile {
+            path: path.display().to_string(),
+            bytes,
+            crc32,
+            synthesized,
+        })
+    }
+}
+
+/// A file's length and CRC-32.
+fn file_crc(path: &Path) -> anyhow::Result<(u64, u32)> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((bytes, hasher.finalize()))
+}
+
+impl WebJob {
+    /// The engine's settings and the requests of one share: those whose position in the replay
+    /// is `share.index` modulo `share.count`, at the times the whole replay gives them (so the
+    /// shares together send exactly what one process would). Limits on connections and
+    /// requests in flight are split over the shares.
+    pub fn plan(
+        &self,
+        trace_path: &Path,
+        share: Share,
+    ) -> anyhow::Result<(
+        WebEngineConfig,
+        impl Iterator<Item = WebRequest> + Send + 'static,
+    )> {
+        let experiment = &self.experiment;
+        let trace = experiment.workload.trace.clone().unwrap_or_default();
+        let Pacing { per_s, shape } = pacing(experiment);
+        let bases = self.bases.clone();
+        anyhow::ensure!(!bases.is_empty(), "a web job without an origin");
+        let count = u64::from(share.count.max(1));
+        let index = u64::from(share.index);
+        let replayed = Passes::new(
+            trace_path.to_path_buf(),
+            timing(per_s, trace.speedup),
+            bases[0].clone(),
+            trace.repeat,
+        );
+        let first_base = bases[0].clone();
+        let mut arrivals = shape.map(|s| s.even_arrivals(experiment.workload.duration_s));
+        let requests = replayed
+            .filter(move |r| r.index % count == index)
+            .map(move |mut r| {
+                if let Some(arrivals) = &mut arrivals {
+                    r.at = Duration::try_from_secs_f64(arrivals.at(r.index)).unwrap_or(Duration::MAX);
+                }
+                let url = if bases.len() > 1 && r.url.starts_with(&first_base) {
+                    let base = &bases[(r.index % bases.len() as u64) as usize];
+                    format!("{base}{}", &r.url[first_base.len()..])
+                } else {
+                    r.url
+                };
+                WebRequest {
+                    at: r.at,
+                    index: r.index,
+                    url,
+                    user: user_name(&r.user),
+                }
+            });
+        let split = |n: u32| n.div_ceil(share.count.max(1)).max(1);
+        let mut client = experiment.loadgen.http.clone();
+        client.connections_per_target = split(client.connections_per_target);
+        let config = WebEngineConfig {
+            route: self.route.clone(),
+            client,
+            in_flight_max: split(experiment.loadgen.in_flight_max),
+            warmup: Duration::from_secs_f64(experiment.workload.warmup_s),
+            duration: Duration::from_secs_f64(experiment.workload.duration_s),
+            manifest: self.manifest.clone().map(Arc::new),
+            closed: experiment.workload.rate.sessions_for(share),
+        };
+        Ok((config, requests))
+    }
+
+    /// The trace on this host: at its path when the file there is the same one; otherwise a
+    /// synthesized trace made again in `scratch`. Fails, saying what to do, when neither.
+    pub fn local_trace(&self, scratch: &Path) -> anyhow::Result<PathBuf> {
+        let path = PathBuf::from(&self.trace.path);
+        let want = (self.trace.bytes, self.trace.crc32);
+        let here = path.is_file().then(|| file_crc(&path)).transpose()?;
+        if here == Some(want) {
+            return Ok(path);
+        }
+        if !self.trace.synthesized {
+            match here {
+                None => bail!(
+                    "the trace {} is not on this agent's host: copy it to the same path on every agent",
+                    path.display()
+                ),
+                Some((bytes, crc)) => bail!(
+                    "the trace {} on this agent's host differs from the coordinator's ({bytes} bytes, CRC-32 {crc:08x}; wanted {} bytes, {:08x}): copy the same file to every agent",
+                    path.display(),
+                    want.0,
+                    want.1
+                ),
+            }
+        }
+        let trace = self.experiment.workload.trace.clone().unwrap_or_default();
+        let again = scratch.join("trace.log");
+        synthesize(
+            &self.experiment,
+            trace.synth.clone(),
+            pacing(&self.experiment).per_s,
+            trace.speedup,
+            &again,
+        )?;
+        let made = file_crc(&again)?;
+        anyhow::ensure!(
+            made == want,
+            "the trace synthesized again differs from the coordinator's ({} bytes, CRC-32 {:08x}; wanted {} bytes, {:08x}): are agent and coordinator the same build?",
+            made.0,
+            made.1,
+            want.0,
+            want.1
+        );
+        Ok(again)
+    }
+}
+
+/// Runs the job's load on the agents `[loadgen]` names (or starts), each its share; the merged
+/// output and what became of each agent.
+async fn drive_agents(
+    job: &WebJob,
+    progress: &Arc<super::Progress>,
+    at_start: impl FnOnce(),
+) -> anyhow::Result<(engine::WebRunOutput, Vec<super::agents::AgentReport>)> {
+    let l = &job.experiment.loadgen;
+    let local = if l.local_agents > 0 {
+        Some(super::agents::LocalAgents::start(l.local_agents).await?)
+    } else {
+        None
+    };
+    let (addrs, token) = match &local {
+        Some(local) => (local.addrs.clone(), local.token.clone()),
+        None => (
+            l.agents.clone(),
+            l.token
+                .clone()
+                .or_else(|| std::env::var("CLUSTERBENCH_AGENT_TOKEN").ok())
+                .context("loadgen.agents needs a token: loadgen.token or CLUSTERBENCH_AGENT_TOKEN")?,
+        ),
+    };
+    eprintln!("load from {} agent(s): {}", addrs.len(), addrs.join(", "));
+    let patience = Duration::from_secs_f64(l.connect_timeout_s);
+    let shown = progress.clone();
+    let driven = super::agents::drive(
+        &addrs,
+        &token,
+        patience,
+        super::agents::Job::Web(Box::new(job.clone())),
+        at_start,
+        |live, elapsed| shown.update(live, elapsed),
+    )
+    .await;
+    drop(local);
+    let (output, reports, web) = driven?;
+    Ok((
+        engine::WebRunOutput {
+            recorder: output.recorder,
+            outcomes: web.outcomes,
+            connections: output.connections,
+            sent: web.sent,
+            source_left: web.source_left,
+            unsent: web.unsent,
+            started_at: output.started_at,
+            elapsed: output.elapsed,
+        },
+        reports,
+    ))
 }
 
 /// Writes a synthesized trace to `path`: the experiment's `[workload.trace.synth]` settings,
@@ -1066,6 +1303,72 @@ fn figures(c: &LocalWebCluster, experiment: &Experiment, watch: &Watch) -> Clust
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(dir: &Path, synthesized: bool) -> WebJob {
+        let experiment: Experiment = toml::from_str(
+            "name = \"t\"\nseed = 7\n[cluster]\nservice = \"web\"\n[workload]\nduration_s = 5\nrate = { per_s = 20 }\n[workload.trace]\ntiming = \"rate\"\nsynth = { objects = 50 }\n",
+        )
+        .unwrap();
+        let path = dir.join("trace.log");
+        let trace = experiment.workload.trace.clone().unwrap();
+        synthesize(&experiment, trace.synth, Some(20.0), 1.0, &path).unwrap();
+        WebJob {
+            trace: TraceFile::of(&path, synthesized, true).unwrap(),
+            experiment,
+            route: Route::Direct,
+            bases: vec!["http://127.0.0.1:9".into()],
+            manifest: None,
+        }
+    }
+
+    #[test]
+    fn an_agent_uses_the_same_trace_or_makes_it_again_or_says_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        // The same file at the same path: used as it is.
+        let same = job(dir.path(), true);
+        assert_eq!(
+            same.local_trace(scratch.path()).unwrap(),
+            dir.path().join("trace.log")
+        );
+        // A synthesized trace not on this host: made again, byte for byte.
+        let mut elsewhere = same.clone();
+        elsewhere.trace.path = "/nonexistent/trace.log".into();
+        let again = elsewhere.local_trace(scratch.path()).unwrap();
+        assert_eq!(again, scratch.path().join("trace.log"));
+        assert_eq!(
+            file_crc(&again).unwrap(),
+            (same.trace.bytes, same.trace.crc32)
+        );
+        // A user's log not on this host, or a different file there: a clear error.
+        let mut missing = job(dir.path(), false);
+        missing.trace.path = "/nonexistent/access.log".into();
+        let e = missing.local_trace(scratch.path()).unwrap_err().to_string();
+        assert!(e.contains("not on this agent's host"), "{e}");
+        let mut differs = job(dir.path(), false);
+        differs.trace.crc32 ^= 1;
+        let e = differs.local_trace(scratch.path()).unwrap_err().to_string();
+        assert!(e.contains("differs from the coordinator's"), "{e}");
+    }
+
+    #[test]
+    fn shares_split_the_replay_by_position_and_keep_its_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = job(dir.path(), true);
+        let path = dir.path().join("trace.log");
+        let all: Vec<WebRequest> = j.plan(&path, Share { index: 0, count: 1 }).unwrap().1.collect();
+        let (c0, r0) = j.plan(&path, Share { index: 0, count: 2 }).unwrap();
+        let (_, r1) = j.plan(&path, Share { index: 1, count: 2 }).unwrap();
+        let mut merged: Vec<WebRequest> = r0.chain(r1).collect();
+        merged.sort_by_key(|r| r.index);
+        assert_eq!(merged, all);
+        assert!(all.len() >= 100);
+        // Limits are split over the shares.
+        assert_eq!(
+            c0.in_flight_max,
+            j.experiment.loadgen.in_flight_max.div_ceil(2)
+        );
+    }
 
     #[test]
     fn queue_spread_is_the_mean_deviation_within_a_class() {

@@ -29,7 +29,7 @@ pub const TOOLBAR_MARK: &[u8] = b"clusterbench-toolbar";
 pub const DISTILLED_MARK: &[u8] = b"data-cb-distilled";
 
 /// The origin's objects: path → (bytes, CRC-32).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Manifest {
     objects: HashMap<String, (u64, u32)>,
 }

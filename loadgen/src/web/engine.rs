@@ -17,7 +17,7 @@ use super::check::{self, Manifest, Outcomes};
 use super::client::{Checks, Client, HttpClient, Route};
 use super::WebRequest;
 use crate::drivers::{ConnectionStats, ConnectionTracker};
-use crate::metrics::{LiveFigures, Recorder};
+use crate::metrics::{LiveFigures, Recorder, RecorderState};
 use crate::OpKind;
 
 /// Requests handed from the source's thread to the engine at once: one wake-up per batch, not
@@ -96,15 +96,71 @@ struct Shared {
     recorder: Mutex<Recorder>,
     outcomes: Mutex<Outcomes>,
     in_flight_peak: AtomicU64,
+    tracker: Arc<ConnectionTracker>,
+    /// Requests sent, and how many of them earlier deltas carried.
+    sent: AtomicU64,
+    sent_handed: AtomicU64,
     start: Instant,
+}
+
+/// What a web engine recorded since its previous delta: an agent streams these to its
+/// coordinator, which merges them exactly (the recorder as in [`crate::engine::Delta`];
+/// outcomes and counts add up).
+#[derive(Debug)]
+pub struct WebDelta {
+    pub recorder: RecorderState,
+    pub outcomes: Outcomes,
+    /// Requests sent since the previous delta.
+    pub sent: u64,
+    /// So far in this engine (peaks do not add up over time).
+    pub connections: ConnectionStats,
+}
+
+/// What is called once a second: the live figures for a progress line, and, when streaming,
+/// everything recorded since the last call.
+struct Ticks<P, D> {
+    progress: P,
+    on_delta: Option<D>,
+}
+
+impl<P: FnMut(&LiveFigures, Duration), D: FnMut(WebDelta)> Ticks<P, D> {
+    fn tick(&mut self, shared: &Shared) {
+        let elapsed = shared.start.elapsed();
+        let live = shared.recorder.lock().unwrap().live_at(elapsed);
+        (self.progress)(&live, elapsed);
+        if let Some(on_delta) = &mut self.on_delta {
+            let recorder = shared.recorder.lock().unwrap().take_delta_state();
+            let outcomes = std::mem::take(&mut *shared.outcomes.lock().unwrap());
+            let sent = shared.sent.load(Ordering::Relaxed);
+            let handed = shared.sent_handed.swap(sent, Ordering::Relaxed);
+            on_delta(WebDelta {
+                recorder,
+                outcomes,
+                sent: sent - handed,
+                connections: shared.connections(),
+            });
+        }
+    }
 }
 
 /// Runs the requests to the duration's end (or the source's). `progress` is called about once a
 /// second with the live figures and the time elapsed.
 pub async fn run(
     config: WebEngineConfig,
+    requests: mpsc::Receiver<Vec<WebRequest>>,
+    progress: impl FnMut(&LiveFigures, Duration),
+) -> WebRunOutput {
+    run_streaming(config, requests, progress, None::<fn(WebDelta)>).await
+}
+
+/// [`run`], and with `on_delta` about once a second everything recorded since the previous call
+/// is handed over instead of kept: the returned output then holds only the rest (its recorder,
+/// outcomes and `sent`; `unsent`, `source_left` and the times are the run's).
+pub async fn run_streaming(
+    config: WebEngineConfig,
     mut requests: mpsc::Receiver<Vec<WebRequest>>,
-    mut progress: impl FnMut(&LiveFigures, Duration),
+    progress: impl FnMut(&LiveFigures, Duration),
+    on_delta: Option<impl FnMut(WebDelta)>,
 ) -> WebRunOutput {
     let tracker = Arc::new(ConnectionTracker::default());
     let started_at = SystemTime::now();
@@ -113,32 +169,30 @@ pub async fn run(
         recorder: Mutex::new(Recorder::new(config.warmup)),
         outcomes: Mutex::new(Outcomes::default()),
         in_flight_peak: AtomicU64::new(0),
+        tracker,
+        sent: AtomicU64::new(0),
+        sent_handed: AtomicU64::new(0),
         start: Instant::now(),
         config,
     });
+    let mut ticks = Ticks { progress, on_delta };
     if let Some(clients) = shared.config.closed {
-        return closed_loop(shared, requests, clients, progress, tracker, started_at).await;
+        return closed_loop(shared, requests, clients, ticks, started_at).await;
     }
     let in_flight_max = shared.config.in_flight_max.max(1) as usize;
     let slots = Arc::new(Semaphore::new(in_flight_max));
     let mut tasks = tokio::task::JoinSet::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
-    let mut sent = 0u64;
     let mut unsent = 0u64;
     let mut source_left = false;
-    let report = |shared: &Shared, progress: &mut dyn FnMut(&LiveFigures, Duration)| {
-        let elapsed = shared.start.elapsed();
-        let live = shared.recorder.lock().unwrap().live_at(elapsed);
-        progress(&live, elapsed);
-    };
     let mut pending = std::collections::VecDeque::new();
     loop {
         if pending.is_empty() {
             let next = tokio::select! {
                 r = requests.recv() => r,
                 _ = ticker.tick() => {
-                    report(&shared, &mut progress);
+                    ticks.tick(&shared);
                     continue;
                 }
             };
@@ -166,7 +220,7 @@ pub async fn run(
                 tokio::select! {
                     biased;
                     _ = tokio::time::sleep_until(due) => break,
-                    _ = ticker.tick() => report(&shared, &mut progress),
+                    _ = ticker.tick() => ticks.tick(&shared),
                 }
             }
         }
@@ -176,7 +230,7 @@ pub async fn run(
                 tokio::select! {
                     biased;
                     p = slots.clone().acquire_owned() => break p,
-                    _ = ticker.tick() => report(&shared, &mut progress),
+                    _ = ticker.tick() => ticks.tick(&shared),
                 }
             },
         };
@@ -185,7 +239,7 @@ pub async fn run(
         shared
             .in_flight_peak
             .fetch_max(in_flight, Ordering::Relaxed);
-        sent += 1;
+        shared.sent.fetch_add(1, Ordering::Relaxed);
         let s = shared.clone();
         tasks.spawn(async move {
             execute(&s, request).await;
@@ -197,10 +251,10 @@ pub async fn run(
     loop {
         tokio::select! {
             r = tasks.join_next() => if r.is_none() { break },
-            _ = ticker.tick() => report(&shared, &mut progress),
+            _ = ticker.tick() => ticks.tick(&shared),
         }
     }
-    shared.output(&tracker, sent, source_left, unsent, started_at)
+    shared.output(source_left, unsent, started_at)
 }
 
 /// `clients` clients back to back over the trace's requests, in its order, to the duration's end.
@@ -208,8 +262,7 @@ async fn closed_loop(
     shared: Arc<Shared>,
     requests: mpsc::Receiver<Vec<WebRequest>>,
     clients: u32,
-    mut progress: impl FnMut(&LiveFigures, Duration),
-    tracker: Arc<ConnectionTracker>,
+    mut ticks: Ticks<impl FnMut(&LiveFigures, Duration), impl FnMut(WebDelta)>,
     started_at: SystemTime,
 ) -> WebRunOutput {
     let queue = Arc::new(tokio::sync::Mutex::new((
@@ -217,13 +270,12 @@ async fn closed_loop(
         std::collections::VecDeque::<WebRequest>::new(),
         false,
     )));
-    let sent = Arc::new(AtomicU64::new(0));
     shared
         .in_flight_peak
         .fetch_max(u64::from(clients), Ordering::Relaxed);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..clients.max(1) {
-        let (shared, queue, sent) = (shared.clone(), queue.clone(), sent.clone());
+        let (shared, queue) = (shared.clone(), queue.clone());
         tasks.spawn(async move {
             while shared.start.elapsed() < shared.config.duration {
                 let next = {
@@ -239,7 +291,7 @@ async fn closed_loop(
                 let Some(mut request) = next else { break };
                 // In a closed loop a request is intended to start now.
                 request.at = shared.start.elapsed();
-                sent.fetch_add(1, Ordering::Relaxed);
+                shared.sent.fetch_add(1, Ordering::Relaxed);
                 execute(&shared, request).await;
             }
         });
@@ -249,36 +301,26 @@ async fn closed_loop(
     loop {
         tokio::select! {
             r = tasks.join_next() => if r.is_none() { break },
-            _ = ticker.tick() => {
-                let elapsed = shared.start.elapsed();
-                let live = shared.recorder.lock().unwrap().live_at(elapsed);
-                progress(&live, elapsed);
-            }
+            _ = ticker.tick() => ticks.tick(&shared),
         }
     }
     let source_left = {
         let q = queue.lock().await;
         !q.2 || !q.1.is_empty()
     };
-    shared.output(
-        &tracker,
-        sent.load(Ordering::Relaxed),
-        source_left,
-        0,
-        started_at,
-    )
+    shared.output(source_left, 0, started_at)
 }
 
 impl Shared {
-    /// What the run produced, taken out of the shared state at its end.
-    fn output(
-        &self,
-        tracker: &ConnectionTracker,
-        sent: u64,
-        source_left: bool,
-        unsent: u64,
-        started_at: SystemTime,
-    ) -> WebRunOutput {
+    fn connections(&self) -> ConnectionStats {
+        ConnectionStats {
+            in_flight_peak: self.in_flight_peak.load(Ordering::Relaxed),
+            ..self.tracker.stats()
+        }
+    }
+
+    /// What the run produced (what no delta carried), taken out of the shared state at its end.
+    fn output(&self, source_left: bool, unsent: u64, started_at: SystemTime) -> WebRunOutput {
         let elapsed = self.start.elapsed();
         let recorder = std::mem::replace(
             &mut *self.recorder.lock().unwrap(),
@@ -286,12 +328,10 @@ impl Shared {
         );
         WebRunOutput {
             recorder,
-            outcomes: *self.outcomes.lock().unwrap(),
-            connections: ConnectionStats {
-                in_flight_peak: self.in_flight_peak.load(Ordering::Relaxed),
-                ..tracker.stats()
-            },
-            sent,
+            outcomes: std::mem::take(&mut *self.outcomes.lock().unwrap()),
+            connections: self.connections(),
+            sent: self.sent.load(Ordering::Relaxed)
+                - self.sent_handed.swap(self.sent.load(Ordering::Relaxed), Ordering::Relaxed),
             source_left,
             unsent,
             started_at,
