@@ -6,11 +6,15 @@
 # clusterbench runs a closed loop of CONNECTIONS clients over a log of the page, as wrk's
 # connections do; responses are checked for their status only (wrk checks nothing).
 #
-# Usage: ci/bench-http-vs-wrk.sh [SECONDS=10] [CONNECTIONS=20]   Needs nginx and wrk.
+# The two take turns, ROUNDS times (a shared machine's speed drifts; turns expose both to it
+# alike), and the medians are compared.
+#
+# Usage: ci/bench-http-vs-wrk.sh [SECONDS=10] [CONNECTIONS=20] [ROUNDS=3]   Needs nginx and wrk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
 connections=${2:-20}
+rounds=${3:-3}
 for tool in nginx wrk; do
   command -v "$tool" >/dev/null || { echo "$tool not found: apt-get install nginx-light wrk" >&2; exit 1; }
 done
@@ -44,8 +48,6 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/page.html" -o /dev/null
 bytes=$(curl -s "http://127.0.0.1:$port/page.html" | wc -c)
 echo "nginx (1 worker) serving a $bytes-byte page; $connections connections, ${seconds} s each"
 
-wrk_rate=$(wrk -t1 -c"$connections" -d"${seconds}s" "http://127.0.0.1:$port/page.html" | awk '/Requests\/sec/ {print $2}')
-
 # A log of the one page, replayed as many times as the run could want.
 for i in $(seq 100000); do echo "10.0.0.1 - - [01/Nov/1996:09:00:00 -0800] \"GET /page.html HTTP/1.0\" 200 $bytes"; done >"$dir/access.log"
 cat >"$dir/bench.toml" <<TOML
@@ -70,12 +72,20 @@ repeat = 100000
 error_rate_max = 0.0
 p99_ms = { html = 1000000 }
 TOML
-"$bin" run "$dir/bench.toml" --out "$dir/out" >"$dir/run.out" 2>&1 || { cat "$dir/run.out"; python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['operations']['ops']['html']['errors_by_kind'])" "$dir/out/results.json"; exit 1; }
-ours=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['operations']['ops']['html']['throughput_per_s'])" "$dir/out/results.json")
-python3 - "$wrk_rate" "$ours" <<'PY'
-import sys
-wrk, ours = float(sys.argv[1]), float(sys.argv[2])
-print(f"wrk           {wrk:>10,.0f} req/s")
-print(f"clusterbench  {ours:>10,.0f} req/s")
+wrk_rates=()
+ours_rates=()
+for round in $(seq "$rounds"); do
+  wrk_rates+=("$(wrk -t1 -c"$connections" -d"${seconds}s" "http://127.0.0.1:$port/page.html" | awk '/Requests\/sec/ {print $2}')")
+  rm -rf "$dir/out"
+  "$bin" run "$dir/bench.toml" --out "$dir/out" >"$dir/run.out" 2>&1 || { cat "$dir/run.out"; python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['operations']['ops']['html']['errors_by_kind'])" "$dir/out/results.json"; exit 1; }
+  ours_rates+=("$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['operations']['ops']['html']['throughput_per_s'])" "$dir/out/results.json")")
+  echo "round $round: wrk ${wrk_rates[-1]} req/s, clusterbench ${ours_rates[-1]} req/s"
+done
+python3 - "${wrk_rates[*]}" "${ours_rates[*]}" <<'PY'
+import statistics, sys
+wrk = statistics.median(float(x) for x in sys.argv[1].split())
+ours = statistics.median(float(x) for x in sys.argv[2].split())
+print(f"wrk           {wrk:>10,.0f} req/s (median)")
+print(f"clusterbench  {ours:>10,.0f} req/s (median)")
 print(f"ratio         {ours / wrk:>10.2f}   (goal >= 0.9)")
 PY

@@ -83,9 +83,17 @@ pub enum ToAgent {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToCoordinator {
-    Welcome { version: String, name: String },
-    Refused { reason: String },
-    Clock { t0_ns: u64, agent_ns: u64 },
+    Welcome {
+        version: String,
+        name: String,
+    },
+    Refused {
+        reason: String,
+    },
+    Clock {
+        t0_ns: u64,
+        agent_ns: u64,
+    },
     Delta(Box<WireDelta>),
     Done {
         elapsed_s: f64,
@@ -570,8 +578,7 @@ fn web_load(
             };
             let live = pending.clone();
             let load = async move {
-                tokio::time::sleep_until(tokio::time::Instant::from_std(started.into_std()))
-                    .await;
+                tokio::time::sleep_until(tokio::time::Instant::from_std(started.into_std())).await;
                 let output = loadgen::web::engine::run_streaming(
                     config,
                     source,

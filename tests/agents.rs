@@ -333,10 +333,16 @@ fn two_agents_drive_a_web_experiment_and_the_merge_is_the_sum_of_their_parts() {
     // distilled can differ: a busy distiller may be bypassed).
     let w2 = &r2["web"]["outcomes"];
     assert_eq!(w2["ok"].as_u64(), Some(sent), "{w2}");
-    let kinds: u64 = ["distilled", "pass_through", "degraded", "original", "untagged"]
-        .iter()
-        .map(|k| w2[k].as_u64().unwrap())
-        .sum();
+    let kinds: u64 = [
+        "distilled",
+        "pass_through",
+        "degraded",
+        "original",
+        "untagged",
+    ]
+    .iter()
+    .map(|k| w2[k].as_u64().unwrap())
+    .sum();
     assert_eq!(kinds, sent, "{w2}");
     assert!(w2["verified"].as_u64().unwrap() > 0, "{w2}");
     assert_eq!(r2["web"]["check_failures"], 0);

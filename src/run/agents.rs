@@ -211,7 +211,7 @@ enum Event {
 
 /// What the agents run: a mail engine's share, or a web experiment's.
 pub enum Job {
-    Mail(EngineConfig),
+    Mail(Box<EngineConfig>),
     Web(Box<super::web::WebJob>),
 }
 
@@ -235,7 +235,7 @@ impl Job {
         let share = Share::new(index, count).map_err(|e| anyhow::anyhow!(e))?;
         Ok(match self {
             Job::Mail(base) => {
-                let mut config = base.clone();
+                let mut config = (**base).clone();
                 config.share = share;
                 config.client = base.client.share(count);
                 ToAgent::Start {
@@ -306,7 +306,7 @@ pub async fn drive(
         let start_at = (start_ns as i128 + c.offset_ns as i128).max(0) as u64;
         write_frame(&mut c.writer, &job.start(i as u32, count, start_at)?)
             .await
-        .with_context(|| format!("starting agent {}", c.addr))?;
+            .with_context(|| format!("starting agent {}", c.addr))?;
         reports.push(AgentReport {
             index: i as u32,
             name: c.name.clone(),

@@ -256,7 +256,7 @@ pub async fn run_one(
             &addrs,
             &token,
             patience,
-            agents::Job::Mail(engine_config),
+            agents::Job::Mail(Box::new(engine_config)),
             || {},
             |live, elapsed| progress.update(live, elapsed),
         )

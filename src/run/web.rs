@@ -251,7 +251,10 @@ pub async fn run_one(
     // start (with agents, the instant agreed with them).
     let (started_tx, started_rx) = watch::channel(None::<(Instant, i64)>);
     let at_start = move || {
-        let _ = started_tx.send(Some((Instant::now(), chrono::Utc::now().timestamp_millis())));
+        let _ = started_tx.send(Some((
+            Instant::now(),
+            chrono::Utc::now().timestamp_millis(),
+        )));
     };
     let watch = Arc::new(Mutex::new(Watch::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -562,7 +565,8 @@ impl WebJob {
             .filter(move |r| r.index % count == index)
             .map(move |mut r| {
                 if let Some(arrivals) = &mut arrivals {
-                    r.at = Duration::try_from_secs_f64(arrivals.at(r.index)).unwrap_or(Duration::MAX);
+                    r.at =
+                        Duration::try_from_secs_f64(arrivals.at(r.index)).unwrap_or(Duration::MAX);
                 }
                 let url = if bases.len() > 1 && r.url.starts_with(&first_base) {
                     let base = &bases[(r.index % bases.len() as u64) as usize];
@@ -657,7 +661,9 @@ async fn drive_agents(
             l.token
                 .clone()
                 .or_else(|| std::env::var("CLUSTERBENCH_AGENT_TOKEN").ok())
-                .context("loadgen.agents needs a token: loadgen.token or CLUSTERBENCH_AGENT_TOKEN")?,
+                .context(
+                    "loadgen.agents needs a token: loadgen.token or CLUSTERBENCH_AGENT_TOKEN",
+                )?,
         ),
     };
     eprintln!("load from {} agent(s): {}", addrs.len(), addrs.join(", "));
@@ -753,18 +759,33 @@ fn synthesize(
     Ok(())
 }
 
+/// Requests of one pass kept in memory for the next passes, at most (about 10 MB of URLs and
+/// names for a typical log); a longer log is read again for each pass.
+const PASS_CACHE_MAX: usize = 100_000;
+
 /// The replay of a log, `repeat` times over: each pass starts where the last one ended (at the
 /// constant rate, the next slot; at the log's timing, a second of the log after its last
-/// request), with request numbers continuing. A pass that cannot reopen the log ends the replay.
+/// request), with request numbers continuing. A short log is parsed once and its later passes
+/// come from memory; a pass that cannot reopen the log ends the replay.
 struct Passes {
     path: PathBuf,
     timing: replay::Timing,
     base: String,
     passes_left: u32,
-    current: Option<Box<dyn Iterator<Item = replay::Replayed> + Send>>,
+    current: Option<Pass>,
+    /// The first pass's requests as parsed, while it stays within [`PASS_CACHE_MAX`].
+    cache: Option<Vec<replay::Replayed>>,
+    /// `cache` holds a whole pass.
+    cached: bool,
     offset: Duration,
     index_offset: u64,
     last: Option<(Duration, u64)>,
+}
+
+enum Pass {
+    File(Box<dyn Iterator<Item = replay::Replayed> + Send>),
+    /// The position in the cache.
+    Cache(usize),
 }
 
 impl Passes {
@@ -775,9 +796,33 @@ impl Passes {
             base,
             passes_left: repeat,
             current: None,
+            cache: (repeat > 1).then(Vec::new),
+            cached: false,
             offset: Duration::ZERO,
             index_offset: 0,
             last: None,
+        }
+    }
+
+    /// The current pass's next request, as the log gives it.
+    fn next_raw(&mut self) -> Option<replay::Replayed> {
+        match self.current.as_mut()? {
+            Pass::File(pass) => {
+                let r = pass.next()?;
+                if let Some(cache) = &mut self.cache {
+                    if cache.len() < PASS_CACHE_MAX {
+                        cache.push(r.clone());
+                    } else {
+                        self.cache = None;
+                    }
+                }
+                Some(r)
+            }
+            Pass::Cache(at) => {
+                let r = self.cache.as_ref()?.get(*at)?.clone();
+                *at += 1;
+                Some(r)
+            }
         }
     }
 }
@@ -787,12 +832,15 @@ impl Iterator for Passes {
 
     fn next(&mut self) -> Option<replay::Replayed> {
         loop {
-            if let Some(pass) = &mut self.current {
-                if let Some(mut r) = pass.next() {
+            if self.current.is_some() {
+                if let Some(mut r) = self.next_raw() {
                     r.at += self.offset;
                     r.index += self.index_offset;
                     self.last = Some((r.at, r.index));
                     return Some(r);
+                }
+                if matches!(self.current, Some(Pass::File(_))) && self.cache.is_some() {
+                    self.cached = true;
                 }
                 self.current = None;
                 let (at, index) = self.last?;
@@ -807,9 +855,13 @@ impl Iterator for Passes {
                 return None;
             }
             self.passes_left -= 1;
+            if self.cached {
+                self.current = Some(Pass::Cache(0));
+                continue;
+            }
             let reader = clf::open(&self.path).ok()?;
             let replay = replay::Replay::new(reader, self.timing, &self.base).ok()?;
-            self.current = Some(Box::new(replay.map_while(Result::ok)));
+            self.current = Some(Pass::File(Box::new(replay.map_while(Result::ok))));
         }
     }
 }
@@ -1352,11 +1404,34 @@ mod tests {
     }
 
     #[test]
+    fn later_passes_from_memory_equal_passes_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = job(dir.path(), true);
+        let path = dir.path().join("trace.log");
+        let timing = replay::Timing::Rate { per_s: 20.0 };
+        let base = "http://127.0.0.1:9".to_string();
+        let cached: Vec<_> = Passes::new(path.clone(), timing, base.clone(), 3).collect();
+        let mut reread = Passes::new(path, timing, base, 3);
+        reread.cache = None;
+        let reread: Vec<_> = reread.collect();
+        assert_eq!(cached, reread);
+        let pass = cached.len() / 3;
+        assert!(pass > 50 && cached.len() == 3 * pass, "{}", j.trace.bytes);
+        assert_eq!(cached[2 * pass].url, cached[0].url);
+        assert_eq!(cached[2 * pass].index, 2 * pass as u64);
+        assert!(cached[2 * pass].at > cached[2 * pass - 1].at);
+    }
+
+    #[test]
     fn shares_split_the_replay_by_position_and_keep_its_times() {
         let dir = tempfile::tempdir().unwrap();
         let j = job(dir.path(), true);
         let path = dir.path().join("trace.log");
-        let all: Vec<WebRequest> = j.plan(&path, Share { index: 0, count: 1 }).unwrap().1.collect();
+        let all: Vec<WebRequest> = j
+            .plan(&path, Share { index: 0, count: 1 })
+            .unwrap()
+            .1
+            .collect();
         let (c0, r0) = j.plan(&path, Share { index: 0, count: 2 }).unwrap();
         let (_, r1) = j.plan(&path, Share { index: 1, count: 2 }).unwrap();
         let mut merged: Vec<WebRequest> = r0.chain(r1).collect();

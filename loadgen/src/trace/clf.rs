@@ -388,7 +388,13 @@ fn token<'a>(rest: &mut &'a str) -> Option<&'a str> {
 /// Apache's `\x16`, kept as written); `None` if it does not start with a quote or never closes.
 fn quoted(rest: &mut &str) -> Option<String> {
     let s = rest.trim_start_matches(' ').strip_prefix('"')?;
-    let mut out = String::new();
+    // Most fields have no escapes: taken whole.
+    let stop = s.find(['"', '\\'])?;
+    if s.as_bytes()[stop] == b'"' {
+        *rest = &s[stop + 1..];
+        return Some(s[..stop].to_string());
+    }
+    let mut out = String::with_capacity(s.len().min(256));
     let mut chars = s.char_indices();
     while let Some((i, c)) = chars.next() {
         match c {
@@ -413,6 +419,17 @@ fn quoted(rest: &mut &str) -> Option<String> {
 /// `METHOD TARGET [HTTP/x.y]` into the method and target. A target with unescaped spaces (as
 /// some servers log it) is kept whole when the line ends with the protocol.
 fn parse_request(request: &str) -> Option<(String, String)> {
+    // The common shape, `GET /a HTTP/1.0` with single spaces, without collecting the parts.
+    let simple = request.split_once(' ').and_then(|(method, rest)| {
+        let (target, protocol) = rest.split_once(' ').unwrap_or((rest, ""));
+        (!method.is_empty()
+            && !target.is_empty()
+            && (protocol.is_empty() || (protocol.starts_with("HTTP/") && !protocol.contains(' '))))
+        .then_some((method, target))
+    });
+    if let Some((method, target)) = simple {
+        return checked_request(method, target.to_string());
+    }
     let parts: Vec<&str> = request.split(' ').filter(|p| !p.is_empty()).collect();
     let (method, target) = match parts.as_slice() {
         [method, target] => (*method, target.to_string()),
@@ -421,6 +438,10 @@ fn parse_request(request: &str) -> Option<(String, String)> {
         }
         _ => return None,
     };
+    checked_request(method, target)
+}
+
+fn checked_request(method: &str, target: String) -> Option<(String, String)> {
     let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if method.is_empty() || !method.bytes().all(is_tchar) {
         return None;

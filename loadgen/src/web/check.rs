@@ -138,18 +138,12 @@ pub fn check(
     full: bool,
     outcomes: &mut Outcomes,
 ) -> Result<(), HttpError> {
-    if response.status != hyper::StatusCode::OK {
-        return Err(HttpError::Status(response.status.as_u16()));
+    if response.status != 200 {
+        return Err(HttpError::Status(response.status));
     }
     outcomes.ok += 1;
     outcomes.body_bytes += response.body.len() as u64;
-    let header = |name: &str| {
-        response
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_ascii_lowercase)
-    };
+    let header = |name: &str| response.header(name).map(str::to_ascii_lowercase);
     if header("x-cache").as_deref() == Some("hit") {
         outcomes.cache_hits += 1;
     }
@@ -209,21 +203,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        let mut map = hyper::HeaderMap::new();
-        for (k, v) in headers {
-            map.insert(
-                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        Response {
-            status: hyper::StatusCode::from_u16(status).unwrap(),
-            headers: map,
-            body: Bytes::copy_from_slice(body),
-        }
+        Response::new(status, headers, body)
     }
 
     fn manifest(path: &str, body: &[u8]) -> Manifest {

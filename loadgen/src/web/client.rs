@@ -1,5 +1,8 @@
-//! The HTTP/1.1 client of the web driver (hyper's connection-level client, so the load
-//! generator decides exactly how connections are made and reused).
+//! The HTTP/1.1 client of the web driver: requests written whole in one write, responses parsed
+//! with `httparse` (hyper's parser) straight out of the connection's buffer, bodies framed by
+//! `Content-Length`, chunked transfer coding or the connection's end (RFC 9112 section 6.3). The
+//! load generator decides exactly how connections are made and reused, and one request costs
+//! one write and usually one read: no channel, task or header map per request, as in `wrk`.
 //!
 //! [`HttpClient`] is `[loadgen.http]`: `connection = "reuse"` keeps a pool of keep-alive
 //! connections per server (at most `connections_per_target` busy at once, as `wrk -c` or a
@@ -10,18 +13,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use std::pin::Pin;
-
-use hyper::client::conn::http1::{Connection, SendRequest};
-use hyper::header::{HeaderValue, CONNECTION, HOST};
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -38,6 +36,14 @@ pub const TIMEOUT_MS_MAX: u64 = 600_000;
 pub const SERVERS_MAX: usize = 4_096;
 /// Longest user header name.
 const HEADER_NAME_BYTES_MAX: usize = 256;
+/// Longest response head (status line and header fields) read.
+pub const HEAD_BYTES_MAX: usize = 64 * 1024;
+/// Most header fields in a response head.
+pub const HEADERS_MAX: usize = 128;
+/// Longest chunk-size line or trailer section of a chunked body.
+const CHUNK_LINE_BYTES_MAX: usize = 4 * 1024;
+/// What one read asks the kernel for at least.
+const READ_BYTES: usize = 16 * 1024;
 
 /// How the load generator talks HTTP (`[loadgen.http]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,7 +114,7 @@ impl HttpClient {
         }
         if !self.user_header.is_empty()
             && (self.user_header.len() > HEADER_NAME_BYTES_MAX
-                || hyper::header::HeaderName::from_bytes(self.user_header.as_bytes()).is_err())
+                || !self.user_header.bytes().all(is_token_byte))
         {
             return Err(format!(
                 "{prefix}.user_header: {:?} is not a header name",
@@ -165,12 +171,61 @@ impl HttpError {
     }
 }
 
-/// A response read whole.
-#[derive(Debug)]
+/// A response read whole: its head as received (fields looked up in place) and its body.
+#[derive(Debug, Clone)]
 pub struct Response {
-    pub status: StatusCode,
-    pub headers: hyper::HeaderMap,
+    pub status: u16,
+    head: Bytes,
+    /// Each field's name and value, as ranges of `head`.
+    fields: Vec<(Range<u32>, Range<u32>)>,
     pub body: Bytes,
+}
+
+impl Response {
+    /// A response built by hand (tests, and servers answering without a connection).
+    pub fn new(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        let mut head = Vec::new();
+        let mut fields = Vec::new();
+        for (name, value) in headers {
+            let n = head.len() as u32..(head.len() + name.len()) as u32;
+            head.extend_from_slice(name.as_bytes());
+            let v = head.len() as u32..(head.len() + value.len()) as u32;
+            head.extend_from_slice(value.as_bytes());
+            fields.push((n, v));
+        }
+        Response {
+            status,
+            head: head.into(),
+            fields,
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+
+    /// The first field named `name` (any case), as text; None if absent or not UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_bytes(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(n, _)| {
+                self.head[n.start as usize..n.end as usize].eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(|(_, v)| &self.head[v.start as usize..v.end as usize])
+    }
+
+    /// Every field named `name` (any case).
+    fn all(&self, name: &str) -> impl Iterator<Item = &[u8]> + '_ {
+        let name = name.as_bytes().to_vec();
+        self.fields
+            .iter()
+            .filter(move |(n, _)| {
+                self.head[n.start as usize..n.end as usize].eq_ignore_ascii_case(&name)
+            })
+            .map(|(_, v)| &self.head[v.start as usize..v.end as usize])
+    }
 }
 
 /// Where requests go.
@@ -184,12 +239,23 @@ pub enum Route {
     Direct,
 }
 
+/// A `tchar` of RFC 9110 section 5.6.2 (header names).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// One URL taken apart: the authority (`host[:port]`, for `Host` and for connecting) and the
-/// path with its query.
+/// path with its query. Spaces and control characters are refused (they would break the
+/// request line).
 fn split_url(url: &str) -> Result<(&str, &str), HttpError> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| HttpError::Url(format!("{url:?}: only http:// URLs")))?;
+    if url.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(HttpError::Url(format!(
+            "{url:?}: spaces or control characters"
+        )));
+    }
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -200,22 +266,236 @@ fn split_url(url: &str) -> Result<(&str, &str), HttpError> {
     Ok((authority, path))
 }
 
-/// The connection half of one hyper HTTP/1.1 client connection.
-type Driver = Connection<TokioIo<TcpStream>, Empty<Bytes>>;
-
-/// A connection: its sender, and the connection itself, which the task using it drives (no
-/// task of its own, so a request costs no wake-ups across tasks).
-struct Idle {
-    sender: SendRequest<Empty<Bytes>>,
-    /// `None` once the connection's future has ended (the server closed it, or it failed): it
-    /// is dropped then, which cancels a request still waiting on it.
-    connection: Option<Pin<Box<Driver>>>,
+/// One HTTP/1.1 connection: the socket, and what was read past the last response (nothing, as
+/// requests are not pipelined; anything there makes the connection unusable).
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
     _open: OpenConnection,
+}
+
+/// How a response's body ends (RFC 9112 section 6.3).
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the server closes the connection.
+    Close,
+}
+
+impl Conn {
+    /// Reads more into the buffer; an error at the connection's end.
+    async fn fill(&mut self) -> Result<usize, HttpError> {
+        if self.buf.capacity() - self.buf.len() < READ_BYTES {
+            self.buf.reserve(READ_BYTES);
+        }
+        let n = self
+            .stream
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|e| HttpError::Io(e.to_string()))?;
+        Ok(n)
+    }
+
+    /// Writes `request` and reads the whole response; whether the connection may be used again.
+    async fn exchange(
+        &mut self,
+        request: &[u8],
+        body_max: usize,
+    ) -> Result<(Response, bool), HttpError> {
+        if !self.buf.is_empty() {
+            return Err(HttpError::Io(
+                "the server sent data nobody asked for".into(),
+            ));
+        }
+        self.stream
+            .write_all(request)
+            .await
+            .map_err(|e| HttpError::Io(e.to_string()))?;
+        // Interim responses (1xx) are read and skipped.
+        let (status, version, head, fields) = loop {
+            let parsed = self.read_head().await?;
+            if !(100..200).contains(&parsed.0) || parsed.0 == 101 {
+                break parsed;
+            }
+        };
+        let mut response = Response {
+            status,
+            head,
+            fields,
+            body: Bytes::new(),
+        };
+        let connection_tokens = |token: &str| {
+            response.all("connection").any(|v| {
+                v.split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            })
+        };
+        let mut reusable = if version == 1 {
+            !connection_tokens("close")
+        } else {
+            connection_tokens("keep-alive")
+        };
+        let framing = if status == 204 || status == 304 {
+            Framing::None
+        } else if let Some(te) = response.all("transfer-encoding").last() {
+            // Chunked must be the last coding; anything else is read to the close.
+            let last = te.rsplit(|&b| b == b',').next().unwrap_or_default();
+            if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                Framing::Chunked
+            } else {
+                Framing::Close
+            }
+        } else {
+            let mut length = None;
+            for v in response.all("content-length") {
+                let n = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                    .ok_or_else(|| HttpError::Io("a malformed Content-Length".into()))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(HttpError::Io("conflicting Content-Lengths".into()));
+                }
+                length = Some(n);
+            }
+            match length {
+                Some(n) => Framing::Length(n),
+                None => Framing::Close,
+            }
+        };
+        response.body = match framing {
+            Framing::None => Bytes::new(),
+            Framing::Length(n) => {
+                if n > body_max as u64 {
+                    return Err(HttpError::TooLarge(body_max));
+                }
+                let n = n as usize;
+                while self.buf.len() < n {
+                    self.buf.reserve(n - self.buf.len());
+                    if self.fill().await? == 0 {
+                        return Err(HttpError::Io("the body ended early".into()));
+                    }
+                }
+                self.buf.split_to(n).freeze()
+            }
+            Framing::Chunked => self.read_chunked(body_max).await?,
+            Framing::Close => {
+                reusable = false;
+                while self.fill().await? > 0 {
+                    if self.buf.len() > body_max {
+                        return Err(HttpError::TooLarge(body_max));
+                    }
+                }
+                self.buf.split().freeze()
+            }
+        };
+        Ok((response, reusable && self.buf.is_empty()))
+    }
+
+    /// The next response head: status, minor version, the head's bytes and its fields.
+    #[allow(clippy::type_complexity)]
+    async fn read_head(
+        &mut self,
+    ) -> Result<(u16, u8, Bytes, Vec<(Range<u32>, Range<u32>)>), HttpError> {
+        loop {
+            if !self.buf.is_empty() {
+                let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+                let mut r = httparse::Response::new(&mut headers);
+                match r.parse(&self.buf) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        let base = self.buf.as_ptr() as usize;
+                        let at = |s: &[u8]| {
+                            let from = (s.as_ptr() as usize - base) as u32;
+                            from..from + s.len() as u32
+                        };
+                        let fields = r
+                            .headers
+                            .iter()
+                            .map(|h| (at(h.name.as_bytes()), at(h.value)))
+                            .collect();
+                        let (status, version) = (r.code.unwrap_or(0), r.version.unwrap_or(1));
+                        let head = self.buf.split_to(n).freeze();
+                        return Ok((status, version, head, fields));
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if self.buf.len() > HEAD_BYTES_MAX {
+                            return Err(HttpError::Io(format!(
+                                "a response head over {HEAD_BYTES_MAX} bytes"
+                            )));
+                        }
+                    }
+                    Err(e) => return Err(HttpError::Io(format!("a malformed response: {e}"))),
+                }
+            }
+            if self.fill().await? == 0 {
+                return Err(HttpError::Io(if self.buf.is_empty() {
+                    "the connection closed".into()
+                } else {
+                    "the connection closed within a response head".into()
+                }));
+            }
+        }
+    }
+
+    /// A chunked body, trailers skipped.
+    async fn read_chunked(&mut self, body_max: usize) -> Result<Bytes, HttpError> {
+        let mut body = BytesMut::new();
+        loop {
+            let size = loop {
+                match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        self.buf.advance(used);
+                        break size;
+                    }
+                    Ok(httparse::Status::Partial) if self.buf.len() <= CHUNK_LINE_BYTES_MAX => {
+                        if self.fill().await? == 0 {
+                            return Err(HttpError::Io("the body ended early".into()));
+                        }
+                    }
+                    _ => return Err(HttpError::Io("a malformed chunk size".into())),
+                }
+            };
+            if size == 0 {
+                break;
+            }
+            if body.len() as u64 + size > body_max as u64 {
+                return Err(HttpError::TooLarge(body_max));
+            }
+            let want = size as usize + 2;
+            while self.buf.len() < want {
+                self.buf.reserve(want - self.buf.len());
+                if self.fill().await? == 0 {
+                    return Err(HttpError::Io("the body ended early".into()));
+                }
+            }
+            body.extend_from_slice(&self.buf[..size as usize]);
+            if &self.buf[size as usize..want] != b"\r\n" {
+                return Err(HttpError::Io("a chunk without its CRLF".into()));
+            }
+            self.buf.advance(want);
+        }
+        // Trailer fields, up to the empty line.
+        loop {
+            match self.buf.windows(2).position(|w| w == b"\r\n") {
+                Some(0) => {
+                    self.buf.advance(2);
+                    return Ok(body.freeze());
+                }
+                Some(i) => self.buf.advance(i + 2),
+                None if self.buf.len() <= CHUNK_LINE_BYTES_MAX => {
+                    if self.fill().await? == 0 {
+                        return Err(HttpError::Io("the trailers ended early".into()));
+                    }
+                }
+                None => return Err(HttpError::Io("a trailer line too long".into())),
+            }
+        }
+    }
 }
 
 struct Pool {
     busy: Arc<Semaphore>,
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
 /// The client: pools per server, a connection tracker, the settings.
@@ -225,21 +505,16 @@ pub struct Client {
     tracker: Arc<ConnectionTracker>,
     pools: Mutex<HashMap<SocketAddr, Arc<Pool>>>,
     resolved: Mutex<HashMap<String, SocketAddr>>,
-    user_header: Option<hyper::header::HeaderName>,
 }
 
 impl Client {
     pub fn new(config: HttpClient, route: Route, tracker: Arc<ConnectionTracker>) -> Client {
-        let user_header = (!config.user_header.is_empty())
-            .then(|| hyper::header::HeaderName::from_bytes(config.user_header.as_bytes()).ok())
-            .flatten();
         Client {
             config,
             route,
             tracker,
             pools: Mutex::new(HashMap::new()),
             resolved: Mutex::new(HashMap::new()),
-            user_header,
         }
     }
 
@@ -257,6 +532,35 @@ impl Client {
         }
     }
 
+    /// The request's bytes: its line in absolute form to a proxy or origin form to a server,
+    /// `Host`, the user (when it is a valid field value), and `Connection: close` when
+    /// connections are not reused.
+    fn request(&self, target: &str, authority: &str, user: &str) -> Vec<u8> {
+        let mut r = Vec::with_capacity(target.len() + authority.len() + user.len() + 96);
+        r.extend_from_slice(b"GET ");
+        r.extend_from_slice(target.as_bytes());
+        r.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        r.extend_from_slice(authority.as_bytes());
+        r.extend_from_slice(b"\r\n");
+        let name = &self.config.user_header;
+        if !name.is_empty()
+            && !user.is_empty()
+            && user
+                .bytes()
+                .all(|b| b == b'\t' || (b' '..0x7f).contains(&b))
+        {
+            r.extend_from_slice(name.as_bytes());
+            r.extend_from_slice(b": ");
+            r.extend_from_slice(user.trim().as_bytes());
+            r.extend_from_slice(b"\r\n");
+        }
+        if self.config.connection == HttpConnection::PerRequest {
+            r.extend_from_slice(b"Connection: close\r\n");
+        }
+        r.extend_from_slice(b"\r\n");
+        r
+    }
+
     async fn get_unbounded(
         &self,
         url: &str,
@@ -264,29 +568,15 @@ impl Client {
         index: u64,
     ) -> Result<Response, HttpError> {
         let (authority, path) = split_url(url)?;
-        let (server, uri) = match &self.route {
-            Route::Proxy(proxies) if !proxies.is_empty() => (
-                proxies[(index % proxies.len() as u64) as usize],
-                url.to_string(),
-            ),
-            Route::Proxy(_) => return Err(HttpError::Connect("no proxy".into())),
-            Route::Direct => (self.resolve(authority).await?, path.to_string()),
-        };
-        let mut request = Request::get(uri.as_str())
-            .header(HOST, authority)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| HttpError::Url(format!("{url:?}: {e}")))?;
-        if let (Some(name), Ok(value)) = (&self.user_header, HeaderValue::from_str(user)) {
-            if !user.is_empty() {
-                request.headers_mut().insert(name.clone(), value);
+        let (server, target) = match &self.route {
+            Route::Proxy(proxies) if !proxies.is_empty() => {
+                (proxies[(index % proxies.len() as u64) as usize], url)
             }
-        }
+            Route::Proxy(_) => return Err(HttpError::Connect("no proxy".into())),
+            Route::Direct => (self.resolve(authority).await?, path),
+        };
+        let request = self.request(target, authority, user);
         let reuse = self.config.connection == HttpConnection::Reuse;
-        if !reuse {
-            request
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-        }
         let pool = self.pool(server);
         let _busy: OwnedSemaphorePermit = pool
             .busy
@@ -294,86 +584,32 @@ impl Client {
             .acquire_owned()
             .await
             .map_err(|_| HttpError::Connect("the client is closing".into()))?;
-        let pooled = reuse.then(|| take_idle(&pool)).flatten();
+        let pooled = if reuse {
+            pool.idle.lock().unwrap().pop()
+        } else {
+            None
+        };
         let reused = pooled.is_some();
         let mut connection = match pooled {
-            Some(idle) => idle,
+            Some(c) => c,
             None => self.connect(server).await?,
         };
-        let retry = reused.then(|| clone_request(&request));
-        let mut result = self.exchange(&mut connection, request).await;
-        if let (Err(HttpError::Io(_)), Some(request)) = (&result, retry) {
+        let limit = self.config.body_bytes_max;
+        let mut result = connection.exchange(&request, limit).await;
+        if reused && matches!(result, Err(HttpError::Io(_))) {
             // A kept-alive connection the server had closed meanwhile: like a browser, send an
             // idempotent request again once, on a new connection.
             connection = self.connect(server).await?;
-            result = self.exchange(&mut connection, request).await;
+            result = connection.exchange(&request, limit).await;
         }
-        let (status, headers, body) = result?;
-        let closing = headers
-            .get(CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if reuse && !closing && connection.connection.is_some() && !connection.sender.is_closed() {
+        let (response, reusable) = result?;
+        if reuse && reusable {
             let mut idle = pool.idle.lock().unwrap();
             if idle.len() < self.config.connections_per_target as usize {
                 idle.push(connection);
             }
         }
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
-    }
-
-    /// One request and its whole response on `c`, driving the connection meanwhile.
-    async fn exchange(
-        &self,
-        c: &mut Idle,
-        request: Request<Empty<Bytes>>,
-    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), HttpError> {
-        let limit = self.config.body_bytes_max;
-        let Idle {
-            sender, connection, ..
-        } = c;
-        let work = async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| HttpError::Io(e.to_string()))?;
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, limit)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some()
-                    {
-                        HttpError::TooLarge(limit)
-                    } else {
-                        HttpError::Io(e.to_string())
-                    }
-                })?
-                .to_bytes();
-            Ok((parts.status, parts.headers, body))
-        };
-        tokio::pin!(work);
-        loop {
-            let driving = async {
-                match connection.as_mut() {
-                    Some(c) => {
-                        let _ = c.as_mut().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                r = &mut work => return r,
-                // The connection is over: dropping it fails whatever still waits on it.
-                _ = driving => *connection = None,
-            }
-        }
+        Ok(response)
     }
 
     fn pool(&self, server: SocketAddr) -> Arc<Pool> {
@@ -415,41 +651,17 @@ impl Client {
         Ok(addr)
     }
 
-    async fn connect(&self, server: SocketAddr) -> Result<Idle, HttpError> {
+    async fn connect(&self, server: SocketAddr) -> Result<Conn, HttpError> {
         let stream = TcpStream::connect(server)
             .await
             .map_err(|e| HttpError::Connect(format!("{server}: {e}")))?;
         let _ = stream.set_nodelay(true);
-        let open = self.tracker.opened();
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| HttpError::Connect(format!("{server}: {e}")))?;
-        Ok(Idle {
-            sender,
-            connection: Some(Box::pin(connection)),
-            _open: open,
+        Ok(Conn {
+            stream,
+            buf: BytesMut::new(),
+            _open: self.tracker.opened(),
         })
     }
-}
-
-/// A GET again (a request has no body here, so its head is all there is).
-fn clone_request(r: &Request<Empty<Bytes>>) -> Request<Empty<Bytes>> {
-    let mut again = Request::new(Empty::new());
-    *again.method_mut() = r.method().clone();
-    *again.uri_mut() = r.uri().clone();
-    *again.headers_mut() = r.headers().clone();
-    again
-}
-
-/// An idle connection that can take a request now, if the pool has one (closed ones dropped).
-fn take_idle(pool: &Pool) -> Option<Idle> {
-    let mut idle = pool.idle.lock().unwrap();
-    while let Some(c) = idle.pop() {
-        if c.sender.is_ready() {
-            return Some(c);
-        }
-    }
-    None
 }
 
 #[cfg(test)]

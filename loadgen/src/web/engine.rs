@@ -331,7 +331,9 @@ impl Shared {
             outcomes: std::mem::take(&mut *self.outcomes.lock().unwrap()),
             connections: self.connections(),
             sent: self.sent.load(Ordering::Relaxed)
-                - self.sent_handed.swap(self.sent.load(Ordering::Relaxed), Ordering::Relaxed),
+                - self
+                    .sent_handed
+                    .swap(self.sent.load(Ordering::Relaxed), Ordering::Relaxed),
             source_left,
             unsent,
             started_at,

@@ -2,7 +2,7 @@
 //! cluster's front ends, squid, varnish, ...) or straight at web servers, with every response
 //! checked.
 //!
-//! - [`client`]: the HTTP/1.1 client (hyper): a keep-alive pool per server, or a new connection
+//! - [`client`]: the HTTP/1.1 client (httparse): a keep-alive pool per server, or a new connection
 //!   per request; absolute-form requests to a proxy, as a browser configured with one sends
 //!   them, or origin-form with `Host`.
 //! - [`check`]: what a response must be: its status, the original's exact bytes when it passed
