@@ -134,6 +134,12 @@ async fn search(args: CapacityArgs) -> anyhow::Result<()> {
             chrono::Utc::now().format("%Y%m%d-%H%M%S")
         ))
     });
+    let web = base.is_web();
+    anyhow::ensure!(
+        !(web && args.daily_messages.is_some()),
+        "--daily-messages sizes a mail cluster; {} is a web experiment",
+        args.experiment.display()
+    );
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     anyhow::ensure!(args.start_per_s > 0.0, "--start-per-s must be positive");
     anyhow::ensure!(
@@ -173,13 +179,31 @@ async fn search(args: CapacityArgs) -> anyhow::Result<()> {
             .ceil()
     });
     println!();
-    println!("capacity of {}: {capacity:.1} operations/s offered ({per_node:.1} per node, {nodes} node(s))", base.name);
+    if web {
+        // A web cluster's capacity is its distillers' (and front ends'), not its nodes'.
+        let workers = table_rows
+            .iter()
+            .find(|(share, _)| *share == 1.0)
+            .and_then(|(_, p)| p.results["web"]["cluster"]["workers"].as_u64());
+        println!(
+            "capacity of {}: {capacity:.1} requests/s offered ({} node(s){})",
+            base.name,
+            nodes,
+            workers.map_or(String::new(), |w| format!(
+                ", {w} worker(s): {:.1} per worker",
+                capacity / w.max(1) as f64
+            ))
+        );
+    } else {
+        println!("capacity of {}: {capacity:.1} operations/s offered ({per_node:.1} per node, {nodes} node(s))", base.name);
+    }
     if let (Some(daily), Some(n)) = (args.daily_messages, needed) {
         println!("{daily} messages a day need {n} node(s) like these");
     }
+    let done = if web { "req/s" } else { "smtp/s" };
     println!(
         "{:>6} {:>10} {:>10} {:>10} {:>8} {:>6}",
-        "load", "offered/s", "smtp/s", "p99 ms", "errors", "SLO"
+        "load", "offered/s", done, "p99 ms", "errors", "SLO"
     );
     for (share, p) in &table_rows {
         println!(
@@ -201,8 +225,9 @@ async fn search(args: CapacityArgs) -> anyhow::Result<()> {
         "per_node_per_s": per_node,
         "daily_messages": args.daily_messages,
         "nodes_needed": needed,
-        "probes": probes.iter().map(|p| json!({"rate_per_s": p.rate, "pass": p.pass, "smtp_per_s": p.smtp_per_s, "p99_ms": p.p99_ms, "error_rate": p.error_rate, "dir": p.dir})).collect::<Vec<_>>(),
-        "table": table_rows.iter().map(|(s, p)| json!({"share": s, "rate_per_s": p.rate, "pass": p.pass, "smtp_per_s": p.smtp_per_s, "p99_ms": p.p99_ms, "error_rate": p.error_rate, "dir": p.dir})).collect::<Vec<_>>(),
+        "service": if web { "web" } else { "mail" },
+        "probes": probes.iter().map(|p| json!({"rate_per_s": p.rate, "pass": p.pass, done_key(web): p.smtp_per_s, "p99_ms": p.p99_ms, "error_rate": p.error_rate, "dir": p.dir})).collect::<Vec<_>>(),
+        "table": table_rows.iter().map(|(s, p)| json!({"share": s, "rate_per_s": p.rate, "pass": p.pass, done_key(web): p.smtp_per_s, "p99_ms": p.p99_ms, "error_rate": p.error_rate, "dir": p.dir})).collect::<Vec<_>>(),
     });
     let path = out.join("capacity.json");
     crate::local_cluster::write_atomically(
@@ -214,6 +239,15 @@ async fn search(args: CapacityArgs) -> anyhow::Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// What a probe completed a second, in capacity.json: SMTP operations, or (web) requests.
+fn done_key(web: bool) -> &'static str {
+    if web {
+        "requests_per_s"
+    } else {
+        "smtp_per_s"
+    }
 }
 
 /// The share of the offered rate a probe must complete (over the run, its drain included) to

@@ -30,8 +30,34 @@ const KEY_NODES: &str = "cluster.nodes";
 const KEY_REPLICATION: &str = "cluster.replication";
 const KEY_SKEW: &str = "workload.skew";
 const KEY_PLACEMENT: &str = "cluster.placement";
-/// The operation whose figures the sweep compares: mail in is what a cluster is sized for.
+/// The operation whose figures a mail sweep compares: mail in is what a cluster is sized for.
 const OP: &str = "smtp";
+/// A web sweep compares all requests: these kinds together (throughput summed, the worst
+/// percentile).
+const WEB_OPS: [&str; 4] = ["html", "gif", "jpeg", "other"];
+/// Web keys: workers of one class (the scaling chart's x) and the cache's size.
+const KEY_WORKERS_PREFIX: &str = "cluster.web.workers.classes.";
+const KEY_CACHE_BYTES: &str = "cluster.web.cache.bytes_max";
+
+/// A run's compared figures: throughput, p50 and p99 (ms).
+fn run_figures(result: &Results) -> Option<(f64, f64, f64)> {
+    if result.web.is_none() {
+        let o = result.operations.ops.get(OP)?;
+        return Some((o.throughput_per_s, o.p50_ms, o.p99_ms));
+    }
+    let ops: Vec<_> = WEB_OPS
+        .iter()
+        .filter_map(|k| result.operations.ops.get(*k))
+        .collect();
+    if ops.is_empty() {
+        return None;
+    }
+    Some((
+        ops.iter().map(|o| o.throughput_per_s).sum(),
+        ops.iter().map(|o| o.p50_ms).fold(0.0, f64::max),
+        ops.iter().map(|o| o.p99_ms).fold(0.0, f64::max),
+    ))
+}
 
 /// sweep.json, as `clusterbench run` writes it for an experiment with a `[sweep]` table.
 #[derive(Debug, Deserialize)]
@@ -155,6 +181,8 @@ struct Sweep {
     varying: Vec<usize>,
     /// What the page calls each key: without its section when that stays unambiguous.
     short_keys: Vec<String>,
+    /// Web runs: requests compared, not SMTP.
+    web: bool,
 }
 
 /// The runs of one combination of swept values, aggregated over their repetitions.
@@ -165,6 +193,8 @@ struct Config {
     throughput: Option<Point>,
     p50_ms: Option<f64>,
     p99: Option<Point>,
+    /// Web runs: the cache hit rate, in percent.
+    hit_rate: Option<Point>,
     errors: u64,
     /// `None`: no run of this configuration ran the correctness check.
     lost: Option<u64>,
@@ -208,6 +238,7 @@ impl Sweep {
             .collect();
         Sweep {
             short_keys: short_keys(&file.keys),
+            web: results.iter().any(|r| r.web.is_some()),
             file,
             results,
             values,
@@ -285,7 +316,32 @@ impl Sweep {
                 return format!("placement={placement}");
             }
         }
-        format!("{OP} throughput")
+        if self.web {
+            "requests".into()
+        } else {
+            format!("{OP} throughput")
+        }
+    }
+
+    /// What the throughput is of, in captions and headers.
+    fn unit(&self) -> &'static str {
+        if self.web {
+            "requests"
+        } else {
+            "SMTP"
+        }
+    }
+
+    /// The key the scaling chart puts on its x axis, and what to call one of it: the node count,
+    /// or (web) the workers of a class.
+    fn scaling_key(&self) -> Option<(usize, String)> {
+        if let Some(x) = self.varies(KEY_NODES) {
+            return Some((x, "node".into()));
+        }
+        self.varying.iter().copied().find_map(|k| {
+            let class = self.file.keys[k].strip_prefix(KEY_WORKERS_PREFIX)?;
+            Some((k, format!("{class} worker")))
+        })
     }
 
     fn page(&self) -> Result<SweepPage, ReportError> {
@@ -355,7 +411,12 @@ impl Sweep {
         let scaling = self.scaling_view()?;
         let replication = self.replication_view()?;
         let skew = self.skew_view()?;
-        let generic = if scaling.is_none() && replication.is_none() && skew.is_none() {
+        let cache = self.cache_view()?;
+        let generic = if scaling.is_none()
+            && replication.is_none()
+            && skew.is_none()
+            && cache.is_none()
+        {
             let bars: Vec<(String, Point)> = self
                 .configs
                 .iter()
@@ -365,7 +426,10 @@ impl Sweep {
                 None
             } else {
                 Some(GenericView {
-                    svg: sweep_charts::bars_svg("SMTP throughput, operations per second", &bars)?,
+                    svg: sweep_charts::bars_svg(
+                        &format!("{} throughput, per second", self.unit()),
+                        &bars,
+                    )?,
                     shown: bars.len().min(sweep_charts::BARS_MAX),
                     total: bars.len(),
                 })
@@ -408,21 +472,22 @@ impl Sweep {
             scaling,
             replication,
             skew,
+            cache,
             generic,
+            unit: self.unit(),
             lines_max: sweep_charts::LINES_MAX,
             run_rows: (0..runs)
                 .map(|i| {
                     let run = &file.runs[i];
                     let result = &self.results[i];
-                    let op = result.operations.ops.get(OP);
+                    let figures = run_figures(result);
                     RunRow {
                         number: i + 1,
                         href: report_href(&run.dir),
                         dir: run.dir.clone(),
                         repetition: run.repetition,
-                        throughput: op
-                            .map_or_else(|| NONE.into(), |o| fmt_rate(o.throughput_per_s)),
-                        p99: op.map_or_else(|| NONE.into(), |o| fmt_ms(o.p99_ms)),
+                        throughput: figures.map_or_else(|| NONE.into(), |f| fmt_rate(f.0)),
+                        p99: figures.map_or_else(|| NONE.into(), |f| fmt_ms(f.2)),
                         verdict: match run_pass(run, result) {
                             Some(true) => "PASS",
                             Some(false) => "FAIL",
@@ -440,7 +505,7 @@ impl Sweep {
     }
 
     fn scaling_view(&self) -> Result<Option<ScalingView>, ReportError> {
-        let Some(x) = self.varies(KEY_NODES) else {
+        let Some((x, what)) = self.scaling_key() else {
             return Ok(None);
         };
         let Some(lines) = self.lines(x, |c| c.throughput) else {
@@ -448,8 +513,12 @@ impl Sweep {
         };
         let svg = sweep_charts::line_svg(&LineChart {
             name: "scaling",
-            x_desc: "nodes",
-            y_desc: "SMTP operations per second",
+            x_desc: &format!("{what}s"),
+            y_desc: if self.web {
+                "requests per second"
+            } else {
+                "SMTP operations per second"
+            },
             lines: &lines,
             ideal: true,
         })?;
@@ -460,6 +529,7 @@ impl Sweep {
         });
         Ok(Some(ScalingView {
             svg,
+            what,
             columns,
             rows,
             truncated: lines.len() > sweep_charts::LINES_MAX,
@@ -502,6 +572,33 @@ impl Sweep {
         }))
     }
 
+    /// Web: the cache hit rate against the cache's size (TranSend's Figure 9 in shape).
+    fn cache_view(&self) -> Result<Option<CacheView>, ReportError> {
+        let Some(x) = self.varies(KEY_CACHE_BYTES) else {
+            return Ok(None);
+        };
+        let Some(mut lines) = self.lines(x, |c| c.hit_rate) else {
+            return Ok(None);
+        };
+        for p in lines.iter_mut().flat_map(|l| l.points.iter_mut()) {
+            p.x /= 1024.0 * 1024.0;
+        }
+        if lines.len() == 1 && self.varying.len() == 1 {
+            lines[0].label = "hit rate".into();
+        }
+        let svg = sweep_charts::line_svg(&LineChart {
+            name: "cache hit rate",
+            x_desc: "cache size, MB (all partitions)",
+            y_desc: "cache hit rate, %",
+            lines: &lines,
+            ideal: false,
+        })?;
+        Ok(Some(CacheView {
+            svg,
+            truncated: lines.len() > sweep_charts::LINES_MAX,
+        }))
+    }
+
     fn skew_view(&self) -> Result<Option<ChartView>, ReportError> {
         let Some(x) = self.varies(KEY_SKEW) else {
             return Ok(None);
@@ -535,18 +632,20 @@ impl Sweep {
 
 impl Config {
     fn of(values: Vec<Value>, runs: Vec<usize>, file: &SweepFile, results: &[Results]) -> Config {
-        let ops: Vec<_> = runs
-            .iter()
-            .filter_map(|i| results[*i].operations.ops.get(OP))
-            .collect();
+        let figures: Vec<(f64, f64, f64)> =
+            runs.iter().filter_map(|i| run_figures(&results[*i])).collect();
         let lost: Vec<u64> = runs
             .iter()
             .filter_map(|i| results[*i].correctness.as_ref().map(|c| c.lost))
             .collect();
         Config {
-            throughput: stats(ops.iter().map(|o| o.throughput_per_s)),
-            p50_ms: stats(ops.iter().map(|o| o.p50_ms)).map(|p| p.mean),
-            p99: stats(ops.iter().map(|o| o.p99_ms)),
+            throughput: stats(figures.iter().map(|f| f.0)),
+            p50_ms: stats(figures.iter().map(|f| f.1)).map(|p| p.mean),
+            p99: stats(figures.iter().map(|f| f.2)),
+            hit_rate: stats(
+                runs.iter()
+                    .filter_map(|i| results[*i].web.as_ref()?.hit_rate.map(|h| h * 100.0)),
+            ),
             errors: runs
                 .iter()
                 .flat_map(|i| results[*i].operations.ops.values())
@@ -740,7 +839,10 @@ struct SweepPage {
     scaling: Option<ScalingView>,
     replication: Option<ReplicationView>,
     skew: Option<ChartView>,
+    cache: Option<CacheView>,
     generic: Option<GenericView>,
+    /// What the throughput counts: `SMTP` or `requests`.
+    unit: &'static str,
     lines_max: usize,
     run_rows: Vec<RunRow>,
 }
@@ -781,8 +883,16 @@ struct TableRow {
 }
 
 #[derive(Serialize)]
+struct CacheView {
+    svg: String,
+    truncated: bool,
+}
+
+#[derive(Serialize)]
 struct ScalingView {
     svg: String,
+    /// One of what the x axis counts: `node`, `jpeg worker`.
+    what: String,
     /// Node counts, the efficiency table's columns.
     columns: Vec<String>,
     rows: Vec<TableRow>,

@@ -263,3 +263,85 @@ fn text_and_dirs_from_the_files_are_escaped() {
     assert!(!html.contains("href=\"javascript:"));
     assert!(html.contains("href=\"javascript%3Aalert%281%29/%22%3E%3Cscript%3E/report.html\""));
 }
+
+/// A web run's results: the quickstart's, with requests of each content type instead of mail
+/// (`rates` html, gif, jpeg per second) and a web section with the hit rate.
+fn web_results(name: &str, rates: [f64; 3], p99_ms: [f64; 3], hit_rate: f64) -> Value {
+    let mut r = read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/quickstart.json"
+    ));
+    let smtp = r["operations"]["ops"]["smtp"].clone();
+    let mut ops = serde_json::Map::new();
+    for ((kind, rate), p99) in ["html", "gif", "jpeg"].iter().zip(rates).zip(p99_ms) {
+        let mut o = smtp.clone();
+        o["throughput_per_s"] = json!(rate);
+        o["p99_ms"] = json!(p99);
+        o["p50_ms"] = json!(p99 / 4.0);
+        o["errors"] = json!(0);
+        ops.insert(kind.to_string(), o);
+    }
+    r["name"] = json!(name);
+    r["operations"]["ops"] = Value::Object(ops);
+    r["correctness"] = Value::Null;
+    r["web"] = json!({"target": "bundled", "hit_rate": hit_rate, "outcomes": {"ok": 100}});
+    r
+}
+
+fn web_sweep(key: &str, values: &[u64]) -> Value {
+    json!({
+        "schema_version": 1,
+        "kind": "sweep",
+        "name": "web",
+        "keys": [key],
+        "repeat": 1,
+        "runs": values.iter().map(|v| json!({
+            "params": {key: v},
+            "repetition": 0,
+            "dir": format!("{}={v}/r0", key.rsplit('.').next().unwrap()),
+            "pass": true,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[test]
+fn a_web_sweep_charts_requests_against_workers_and_hit_rate_against_cache_size() {
+    // Workers of one class: requests per second (all types summed) with the ideal line.
+    let sweep = web_sweep("cluster.web.workers.classes.jpeg", &[1, 2, 4]);
+    let runs = vec![
+        web_results("w1", [5.0, 5.0, 2.5], [100.0, 120.0, 900.0], 0.1),
+        web_results("w2", [10.0, 10.0, 5.0], [100.0, 120.0, 800.0], 0.1),
+        web_results("w4", [19.0, 19.0, 12.0], [100.0, 130.0, 700.0], 0.1),
+    ];
+    let html = reports::render_sweep(&sweep, &runs).expect("renders");
+    std::fs::write(std::env::temp_dir().join("sweep-web-preview.html"), &html)
+        .expect("write preview");
+    let text = visible_text(&html);
+    assert!(text.contains("req/s mean"), "{text}");
+    assert!(!text.contains("SMTP"), "{text}");
+    // 5 + 5 + 2.5 requests a second, the slowest type's p99.
+    assert!(text.contains("1 12.5 – 225 900"), "first row: {text}");
+    let scaling = section(&html, "Scaling with jpeg worker count");
+    assert_eq!(scaling.matches("<svg").count(), 1, "{text}");
+    assert!(scaling.contains("ideal linear"));
+    let scaling_text = visible_text(scaling);
+    assert!(
+        scaling_text.contains("1 jpeg worker 2 jpeg workers 4 jpeg workers requests 100 % 100 % 100 %"),
+        "{scaling_text}"
+    );
+    assert!(section(&html, "Cache hit rate").is_empty());
+
+    // The cache's size: the hit rate chart, in MB.
+    let sweep = web_sweep("cluster.web.cache.bytes_max", &[1 << 20, 4 << 20, 16 << 20]);
+    let runs = vec![
+        web_results("c1", [10.0, 10.0, 5.0], [100.0, 100.0, 100.0], 0.154),
+        web_results("c4", [10.0, 10.0, 5.0], [100.0, 100.0, 100.0], 0.273),
+        web_results("c16", [10.0, 10.0, 5.0], [100.0, 100.0, 100.0], 0.339),
+    ];
+    let html = reports::render_sweep(&sweep, &runs).expect("renders");
+    let cache = section(&html, "Cache hit rate");
+    assert_eq!(cache.matches("<svg").count(), 1, "{html}");
+    assert!(cache.contains("cache size, MB"), "{cache}");
+    assert!(cache.contains("hit rate, %"), "{cache}");
+    assert!(section(&html, "Throughput per configuration").is_empty());
+}
