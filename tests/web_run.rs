@@ -1,7 +1,7 @@
 //! `clusterbench run workloads/transend-quickstart.toml`, as the README gives it (shortened): a
 //! web cluster started, a synthetic trace replayed through it, a JPEG distiller killed with
 //! SIGKILL mid-run and restarted by the manager, every response checked, the report written
-//! with the web charts, verdict PASS.
+//! with the web charts, verdict PASS; and `compare` gating its results.
 
 mod common;
 
@@ -85,4 +85,101 @@ fn the_web_quickstart_replays_a_trace_survives_a_killed_worker_and_passes() {
         report.contains("kill worker jpeg 1"),
         "the fault in the report"
     );
+
+    // `compare` gates web runs as it gates mail: the run against itself is unchanged; against a
+    // copy whose JPEGs came at half the rate and twice the p99, it regressed, naming jpeg.
+    let path = out.join("results.json");
+    let same = Command::new(BIN)
+        .arg("compare")
+        .args([&path, &path])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&same.stdout);
+    assert_eq!(same.status.code(), Some(0), "{text}");
+    assert!(text.contains("no regression"), "{text}");
+    assert!(
+        text.contains("jpeg"),
+        "jpeg among the compared metrics: {text}"
+    );
+    let mut slower = results.clone();
+    let jpeg = &mut slower["operations"]["ops"]["jpeg"];
+    jpeg["throughput_per_s"] = (jpeg["throughput_per_s"].as_f64().unwrap() / 2.0).into();
+    jpeg["p99_ms"] = (jpeg["p99_ms"].as_f64().unwrap() * 2.0).into();
+    let candidate = dir.path().join("slower.json");
+    std::fs::write(&candidate, serde_json::to_string(&slower).unwrap()).unwrap();
+    let worse = Command::new(BIN)
+        .arg("compare")
+        .arg(&path)
+        .arg(&candidate)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&worse.stdout);
+    assert_eq!(worse.status.code(), Some(1), "{text}");
+    assert!(text.contains("REGRESSED"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("jpeg throughput_per_s") && l.ends_with("regressed")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_burst_recruits_the_overflow_node_and_releases_it_afterwards() {
+    // workloads/transend-overflow.toml, with its burst earlier and the run shorter.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let experiment = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/workloads/transend-overflow.toml"
+    );
+    let status = Command::new(BIN)
+        .args([
+            "run",
+            experiment,
+            "--set",
+            "workload.duration_s=48",
+            "--set",
+            "workload.warmup_s=2",
+            "--set",
+            "workload.rate={ steps = [[0, 10], [5, 45], [20, 10]] }",
+            "--out",
+        ])
+        .arg(&out)
+        .status()
+        .unwrap();
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(status.code(), Some(0), "{}", results["verdict"]);
+    let web = &results["web"];
+    assert_eq!(web["check_failures"], 0);
+    let events = web["events"].as_array().unwrap();
+    let at = |kind: &str| -> Vec<f64> {
+        events
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .map(|e| e["t_s"].as_f64().unwrap())
+            .collect()
+    };
+    let (overflow, release) = (at("overflow"), at("release"));
+    eprintln!("overflow spawns at {overflow:?}, releases at {release:?}");
+    // Workers started on the overflow node during the burst, and at least one was let go after
+    // it, once idle.
+    assert!(!overflow.is_empty(), "no overflow spawn: {events:?}");
+    assert!(
+        overflow.iter().all(|t| (5.0..=24.0).contains(t)),
+        "{overflow:?}"
+    );
+    assert!(
+        release.iter().any(|r| *r > overflow[0] && *r > 20.0),
+        "no release after the burst: {events:?}"
+    );
+    assert!(
+        web["cluster"]["overflow_in_use_max"].as_u64().unwrap() >= 1,
+        "{}",
+        web["cluster"]
+    );
+    let samples = web["samples"].as_array().unwrap();
+    assert!(samples
+        .iter()
+        .any(|s| s["overflow_in_use"].as_u64().unwrap() >= 1));
 }

@@ -412,31 +412,28 @@ impl Sweep {
         let replication = self.replication_view()?;
         let skew = self.skew_view()?;
         let cache = self.cache_view()?;
-        let generic = if scaling.is_none()
-            && replication.is_none()
-            && skew.is_none()
-            && cache.is_none()
-        {
-            let bars: Vec<(String, Point)> = self
-                .configs
-                .iter()
-                .filter_map(|c| Some((self.label(&c.values, &self.varying), c.throughput?)))
-                .collect();
-            if bars.is_empty() {
-                None
+        let generic =
+            if scaling.is_none() && replication.is_none() && skew.is_none() && cache.is_none() {
+                let bars: Vec<(String, Point)> = self
+                    .configs
+                    .iter()
+                    .filter_map(|c| Some((self.label(&c.values, &self.varying), c.throughput?)))
+                    .collect();
+                if bars.is_empty() {
+                    None
+                } else {
+                    Some(GenericView {
+                        svg: sweep_charts::bars_svg(
+                            &format!("{} throughput, per second", self.unit()),
+                            &bars,
+                        )?,
+                        shown: bars.len().min(sweep_charts::BARS_MAX),
+                        total: bars.len(),
+                    })
+                }
             } else {
-                Some(GenericView {
-                    svg: sweep_charts::bars_svg(
-                        &format!("{} throughput, per second", self.unit()),
-                        &bars,
-                    )?,
-                    shown: bars.len().min(sweep_charts::BARS_MAX),
-                    total: bars.len(),
-                })
-            }
-        } else {
-            None
-        };
+                None
+            };
 
         Ok(SweepPage {
             title: format!("{} — clusterbench sweep report", file.name),
@@ -632,8 +629,10 @@ impl Sweep {
 
 impl Config {
     fn of(values: Vec<Value>, runs: Vec<usize>, file: &SweepFile, results: &[Results]) -> Config {
-        let figures: Vec<(f64, f64, f64)> =
-            runs.iter().filter_map(|i| run_figures(&results[*i])).collect();
+        let figures: Vec<(f64, f64, f64)> = runs
+            .iter()
+            .filter_map(|i| run_figures(&results[*i]))
+            .collect();
         let lost: Vec<u64> = runs
             .iter()
             .filter_map(|i| results[*i].correctness.as_ref().map(|c| c.lost))

@@ -326,7 +326,8 @@ fn a_web_sweep_charts_requests_against_workers_and_hit_rate_against_cache_size()
     assert!(scaling.contains("ideal linear"));
     let scaling_text = visible_text(scaling);
     assert!(
-        scaling_text.contains("1 jpeg worker 2 jpeg workers 4 jpeg workers requests 100 % 100 % 100 %"),
+        scaling_text
+            .contains("1 jpeg worker 2 jpeg workers 4 jpeg workers requests 100 % 100 % 100 %"),
         "{scaling_text}"
     );
     assert!(section(&html, "Cache hit rate").is_empty());
