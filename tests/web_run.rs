@@ -183,3 +183,89 @@ fn a_burst_recruits_the_overflow_node_and_releases_it_afterwards() {
         .iter()
         .any(|s| s["overflow_in_use"].as_u64().unwrap() >= 1));
 }
+
+#[test]
+fn a_partition_splits_the_web_cluster_and_healing_leaves_one_of_each_process() {
+    // Two nodes cut apart for 8 s: each side's manager (the one there, and one a front end
+    // restarts) declares the other node lost and starts its processes again; after the heal the
+    // duplicates are stopped. The clients see no error meanwhile.
+    let dir = tempfile::tempdir().unwrap();
+    let experiment = r#"
+name = "web-partition"
+seed = 1
+[cluster]
+service = "web"
+nodes = 2
+[cluster.web.workers]
+classes = { jpeg = 2, gif = 2, html = 1 }
+cpu = { model = "modelled", ms_per_kb = 2.0 }
+[cluster.web.cache]
+partitions = 2
+[workload]
+duration_s = 32
+warmup_s = 3
+rate = { per_s = 30 }
+[workload.trace]
+timing = "rate"
+synth = { objects = 1000 }
+[[faults]]
+at_s = 10
+action = "partition"
+groups = [[1], [2]]
+duration_s = 8
+[slo]   # judged: every request answered and checked, not how fast on a busy runner
+p99_ms = { html = 30000, gif = 30000, jpeg = 30000, other = 30000 }
+error_rate_max = 0.01
+"#;
+    let (output, results) = common::run_experiment(dir.path(), experiment, &[]);
+    let log = common::output_text(&output);
+    let results = results.unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(output.status.code(), Some(0), "{log}");
+    let web = &results["web"];
+    assert_eq!(web["check_failures"], 0);
+    let fault = &web["faults"][0];
+    assert_eq!(fault["action"], "partition");
+    assert!(
+        fault["detail"].as_str().unwrap().contains("cut apart"),
+        "{fault}"
+    );
+    let end = fault["end_s"].as_f64().expect("the partition ended");
+    let events = web["events"].as_array().unwrap();
+    let times = |kind: &str| -> Vec<f64> {
+        events
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .map(|e| e["t_s"].as_f64().unwrap())
+            .collect()
+    };
+    let lost = times("node-lost");
+    assert!(
+        lost.iter().any(|t| (10.0..end).contains(t)),
+        "a node lost during the partition: {events:?}"
+    );
+    assert!(!times("failover").is_empty(), "{events:?}");
+    assert!(
+        times("duplicate").iter().any(|t| *t >= end - 0.5),
+        "duplicates stopped after the heal: {events:?}"
+    );
+    // At the end, each worker once.
+    let last = web["samples"].as_array().unwrap().last().unwrap();
+    let mut keys: Vec<&str> = last["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["key"].as_str().unwrap())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "worker gif 1",
+            "worker gif 2",
+            "worker html 1",
+            "worker jpeg 1",
+            "worker jpeg 2"
+        ],
+        "{last}"
+    );
+}

@@ -430,10 +430,11 @@ pub struct FaultSpec {
 }
 
 /// The fault actions a web experiment may schedule.
-pub const WEB_FAULT_ACTIONS: [FaultAction; 7] = [
+pub const WEB_FAULT_ACTIONS: [FaultAction; 8] = [
     FaultAction::Kill,
     FaultAction::Pause,
     FaultAction::Restart,
+    FaultAction::Partition,
     FaultAction::Heal,
     FaultAction::BeaconLoss,
     FaultAction::SlowWorker,
@@ -855,13 +856,45 @@ impl Experiment {
                 }
             }
             if !WEB_FAULT_ACTIONS.contains(&f.action) {
-                return Err(format!("{}: {:?} is not a web fault (kill, pause, restart, heal, beacon_loss, slow_worker, origin_delay)", at("action"), f.action));
+                return Err(format!("{}: {:?} is not a web fault (kill, pause, restart, partition, heal, beacon_loss, slow_worker, origin_delay)", at("action"), f.action));
             }
-            if f.node.is_some() || f.groups.is_some() {
+            if f.node.is_some() {
                 return Err(format!(
                     "{}: web faults name a process (process = \"worker jpeg 1\"), not a node",
                     at("node")
                 ));
+            }
+            if f.action == FaultAction::Partition {
+                let all = c.nodes + c.overflow_nodes;
+                let groups = f.groups.as_ref().ok_or_else(|| {
+                    format!(
+                        "{}: partition needs groups of nodes, e.g. [[1],[2]]",
+                        at("groups")
+                    )
+                })?;
+                let mut seen = std::collections::BTreeSet::new();
+                for &n in groups.iter().flatten() {
+                    if n == 0 || n > all || !seen.insert(n) {
+                        return Err(format!(
+                            "{}: node {n} is unknown (1 to {all}, overflow nodes after the others) or in two groups",
+                            at("groups")
+                        ));
+                    }
+                }
+                if groups.iter().filter(|g| !g.is_empty()).count() < 2 {
+                    return Err(format!(
+                        "{}: a partition needs at least two groups",
+                        at("groups")
+                    ));
+                }
+                if f.process.is_some() {
+                    return Err(format!(
+                        "{}: a partition cuts nodes apart (groups), not a process",
+                        at("process")
+                    ));
+                }
+            } else if f.groups.is_some() {
+                return Err(format!("{}: only a partition has groups", at("groups")));
             }
             let needs_process = matches!(
                 f.action,
@@ -1146,5 +1179,28 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.contains("loadgen.http.connections_per_target"), "{err}");
+        // Partitions cut nodes apart: groups of known nodes, at least two, no process.
+        let two = "[cluster]\nservice = \"web\"\nnodes = 2\n";
+        let part = |rest: &str| {
+            Experiment::from_toml(&format!(
+                "{two}[[faults]]\nat_s = 1\naction = \"partition\"\n{rest}"
+            ))
+        };
+        assert!(part("groups = [[1], [2]]\n").is_ok());
+        assert!(part("").unwrap_err().contains("faults[0].groups"));
+        assert!(part("groups = [[1], [3]]\n")
+            .unwrap_err()
+            .contains("node 3"));
+        assert!(part("groups = [[1, 2]]\n")
+            .unwrap_err()
+            .contains("two groups"));
+        assert!(part("groups = [[1], [2]]\nprocess = \"manager\"\n")
+            .unwrap_err()
+            .contains("not a process"));
+        let err = Experiment::from_toml(&format!(
+            "{two}[[faults]]\nat_s = 1\naction = \"kill\"\nprocess = \"manager\"\ngroups = [[1], [2]]\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("only a partition"), "{err}");
     }
 }

@@ -1053,15 +1053,51 @@ async fn run_faults(
     steps.sort_by(|a, b| a.0.total_cmp(&b.0));
     // The pid a pause stopped, to continue it.
     let mut paused: std::collections::HashMap<usize, u32> = Default::default();
+    // Partitions in force, and the processes already cut (by pid): one started meanwhile (a
+    // respawn) is cut too, within a poll interval.
+    let mut partitions: Vec<usize> = Vec::new();
+    let mut cut: std::collections::HashSet<u32> = Default::default();
     for (at_s, i, begin) in steps {
-        tokio::select! {
-            _ = tokio::time::sleep_until(start + Duration::from_secs_f64(at_s)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        let due = start + Duration::from_secs_f64(at_s);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => break,
+                _ = tokio::time::sleep(POLL_INTERVAL), if !partitions.is_empty() => {
+                    let c = cluster.lock().await;
+                    cut_processes(&c, &faults, &partitions, &mut cut).await;
+                }
+                _ = cluster::web::http::stopped(&mut stop) => return,
+            }
         }
         let f = &faults[i];
         let c = cluster.lock().await;
+        if f.action == FaultAction::Partition {
+            if begin {
+                partitions.push(i);
+            } else {
+                partitions.retain(|p| *p != i);
+            }
+            cut.clear();
+        }
+        if f.action == FaultAction::Heal {
+            partitions.clear();
+            cut.clear();
+        }
         if begin {
-            let detail = apply(&c, f, &mut paused, i).await;
+            let detail = if f.action == FaultAction::Partition {
+                let n = cut_processes(&c, &faults, &partitions, &mut cut).await;
+                format!(
+                    "nodes {} cut apart at {n} process(es)",
+                    f.groups
+                        .iter()
+                        .flatten()
+                        .map(|g| format!("{g:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                )
+            } else {
+                apply(&c, f, &mut paused, i).await
+            };
             eprintln!(
                 "  {:>4.0} s  fault {i}: {:?}{}: {detail}",
                 start.elapsed().as_secs_f64(),
@@ -1083,6 +1119,15 @@ async fn run_faults(
                 hints_back_s: None,
                 throughput_recovered_s: None,
             });
+        } else if f.action == FaultAction::Partition {
+            // What the partitions still in force cut, and nothing else.
+            for p in c.processes().await {
+                post_faults(&c, &p, serde_json::json!({"block_peers": []})).await;
+            }
+            cut_processes(&c, &faults, &partitions, &mut cut).await;
+            if let Some(w) = log.lock().unwrap().iter_mut().find(|w| w.index == i) {
+                w.end_s = Some(start.elapsed().as_secs_f64());
+            }
         } else {
             undo(&c, f, &mut paused, i).await;
             if let Some(w) = log.lock().unwrap().iter_mut().find(|w| w.index == i) {
@@ -1189,6 +1234,49 @@ async fn undo(
         }
         _ => {}
     }
+}
+
+/// The nodes a process on `node` may not reach while `partitions` (indices into `faults`) are
+/// in force: those in another group of any of them.
+fn blocked_nodes(faults: &[FaultSpec], partitions: &[usize], node: u32) -> Vec<u32> {
+    let mut blocked = std::collections::BTreeSet::new();
+    for &i in partitions {
+        let Some(groups) = &faults[i].groups else {
+            continue;
+        };
+        if let Some(mine) = groups.iter().find(|g| g.contains(&node)) {
+            for g in groups.iter().filter(|g| *g != mine) {
+                blocked.extend(g.iter().copied());
+            }
+        }
+    }
+    blocked.into_iter().collect()
+}
+
+/// Cuts every running process not cut yet off from the nodes across the partitions in force;
+/// how many it cut.
+async fn cut_processes(
+    c: &LocalWebCluster,
+    faults: &[FaultSpec],
+    partitions: &[usize],
+    cut: &mut std::collections::HashSet<u32>,
+) -> usize {
+    let mut n = 0;
+    for p in c.processes().await {
+        if cut.contains(&p.pid) {
+            continue;
+        }
+        let blocked = blocked_nodes(faults, partitions, p.node);
+        if blocked.is_empty() {
+            continue;
+        }
+        let body = serde_json::json!({ "block_peers": blocked });
+        if post_faults(c, &p, body).await.starts_with("set") {
+            cut.insert(p.pid);
+            n += 1;
+        }
+    }
+    n
 }
 
 /// After the load: nothing paused stays paused, no fault setting stays in force.

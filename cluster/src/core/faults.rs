@@ -160,6 +160,11 @@ impl FaultSwitch {
         self.state.read().unwrap().block_peers.contains(&peer)
     }
 
+    /// Whether traffic with any peer is cut.
+    pub fn blocks_any(&self) -> bool {
+        !self.state.read().unwrap().block_peers.is_empty()
+    }
+
     pub fn delay(&self) -> Duration {
         Duration::from_millis(self.state.read().unwrap().delay_ms)
     }

@@ -185,10 +185,15 @@ pub enum ClientError {
     Http(String),
 }
 
+/// Says whether calls to an authority (`host:port`) are cut by an injected partition.
+pub type Cut = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// A pooled HTTP/1.1 client for calls between processes and to origins.
 #[derive(Clone)]
 pub struct Client {
     inner: hyper_util::client::legacy::Client<HttpConnector, Body>,
+    /// Calls to authorities this says are cut fail as a connection that could not be made.
+    cut: Option<Cut>,
 }
 
 /// A response as the client returns it: head and whole body.
@@ -208,7 +213,13 @@ impl Client {
             .pool_max_idle_per_host(64)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Client { inner }
+        Client { inner, cut: None }
+    }
+
+    /// This client, with calls to the authorities `cut` names failing (a partition).
+    pub fn with_cut(mut self, cut: Cut) -> Client {
+        self.cut = Some(cut);
+        self
     }
 
     /// Sends `request` and reads the response, within `timeout` in all and at most `body_limit`
@@ -219,6 +230,13 @@ impl Client {
         timeout: Duration,
         body_limit: usize,
     ) -> Result<Fetched, ClientError> {
+        if let (Some(cut), Some(authority)) = (&self.cut, request.uri().authority()) {
+            if cut(authority.as_str()) {
+                return Err(ClientError::Connect(format!(
+                    "{authority}: cut off by a partition"
+                )));
+            }
+        }
         let work = async {
             let response = self.inner.request(request).await.map_err(|e| {
                 if e.is_connect() {

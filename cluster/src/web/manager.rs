@@ -211,6 +211,7 @@ impl Manager {
                     key: r.key,
                     class,
                     addr,
+                    node: r.node,
                     queue,
                     rate_per_s: rate,
                     report_age_ms: age,
@@ -307,7 +308,9 @@ async fn receive_reports(
             continue;
         };
         let mut m = manager.lock().unwrap();
-        if m.process.faults.loses_beacon(rand::random::<f64>()) {
+        if m.process.faults.loses_beacon(rand::random::<f64>())
+            || m.process.faults.blocks(report.node)
+        {
             continue;
         }
         let now_ms = m.now_ms();
@@ -346,9 +349,11 @@ async fn send_beacons(
         let (bytes, targets, faults) = {
             let mut m = manager.lock().unwrap();
             let beacon = m.beacon();
+            // Across a partition, beacons are lost.
             let targets: Vec<SocketAddr> = m
                 .running
                 .values()
+                .filter(|r| !m.process.faults.blocks(r.node))
                 .filter_map(|r| r.endpoints.beacons)
                 .filter(|a| Some(*a) != m.endpoints.beacons)
                 .collect();

@@ -59,13 +59,34 @@ pub struct BeaconCounters {
 
 impl Process {
     pub fn new(args: &ProcessArgs, shutdown: watch::Receiver<bool>) -> Arc<Process> {
-        let (beacon, _) = watch::channel(None);
+        let (beacon, seen) = watch::channel(None::<(Arc<Beacon>, Instant)>);
+        let faults = Arc::new(FaultSwitch::default());
+        // A partition (`block_peers`, by node) cuts this process's calls to the processes and
+        // node daemons of the nodes on the other side, known from the configuration and the
+        // latest beacon.
+        let cut: super::http::Cut = {
+            let (faults, nodes) = (faults.clone(), args.config.nodes.clone());
+            Arc::new(move |authority: &str| {
+                if !faults.blocks_any() {
+                    return false;
+                }
+                let Ok(addr) = authority.parse::<SocketAddr>() else {
+                    return false;
+                };
+                let node = nodes
+                    .iter()
+                    .find(|n| n.addr.parse::<SocketAddr>().ok() == Some(addr))
+                    .map(|n| n.id)
+                    .or_else(|| seen.borrow().as_ref().and_then(|(b, _)| node_of(b, addr)));
+                node.is_some_and(|n| faults.blocks(n))
+            })
+        };
         Arc::new(Process {
             key: args.key,
             node: args.node,
             config: args.config.clone(),
-            faults: Arc::new(FaultSwitch::default()),
-            client: Client::new(),
+            faults,
+            client: Client::new().with_cut(cut),
             started: Instant::now(),
             shutdown,
             beacon,
@@ -140,7 +161,9 @@ impl Process {
                     tracing::debug!("a datagram that is not a beacon, ignored");
                     continue;
                 };
-                if process.faults.loses_beacon(rand::random::<f64>()) {
+                if process.faults.loses_beacon(rand::random::<f64>())
+                    || process.faults.blocks(beacon.manager_node)
+                {
                     process.counters.lock().unwrap().dropped += 1;
                     continue;
                 }
@@ -173,6 +196,11 @@ impl Process {
                 let Some(to) = process.manager_reports() else {
                     continue;
                 };
+                // Across a partition from the manager's node, reports are lost.
+                let manager_node = process.beacon().map(|(b, _)| b.manager_node);
+                if manager_node.is_some_and(|n| process.faults.blocks(n)) {
+                    continue;
+                }
                 if let Some(bytes) = super::proto::to_datagram(&report()) {
                     if send_datagram(&process.faults, &socket, bytes, to) {
                         process.counters.lock().unwrap().reports_sent += 1;
@@ -194,6 +222,27 @@ impl Process {
             degraded: 0,
         }
     }
+}
+
+/// The node of the process at `addr`, as `beacon` says (the manager, a worker, or another
+/// process, by any of its endpoints).
+pub fn node_of(beacon: &Beacon, addr: SocketAddr) -> Option<u32> {
+    let at = |e: &Endpoints| e.admin == addr || e.http == Some(addr) || e.beacons == Some(addr);
+    if at(&beacon.manager) {
+        return Some(beacon.manager_node);
+    }
+    beacon
+        .workers
+        .iter()
+        .find(|w| w.addr == addr)
+        .map(|w| w.node)
+        .or_else(|| {
+            beacon
+                .others
+                .iter()
+                .find(|o| at(&o.endpoints))
+                .map(|o| o.node)
+        })
 }
 
 /// Sends a beacon or report through the fault layer: dropped at the `loss` and `beacon_loss`

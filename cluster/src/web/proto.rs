@@ -206,6 +206,9 @@ pub struct WorkerHint {
     pub class: WorkerClass,
     /// Where it takes jobs.
     pub addr: SocketAddr,
+    /// The node it runs on.
+    #[serde(default)]
+    pub node: u32,
     /// Its smoothed queue length.
     pub queue: f64,
     /// Jobs it finishes a second (smoothed).
@@ -302,6 +305,7 @@ mod tests {
             key: ProcessKey::worker(WorkerClass::Aggregate, 999),
             class: WorkerClass::Aggregate,
             addr: "255.255.255.255:65535".parse().unwrap(),
+            node: 63,
             queue: 12345.678,
             rate_per_s: 1234.5678,
             report_age_ms: 1_000_000,
