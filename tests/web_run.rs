@@ -42,6 +42,9 @@ fn the_web_quickstart_replays_a_trace_survives_a_killed_worker_and_passes() {
     assert_eq!(web["check_failures"], 0);
     assert!(web["outcomes"]["distilled"].as_u64().unwrap() > 0);
     assert!(web["outcomes"]["verified"].as_u64().unwrap() > 0);
+    // Distilled images of the size their profile asks for (the origin's manifest gives the
+    // originals' sizes, the response names the profile).
+    assert!(web["outcomes"]["sized"].as_u64().unwrap() > 0, "{web}");
     assert!(
         web["hit_rate"].as_f64().unwrap() > 0.0,
         "a Zipf trace hits the cache"

@@ -607,9 +607,10 @@ fn web_view(run: &Results) -> Result<Option<WebView>, ReportError> {
         KeyValue {
             key: "checks",
             value: format!(
-                "{} originals byte-identical to the origin's, {} not in its manifest, {} failed",
+                "{} originals byte-identical to the origin's, {} not in its manifest, {} distilled images of the profile's size, {} failed",
                 fmt_count(o("verified")),
                 fmt_count(o("unverified")),
+                fmt_count(o("sized")),
                 fmt_count(web.check_failures)
             ),
         },

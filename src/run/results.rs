@@ -520,8 +520,8 @@ fn print_web(w: &super::web::WebResults) {
             .map_or_else(|| "-".to_string(), |h| format!("{:.1} %", h * 100.0))
     );
     println!(
-        "checks: {} original(s) byte-identical to the origin's, {} not in its manifest, {} failed",
-        o.verified, o.unverified, w.check_failures
+        "checks: {} original(s) byte-identical to the origin's, {} not in its manifest, {} distilled image(s) of the profile's size, {} failed",
+        o.verified, o.unverified, o.sized, w.check_failures
     );
     if let Some(spread) = w.queue_spread {
         println!(

@@ -161,6 +161,26 @@ pub struct ManifestEntry {
     pub bytes: usize,
     /// CRC-32 (IEEE) of the body.
     pub crc32: u32,
+    /// Images: their width and height in pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+}
+
+/// An image's width and height from its header, if `body` is a GIF or JPEG.
+pub fn dimensions(content_type: ContentType, body: &[u8]) -> (Option<u32>, Option<u32>) {
+    let format = match content_type {
+        ContentType::Gif => image::ImageFormat::Gif,
+        ContentType::Jpeg => image::ImageFormat::Jpeg,
+        _ => return (None, None),
+    };
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(body));
+    reader.set_format(format);
+    match reader.into_dimensions() {
+        Ok((w, h)) => (Some(w), Some(h)),
+        Err(_) => (None, None),
+    }
 }
 
 /// A corpus: `objects` objects generated from `seed`.
@@ -255,11 +275,14 @@ impl Corpus {
         (0..self.objects).filter_map(move |index| {
             let info = corpus.info(index)?;
             let body = corpus.body(index)?;
+            let (width, height) = dimensions(info.content_type, &body);
             Some(ManifestEntry {
                 path: info.path,
                 content_type: info.content_type,
                 bytes: body.len(),
                 crc32: crc32fast::hash(&body),
+                width,
+                height,
             })
         })
     }
@@ -583,11 +606,14 @@ impl ObjectTable {
         (0..self.objects.len() as u32).filter_map(move |index| {
             let object = self.info(index)?;
             let body = self.body(index)?;
+            let (width, height) = dimensions(object.content_type, &body);
             Some(ManifestEntry {
                 path: object.path.clone(),
                 content_type: object.content_type,
                 bytes: body.len(),
                 crc32: crc32fast::hash(&body),
+                width,
+                height,
             })
         })
     }

@@ -354,11 +354,14 @@ async fn serve(fe: &FrontEnd, request: Request<hyper::body::Incoming>) -> Respon
     if !target.original {
         if let Some((content_type, body)) = cache_get(fe, &distilled_key).await {
             fe.counters.hits_distilled.fetch_add(1, Ordering::Relaxed);
-            return tagged(
-                http::response(StatusCode::OK, &content_type, body),
-                "HIT",
-                "distilled",
-                None,
+            return with_profile(
+                tagged(
+                    http::response(StatusCode::OK, &content_type, body),
+                    "HIT",
+                    "distilled",
+                    None,
+                ),
+                &profile,
             );
         }
     }
@@ -404,11 +407,14 @@ async fn serve(fe: &FrontEnd, request: Request<hyper::body::Incoming>) -> Respon
         } => {
             fe.counters.distilled.fetch_add(1, Ordering::Relaxed);
             cache_put(fe, distilled_key, distilled_type.clone(), distilled.clone());
-            tagged(
-                http::response(StatusCode::OK, &distilled_type, distilled),
-                x_cache,
-                "distilled",
-                Some(worker),
+            with_profile(
+                tagged(
+                    http::response(StatusCode::OK, &distilled_type, distilled),
+                    x_cache,
+                    "distilled",
+                    Some(worker),
+                ),
+                &profile,
             )
         }
         Distillation::PassThrough => {
@@ -441,6 +447,15 @@ fn tagged(
     }
     if let Some(w) = worker.and_then(|w| HeaderValue::from_str(&w.to_string()).ok()) {
         h.insert("x-cb-worker", w);
+    }
+    r
+}
+
+/// Marks a distilled response with the profile it was made for (`X-Cb-Profile: q25-s0.5`), so
+/// a client can check an image's size against it.
+fn with_profile(mut r: Response<Body>, profile: &Profile) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(&profile.mark()) {
+        r.headers_mut().insert("x-cb-profile", v);
     }
     r
 }

@@ -28,10 +28,20 @@ pub const TOOLBAR_MARK: &[u8] = b"clusterbench-toolbar";
 /// The attribute the munger puts on every image it rewrote.
 pub const DISTILLED_MARK: &[u8] = b"data-cb-distilled";
 
-/// The origin's objects: path → (bytes, CRC-32).
+/// The origin's objects by path.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Manifest {
-    objects: HashMap<String, (u64, u32)>,
+    objects: HashMap<String, Original>,
+}
+
+/// One object as the origin serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Original {
+    pub bytes: u64,
+    pub crc32: u32,
+    /// Images: width and height in pixels, when the manifest says.
+    #[serde(default)]
+    pub dimensions: Option<(u32, u32)>,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +54,10 @@ struct ManifestEntryJson {
     path: String,
     bytes: u64,
     crc32: u32,
+    #[serde(default)]
+    width: Option<u32>,
+    #[serde(default)]
+    height: Option<u32>,
 }
 
 impl Manifest {
@@ -60,7 +74,14 @@ impl Manifest {
             objects: m
                 .entries
                 .into_iter()
-                .map(|e| (e.path, (e.bytes, e.crc32)))
+                .map(|e| {
+                    let original = Original {
+                        bytes: e.bytes,
+                        crc32: e.crc32,
+                        dimensions: e.width.zip(e.height),
+                    };
+                    (e.path, original)
+                })
                 .collect(),
         })
     }
@@ -74,7 +95,7 @@ impl Manifest {
     }
 
     /// The original of the object `url` names (its path; query and host ignored).
-    pub fn original(&self, url: &str) -> Option<(u64, u32)> {
+    pub fn original(&self, url: &str) -> Option<Original> {
         let rest = url.split_once("://").map_or(url, |(_, r)| r);
         let path = rest.find('/').map_or("/", |i| &rest[i..]);
         let path = path.split(['?', '#']).next().unwrap_or(path);
@@ -104,6 +125,10 @@ pub struct Outcomes {
     pub verified: u64,
     /// Responses whose original the manifest does not list (not compared).
     pub unverified: u64,
+    /// Distilled images whose width and height were checked against the profile the response
+    /// names (`X-Cb-Profile`) and the original's size.
+    #[serde(default)]
+    pub sized: u64,
     /// Bytes of response bodies.
     pub body_bytes: u64,
 }
@@ -119,6 +144,7 @@ impl Outcomes {
         self.cache_hits += o.cache_hits;
         self.verified += o.verified;
         self.unverified += o.unverified;
+        self.sized += o.sized;
         self.body_bytes += o.body_bytes;
     }
 
@@ -162,13 +188,21 @@ pub fn check(
     if what.as_deref() == Some("distilled") {
         return match kind {
             OpKind::Gif | OpKind::Jpeg => {
-                if let Some((bytes, _)) = original {
-                    if response.body.len() as u64 >= bytes {
+                if let Some(o) = original {
+                    if response.body.len() as u64 >= o.bytes {
                         return Err(HttpError::Check("not smaller"));
                     }
                 }
-                image::load_from_memory_with_format(&response.body, image::ImageFormat::Jpeg)
-                    .map_err(|_| HttpError::Check("not a decodable jpeg"))?;
+                let image =
+                    image::load_from_memory_with_format(&response.body, image::ImageFormat::Jpeg)
+                        .map_err(|_| HttpError::Check("not a decodable jpeg"))?;
+                let scale = response.header("x-cb-profile").and_then(profile_scale);
+                if let (Some(scale), Some((w, h))) = (scale, original.and_then(|o| o.dimensions)) {
+                    if (image.width(), image.height()) != (scaled(w, scale), scaled(h, scale)) {
+                        return Err(HttpError::Check("not the profile's size"));
+                    }
+                    outcomes.sized += 1;
+                }
                 Ok(())
             }
             OpKind::Html => {
@@ -185,8 +219,8 @@ pub fn check(
     }
     // The original, passed through or served by a plain proxy: byte for byte.
     match original {
-        Some((bytes, crc)) => {
-            if response.body.len() as u64 != bytes || crc32fast::hash(&response.body) != crc {
+        Some(Original { bytes, crc32, .. }) => {
+            if response.body.len() as u64 != bytes || crc32fast::hash(&response.body) != crc32 {
                 return Err(HttpError::Check("not the original's bytes"));
             }
             outcomes.verified += 1;
@@ -194,6 +228,18 @@ pub fn check(
         None => outcomes.unverified += 1,
     }
     Ok(())
+}
+
+/// The scale of a profile mark (`q25-s0.5` → 0.5), as the distiller reads it.
+fn profile_scale(mark: &str) -> Option<f64> {
+    let scale: f32 = mark.split_once("-s")?.1.parse().ok()?;
+    (scale.is_finite() && scale > 0.0 && scale <= 1.0).then(|| f64::from(scale))
+}
+
+/// One dimension of a distilled image: the original's times the scale, rounded to the nearest
+/// pixel, at least 1 and at most the original's (as the web cluster's distillers make it).
+fn scaled(d: u32, scale: f64) -> u32 {
+    ((f64::from(d) * scale).round() as u32).clamp(1, d.max(1))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -250,6 +296,63 @@ mod tests {
         )
         .unwrap();
         assert_eq!((o.ok, o.verified, o.unverified, o.untagged), (3, 1, 1, 2));
+    }
+
+    #[test]
+    fn distilled_images_must_be_the_profiles_size() {
+        let jpeg = |w: u32, h: u32| {
+            let mut out = Vec::new();
+            image::RgbImage::from_pixel(w, h, image::Rgb([90, 120, 200]))
+                .write_to(
+                    &mut std::io::Cursor::new(&mut out),
+                    image::ImageFormat::Jpeg,
+                )
+                .unwrap();
+            out
+        };
+        let json = serde_json::json!({"entries": [
+            {"path": "/obj/2.jpg", "bytes": 1_000_000, "crc32": 0, "width": 301, "height": 100}
+        ]});
+        let m = Manifest::from_json(json.to_string().as_bytes()).unwrap();
+        let mut o = Outcomes::default();
+        let headers = [("x-cb", "distilled"), ("x-cb-profile", "q25-s0.5")];
+        // 301 x 0.5 rounds to 151 (150.5 away from zero), 100 x 0.5 is 50.
+        let right = response(200, &headers, &jpeg(151, 50));
+        check(
+            "http://o/obj/2.jpg",
+            OpKind::Jpeg,
+            &right,
+            Some(&m),
+            true,
+            &mut o,
+        )
+        .unwrap();
+        assert_eq!(o.sized, 1);
+        let wrong = response(200, &headers, &jpeg(150, 50));
+        let e = check(
+            "http://o/obj/2.jpg",
+            OpKind::Jpeg,
+            &wrong,
+            Some(&m),
+            true,
+            &mut o,
+        );
+        assert_eq!(e.unwrap_err().kind(), "check: not the profile's size");
+        // Without the profile's name, or the original's size, the size is not judged.
+        let unnamed = response(200, &[("x-cb", "distilled")], &jpeg(150, 50));
+        check(
+            "http://o/obj/2.jpg",
+            OpKind::Jpeg,
+            &unnamed,
+            Some(&m),
+            true,
+            &mut o,
+        )
+        .unwrap();
+        assert_eq!(o.sized, 1);
+        assert_eq!(profile_scale("q40-s0.25"), Some(0.25));
+        assert_eq!(profile_scale("q40"), None);
+        assert_eq!(scaled(3, 0.05), 1);
     }
 
     #[test]
