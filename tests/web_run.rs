@@ -233,6 +233,7 @@ error_rate_max = 0.01
         "{fault}"
     );
     let end = fault["end_s"].as_f64().expect("the partition ended");
+    assert!(fault["degraded"].as_u64().is_some(), "{fault}");
     let events = web["events"].as_array().unwrap();
     let times = |kind: &str| -> Vec<f64> {
         events

@@ -118,6 +118,7 @@ struct WebFaultRow {
     respawn: String,
     hints_back: String,
     throughput_back: String,
+    degraded: String,
 }
 
 #[derive(Serialize)]
@@ -664,6 +665,7 @@ fn web_view(run: &Results) -> Result<Option<WebView>, ReportError> {
                 respawn: s(f.respawn_s),
                 hints_back: s(f.hints_back_s),
                 throughput_back: s(f.throughput_recovered_s),
+                degraded: f.degraded.map_or_else(|| NONE.to_string(), fmt_count),
             })
             .collect(),
         checks_bad: web.check_failures > 0,

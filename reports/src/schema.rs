@@ -116,6 +116,8 @@ pub struct WebFault {
     pub hints_back_s: Option<f64>,
     #[serde(default)]
     pub throughput_recovered_s: Option<f64>,
+    #[serde(default)]
+    pub degraded: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -548,7 +548,7 @@ fn print_web(w: &super::web::WebResults) {
     for f in &w.faults {
         let t = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |s| format!("{s:.2} s"));
         println!(
-            "fault {} ({:?}{}) at {:.1} s: detected {}, respawned {}, load hints back {}, throughput back {} ({})",
+            "fault {} ({:?}{}) at {:.1} s: detected {}, respawned {}, load hints back {}, throughput back {}, {} degraded ({})",
             f.index,
             f.action,
             f.process.as_deref().map(|p| format!(" {p}")).unwrap_or_default(),
@@ -557,6 +557,7 @@ fn print_web(w: &super::web::WebResults) {
             t(f.respawn_s),
             t(f.hints_back_s),
             t(f.throughput_recovered_s),
+            f.degraded.map_or_else(|| "-".to_string(), |d| d.to_string()),
             f.detail
         );
     }

@@ -151,6 +151,9 @@ pub struct WebFault {
     pub hints_back_s: Option<f64>,
     /// Completed requests a second back within 10 % of the 10 s before the fault.
     pub throughput_recovered_s: Option<f64>,
+    /// Originals the front ends served because no worker could distill them (degradations),
+    /// from the fault's start to 10 s after its end (or its start, for an instant fault).
+    pub degraded: Option<u64>,
 }
 
 /// Runs one web experiment into `out` (already created and canonical).
@@ -1118,6 +1121,7 @@ async fn run_faults(
                 respawn_s: None,
                 hints_back_s: None,
                 throughput_recovered_s: None,
+                degraded: None,
             });
         } else if f.action == FaultAction::Partition {
             // What the partitions still in force cut, and nothing else.
@@ -1399,6 +1403,19 @@ fn recovery(f: &mut WebFault, specs: &[FaultSpec], watch: &Watch, completed: &[u
                     .map(|t| t - t0);
             }
         }
+    }
+    // Degradations: the front ends' counter over the fault and the 10 s after.
+    let until = f.end_s.unwrap_or(t0) + 10.0;
+    let at = |t: f64| {
+        watch
+            .samples
+            .iter()
+            .take_while(|s| s.t_s <= t)
+            .last()
+            .map(|s| s.degraded)
+    };
+    if let (Some(from), Some(to)) = (at(t0).or(Some(0)), at(until)) {
+        f.degraded = Some(to.saturating_sub(from));
     }
     // Throughput: the first second from the fault on whose completions are within 10 % of the
     // mean of the 10 seconds before it.
