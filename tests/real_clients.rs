@@ -31,6 +31,32 @@ fn python_smtplib_poplib_imaplib() {
 }
 
 #[test]
+fn imaplib_sees_recent_envelopes_encapsulated_parts_id_and_long_lines() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &[]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/imap_conformance.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(dir.path().join("cluster.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "imap conformance failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    assert!(cluster.stop().success());
+}
+
+#[test]
 fn swaks_sends_and_curl_reads_over_pop3_and_imap() {
     if !require_tool("swaks") || !require_tool("curl") {
         return;

@@ -299,8 +299,10 @@ pub struct Users {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Longest protocol line (command or message text line) including CRLF.
+    /// Longest protocol line (command or message text line) including CRLF, SMTP and POP3.
     pub line_bytes_max: usize,
+    /// Longest IMAP command line including CRLF (literals apart): long UID sets need room.
+    pub imap_line_bytes_max: usize,
     /// Largest message accepted by SMTP DATA or IMAP APPEND (advertised as SIZE).
     pub message_bytes_max: usize,
     /// Largest IMAP literal a client may send.
@@ -362,6 +364,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             line_bytes_max: 8 * 1024,
+            imap_line_bytes_max: 64 * 1024,
             message_bytes_max: 10 * 1024 * 1024,
             literal_bytes_max: 10 * 1024 * 1024,
             recipients_max: 100,
@@ -401,6 +404,9 @@ impl NodeConfig {
         }
         self.disk.validate()?;
         let l = &self.limits;
+        if l.imap_line_bytes_max < 1002 || l.imap_line_bytes_max > 16 * 1024 * 1024 {
+            return Err("limits.imap_line_bytes_max: must be 1002 to 16777216".into());
+        }
         if l.line_bytes_max < 1002 {
             return Err(
                 "limits.line_bytes_max: must be at least 1002 (RFC 5321 text line plus CRLF)"

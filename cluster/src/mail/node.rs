@@ -46,6 +46,8 @@ pub struct Context {
     pub view: watch::Receiver<MailView>,
     /// The cluster-wide mailboxes the front ends serve (this node's store is one fragment).
     pub mail: Arc<MailService>,
+    /// Which messages IMAP sessions of this node have been told of (`\Recent`).
+    pub recent: crate::mail::imap::RecentClaims,
 }
 
 /// A client connection as every front end reads and writes it.
@@ -54,12 +56,17 @@ pub type ClientConn =
 
 /// Wraps an accepted client connection with the node's line limit, idle timeout and shutdown.
 pub fn client_conn(stream: TcpStream, ctx: &Context) -> ClientConn {
+    client_conn_with(stream, ctx, ctx.config.limits.line_bytes_max)
+}
+
+/// [`client_conn`] with lines up to `line_bytes_max`.
+pub fn client_conn_with(stream: TcpStream, ctx: &Context, line_bytes_max: usize) -> ClientConn {
     let limits = &ctx.config.limits;
     let (r, w) = stream.into_split();
     crate::core::conn::Conn::new(
         r,
         w,
-        limits.line_bytes_max,
+        line_bytes_max,
         Duration::from_secs(limits.idle_timeout_s),
         ctx.shutdown.clone(),
     )
@@ -201,6 +208,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         metrics,
         shutdown,
         started: Instant::now(),
+        recent: Default::default(),
     });
     let limit = Arc::new(Semaphore::new(context.config.limits.connections_max));
     let mut tasks = JoinSet::new();

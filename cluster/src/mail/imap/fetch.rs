@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 
+use super::address::{self, Address};
 use super::mime::{self, Children, ContentType, Field, Part};
 use crate::mail::store::Flags;
 
@@ -76,6 +77,8 @@ pub struct Message<'a> {
     pub size: u64,
     pub internal_date: i64,
     pub flags: Flags,
+    /// `\Recent` in this session.
+    pub recent: bool,
     /// The stored bytes, when an item needs them.
     pub bytes: Option<&'a [u8]>,
 }
@@ -110,7 +113,7 @@ pub fn render(
             FetchAtt::Uid => out.extend_from_slice(format!("UID {}", m.uid).as_bytes()),
             FetchAtt::Flags => {
                 out.extend_from_slice(b"FLAGS ");
-                out.extend_from_slice(flag_list(m.flags).as_bytes());
+                out.extend_from_slice(flag_list_with(m.flags, m.recent).as_bytes());
             }
             FetchAtt::InternalDate => out.extend_from_slice(
                 format!("INTERNALDATE \"{}\"", internal_date(m.internal_date)).as_bytes(),
@@ -191,14 +194,17 @@ pub fn render(
     if with_flags && !atts.contains(&FetchAtt::Flags) {
         sep(out);
         out.extend_from_slice(b"FLAGS ");
-        out.extend_from_slice(flag_list(m.flags).as_bytes());
+        out.extend_from_slice(flag_list_with(m.flags, m.recent).as_bytes());
     }
     out.extend_from_slice(b")\r\n");
 }
 
-/// `(\Seen \Flagged)`.
-pub fn flag_list(flags: Flags) -> String {
-    let names: Vec<&str> = flags.names().collect();
+/// `(\Seen \Recent)`: the flags, and `\Recent` when the message is recent in this session.
+pub fn flag_list_with(flags: Flags, recent: bool) -> String {
+    let mut names: Vec<&str> = flags.names().collect();
+    if recent {
+        names.push("\\Recent");
+    }
     format!("({})", names.join(" "))
 }
 
@@ -256,8 +262,18 @@ fn child(part: &Part, n: u32) -> Option<&Part> {
 /// The bytes a section names, or `None` when the message has no such part.
 pub fn section_bytes<'m>(msg: &'m [u8], tree: &Part, section: &Section) -> Option<Cow<'m, [u8]>> {
     let mut part = tree;
-    for &n in &section.part {
-        part = child(part, n)?;
+    for (i, &n) in section.part.iter().enumerate() {
+        part = if i == 0 {
+            // The message's own part numbers: a multipart's parts, else its body as part 1 (a
+            // message/rfc822 message's part 1 is the message it carries, whose parts are 1.1...).
+            match &tree.children {
+                Children::Multipart(parts) => parts.get((n as usize).checked_sub(1)?)?,
+                _ if n == 1 => tree,
+                _ => return None,
+            }
+        } else {
+            child(part, n)?
+        };
     }
     // HEADER, TEXT and HEADER.FIELDS apply to a message: the whole one, or one inside a part.
     let message = if section.part.is_empty() {
@@ -321,33 +337,10 @@ pub fn envelope(out: &mut Vec<u8>, fields: &[Field<'_>]) {
     out.push(b')');
 }
 
-/// One IMAP address: (name, mailbox, host), or a group start `(None, Some(name), None)` / end
-/// `(None, None, None)`.
-type Address = (Option<String>, Option<String>, Option<String>);
-
-/// Parses an address-list header value; `None` when it holds no address or cannot be parsed.
+/// Parses an address-list header value; `None` when it holds no address.
 fn parse_addresses(value: &[u8]) -> Option<Vec<Address>> {
-    let text = String::from_utf8_lossy(value).into_owned();
-    let list = mime::guard(|| mailparse::addrparse(&text))?.ok()?;
-    let single = |info: &mailparse::SingleInfo| -> Address {
-        let (mailbox, host) = match info.addr.rsplit_once('@') {
-            Some((m, h)) => (m.to_string(), Some(h.to_string())),
-            None => (info.addr.clone(), None),
-        };
-        (info.display_name.clone(), Some(mailbox), host)
-    };
-    let mut out = Vec::new();
-    for addr in list.iter() {
-        match addr {
-            mailparse::MailAddr::Single(info) => out.push(single(info)),
-            mailparse::MailAddr::Group(group) => {
-                out.push((None, Some(group.group_name.clone()), None));
-                out.extend(group.addrs.iter().map(single));
-                out.push((None, None, None));
-            }
-        }
-    }
-    (!out.is_empty()).then_some(out)
+    let list = address::parse_list(&String::from_utf8_lossy(value));
+    (!list.is_empty()).then_some(list)
 }
 
 fn push_addresses(out: &mut Vec<u8>, list: Option<&[Address]>) {
@@ -356,13 +349,15 @@ fn push_addresses(out: &mut Vec<u8>, list: Option<&[Address]>) {
         return;
     };
     out.push(b'(');
-    for (name, mailbox, host) in list {
+    for a in list {
         out.push(b'(');
-        push_nstring(out, name.as_deref().map(str::as_bytes));
-        out.extend_from_slice(b" NIL ");
-        push_nstring(out, mailbox.as_deref().map(str::as_bytes));
+        push_nstring(out, a.name.as_deref().map(str::as_bytes));
         out.push(b' ');
-        push_nstring(out, host.as_deref().map(str::as_bytes));
+        push_nstring(out, a.route.as_deref().map(str::as_bytes));
+        out.push(b' ');
+        push_nstring(out, a.mailbox.as_deref().map(str::as_bytes));
+        out.push(b' ');
+        push_nstring(out, a.host.as_deref().map(str::as_bytes));
         out.push(b')');
     }
     out.push(b')');
@@ -538,6 +533,24 @@ Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n";
     }
 
     #[test]
+    fn envelope_addresses_with_comments_routes_and_empty_groups() {
+        let msg = b"From: fred@example.test (Fred Bloggs)\r\n\
+Sender: <@relay.test:owner@list.test>\r\n\
+To: undisclosed-recipients:;\r\n\
+Cc: Pete(A nice chap) <pete(his account)@silly.test>\r\n\r\n";
+        assert_eq!(
+            envelope_of(msg),
+            concat!(
+                r#"(NIL NIL (("Fred Bloggs" NIL "fred" "example.test")) "#,
+                r#"((NIL "@relay.test" "owner" "list.test")) "#,
+                r#"(("Fred Bloggs" NIL "fred" "example.test")) "#,
+                r#"((NIL NIL "undisclosed-recipients" NIL)(NIL NIL NIL NIL)) "#,
+                r#"(("Pete" NIL "pete" "silly.test")) NIL NIL NIL)"#
+            )
+        );
+    }
+
+    #[test]
     fn envelope_without_headers_is_all_nil() {
         assert_eq!(
             envelope_of(b"\r\nbody\r\n"),
@@ -616,9 +629,69 @@ Hello Joe, do you think we can meet at 3:30 tomorrow?\r\n";
     }
 
     #[test]
+    fn sections_of_encapsulated_messages() {
+        let inner = "Subject: inner\r\nFrom: a@b\r\n\r\ninner body\r\n";
+        let sec = |msg: &[u8], part: Vec<u32>, text| {
+            let tree = mime::parse(msg);
+            section_bytes(msg, &tree, &Section { part, text }).map(|c| c.into_owned())
+        };
+        // A message that is itself message/rfc822: part 1 is the message it carries.
+        let top = format!("Content-Type: message/rfc822\r\nSubject: outer\r\n\r\n{inner}");
+        let top = top.as_bytes();
+        assert_eq!(sec(top, vec![1], None).unwrap(), inner.as_bytes());
+        assert_eq!(
+            sec(top, vec![1], Some(SectionText::Header)).unwrap(),
+            b"Subject: inner\r\nFrom: a@b\r\n\r\n"
+        );
+        assert_eq!(
+            sec(top, vec![1], Some(SectionText::Text)).unwrap(),
+            b"inner body\r\n"
+        );
+        assert_eq!(sec(top, vec![1, 1], None).unwrap(), b"inner body\r\n");
+        assert_eq!(
+            sec(
+                top,
+                vec![1],
+                Some(SectionText::Fields {
+                    not: false,
+                    names: vec![b"subject".to_vec()]
+                })
+            )
+            .unwrap(),
+            b"Subject: inner\r\n\r\n"
+        );
+        assert_eq!(sec(top, vec![2], None), None);
+        // A multipart whose first part is message/rfc822.
+        let mixed = format!(
+            "Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: message/rfc822\r\n\r\n{inner}\r\n--x\r\nContent-Type: text/plain\r\n\r\nsecond\r\n--x--\r\n"
+        );
+        let mixed = mixed.as_bytes();
+        assert_eq!(
+            sec(mixed, vec![1], Some(SectionText::Mime)).unwrap(),
+            b"Content-Type: message/rfc822\r\n\r\n"
+        );
+        assert_eq!(
+            sec(mixed, vec![1], Some(SectionText::Header)).unwrap(),
+            b"Subject: inner\r\nFrom: a@b\r\n\r\n"
+        );
+        assert_eq!(
+            sec(mixed, vec![1], Some(SectionText::Text)).unwrap(),
+            b"inner body\r\n"
+        );
+        assert_eq!(sec(mixed, vec![1], None).unwrap(), inner.as_bytes());
+        assert_eq!(sec(mixed, vec![2], None).unwrap(), b"second");
+        // A plain message's part 1 is its body.
+        assert_eq!(
+            sec(b"Subject: s\r\n\r\nhello", vec![1], None).unwrap(),
+            b"hello"
+        );
+    }
+
+    #[test]
     fn fetch_response_with_partial_and_flags() {
         let msg = b"Subject: x\r\n\r\nbody\r\n";
         let m = Message {
+            recent: false,
             seq: 3,
             uid: 9,
             size: msg.len() as u64,

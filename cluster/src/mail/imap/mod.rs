@@ -11,6 +11,7 @@
 //! literal over its limit, or buffer more than one message body at a time; trust a sequence
 //! number or UID from the client to exist; panic on anything a client sends.
 
+mod address;
 mod fetch;
 mod mime;
 mod parse;
@@ -40,7 +41,7 @@ use seqset::SeqSet;
 
 /// What every state advertises. LITERAL+ is deliberately absent: non-synchronizing literals are
 /// accepted but a client cannot know their limit in advance.
-const CAPABILITIES: &str = "IMAP4rev1 UIDPLUS UNSELECT NAMESPACE CHILDREN";
+const CAPABILITIES: &str = "IMAP4rev1 UIDPLUS UNSELECT NAMESPACE CHILDREN ID";
 /// Advertised before login only.
 const AUTH_CAPABILITIES: &str = "AUTH=PLAIN SASL-IR";
 const SYSTEM_FLAGS: &str = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)";
@@ -48,7 +49,8 @@ const SYSTEM_FLAGS: &str = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)";
 /// Serves one IMAP connection until the client logs out or disconnects, the session times out,
 /// makes too many errors, or the node shuts down.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) -> io::Result<()> {
-    let conn = crate::mail::node::client_conn(stream, &ctx);
+    let conn =
+        crate::mail::node::client_conn_with(stream, &ctx, ctx.config.limits.imap_line_bytes_max);
     let mut session = Session {
         ctx: ctx.clone(),
         conn,
@@ -125,6 +127,38 @@ enum Read {
 struct Known {
     uid: u32,
     flags: Flags,
+    /// `\Recent` in this session: it was the first to learn of the message.
+    recent: bool,
+}
+
+/// Users whose claims [`RecentClaims`] keeps at most; past it the claims start over (messages
+/// may show as recent once more, which RFC 3501 allows).
+pub const RECENT_USERS_MAX: usize = 1_000_000;
+
+/// RFC 3501's `\Recent`: a message is recent in the first session told of it. Per user, the
+/// highest UID some read-write session of this node has been told of. Kept in memory, per node
+/// (after a restart, or on another node, messages may be recent once more).
+#[derive(Debug, Default)]
+pub struct RecentClaims(std::sync::Mutex<HashMap<String, u32>>);
+
+impl RecentClaims {
+    /// The highest UID claimed for `user`.
+    pub fn claimed(&self, user: &str) -> u32 {
+        self.0.lock().unwrap().get(user).copied().unwrap_or(0)
+    }
+
+    /// Claims every UID up to `uid` for a session of `user`; returns the claim before, so the
+    /// session's recent messages are those above it.
+    pub fn claim(&self, user: &str, uid: u32) -> u32 {
+        let mut claims = self.0.lock().unwrap();
+        if claims.len() >= RECENT_USERS_MAX && !claims.contains_key(user) {
+            claims.clear();
+        }
+        let entry = claims.entry(user.to_string()).or_insert(0);
+        let before = *entry;
+        *entry = before.max(uid);
+        before
+    }
 }
 
 /// The selected-state view of INBOX: index + 1 is the message sequence number.
@@ -155,7 +189,7 @@ enum Needs {
 
 fn needs(cmd: &Command<'_>) -> Needs {
     match cmd {
-        Command::Capability | Command::Noop | Command::Logout => Needs::Any,
+        Command::Capability | Command::Id(_) | Command::Noop | Command::Logout => Needs::Any,
         Command::Login { .. } | Command::Authenticate { .. } => Needs::NotAuthenticated,
         Command::Check
         | Command::Close
@@ -253,7 +287,7 @@ impl Session {
     async fn read_command(&mut self) -> io::Result<Read> {
         let limits = &self.ctx.config.limits;
         let (line_max, literal_max, message_max) = (
-            limits.line_bytes_max,
+            limits.imap_line_bytes_max,
             limits.literal_bytes_max,
             limits.message_bytes_max,
         );
@@ -369,6 +403,32 @@ impl Session {
                 self.write(&format!("* CAPABILITY {}\r\n", self.capabilities()))
                     .await?;
                 Reply::ok("CAPABILITY completed")
+            }
+            Command::Id(fields) => {
+                let name = |f: &[u8]| {
+                    fields
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(f))
+                        .and_then(|(_, v)| v.as_deref())
+                        .map(|v| {
+                            String::from_utf8_lossy(v)
+                                .chars()
+                                .take(64)
+                                .collect::<String>()
+                        })
+                };
+                tracing::debug!(
+                    peer = %self.peer,
+                    client = ?name(b"name"),
+                    version = ?name(b"version"),
+                    "IMAP ID"
+                );
+                self.write(&format!(
+                    "* ID (\"name\" \"clusterbench\" \"version\" \"{}\" \"vendor\" \"clusterbench\")\r\n",
+                    env!("CARGO_PKG_VERSION")
+                ))
+                .await?;
+                Reply::ok("ID completed")
             }
             Command::Noop => Reply::ok("NOOP completed"),
             Command::Check => Reply::ok("CHECK completed"),
@@ -543,17 +603,27 @@ impl Session {
             ));
         }
         let snapshot = self.ctx.mail.snapshot(self.user()).await;
-        let messages: Vec<Known> = self
-            .visible(&snapshot)
+        let visible = self.visible(&snapshot);
+        let newest = visible.last().map_or(0, |m| m.uid);
+        // EXAMINE shows what is recent without claiming it (RFC 3501 6.3.2).
+        let claims = &self.ctx.recent;
+        let before = if read_only {
+            claims.claimed(self.user())
+        } else {
+            claims.claim(self.user(), newest)
+        };
+        let messages: Vec<Known> = visible
             .iter()
             .map(|m| Known {
                 uid: m.uid,
                 flags: m.flags,
+                recent: m.uid > before,
             })
             .collect();
         let mut out = format!(
-            "* FLAGS {SYSTEM_FLAGS}\r\n* {} EXISTS\r\n* 0 RECENT\r\n",
-            messages.len()
+            "* FLAGS {SYSTEM_FLAGS}\r\n* {} EXISTS\r\n* {} RECENT\r\n",
+            messages.len(),
+            messages.iter().filter(|m| m.recent).count()
         );
         if let Some(i) = messages.iter().position(|m| !m.flags.contains(Flags::SEEN)) {
             out += &format!("* OK [UNSEEN {}] First unseen message\r\n", i + 1);
@@ -607,7 +677,13 @@ impl Session {
             .iter()
             .map(|item| match item {
                 StatusItem::Messages => format!("MESSAGES {}", visible.len()),
-                StatusItem::Recent => "RECENT 0".to_string(),
+                StatusItem::Recent => {
+                    let claimed = self.ctx.recent.claimed(self.user());
+                    format!(
+                        "RECENT {}",
+                        visible.iter().filter(|m| m.uid > claimed).count()
+                    )
+                }
                 StatusItem::UidNext => format!("UIDNEXT {}", snapshot.uid_next),
                 StatusItem::UidValidity => format!("UIDVALIDITY {}", snapshot.uid_validity),
                 StatusItem::Unseen => format!(
@@ -714,6 +790,8 @@ impl Session {
     async fn sync(&mut self, expunges: bool) -> io::Result<()> {
         let snapshot = self.ctx.mail.snapshot(self.user()).await;
         let cap = self.ctx.config.limits.mailbox_messages_max;
+        let user = self.user.clone().unwrap_or_default();
+        let ctx = self.ctx.clone();
         let Some(selected) = self.selected.as_mut() else {
             return Ok(());
         };
@@ -739,7 +817,7 @@ impl Session {
                     out += &format!(
                         "* {} FETCH (FLAGS {})\r\n",
                         i + 1,
-                        fetch::flag_list(now.flags)
+                        fetch::flag_list_with(now.flags, m.recent)
                     );
                 }
             }
@@ -748,17 +826,27 @@ impl Session {
         let newest = selected.messages.last().map_or(0, |m| m.uid);
         let start = snapshot.messages.partition_point(|m| m.uid <= newest);
         let before = selected.messages.len();
-        for m in &snapshot.messages[start..] {
-            if selected.messages.len() >= cap {
-                break;
+        let room = cap.saturating_sub(before);
+        let new =
+            &snapshot.messages[start..][..snapshot.messages.len().saturating_sub(start).min(room)];
+        if let Some(last) = new.last() {
+            let claimed = if selected.read_only {
+                ctx.recent.claimed(&user)
+            } else {
+                ctx.recent.claim(&user, last.uid)
+            };
+            for m in new {
+                selected.messages.push(Known {
+                    uid: m.uid,
+                    flags: m.flags,
+                    recent: m.uid > claimed,
+                });
             }
-            selected.messages.push(Known {
-                uid: m.uid,
-                flags: m.flags,
-            });
-        }
-        if selected.messages.len() != before {
-            out += &format!("* {} EXISTS\r\n", selected.messages.len());
+            out += &format!(
+                "* {} EXISTS\r\n* {} RECENT\r\n",
+                selected.messages.len(),
+                selected.messages.iter().filter(|m| m.recent).count()
+            );
         }
         if !out.is_empty() {
             self.write(&out).await?;
@@ -842,12 +930,18 @@ impl Session {
                 Ok(None) => continue,
                 Err(e) => return Ok(Reply::store_failed(e)),
             };
+            let recent = self
+                .selected
+                .as_ref()
+                .and_then(|s| s.messages.get(index))
+                .is_some_and(|k| k.recent);
             let message = fetch::Message {
                 seq: index as u32 + 1,
                 uid: u,
                 size: meta.size,
                 internal_date: meta.internal_date,
                 flags,
+                recent,
                 bytes: bytes.as_deref(),
             };
             out.clear();
@@ -905,12 +999,14 @@ impl Session {
             let Some(&new) = changed.get(&u) else {
                 continue;
             };
+            let mut recent = false;
             if let Some(known) = self
                 .selected
                 .as_mut()
                 .and_then(|s| s.messages.get_mut(index))
             {
                 known.flags = new;
+                recent = known.recent;
             }
             if !silent {
                 let uid_item = if uid {
@@ -921,7 +1017,7 @@ impl Session {
                 out += &format!(
                     "* {} FETCH ({uid_item}FLAGS {})\r\n",
                     index + 1,
-                    fetch::flag_list(new)
+                    fetch::flag_list_with(new, recent)
                 );
             }
         }
@@ -968,12 +1064,18 @@ impl Session {
                 Ok(None) => continue,
                 Err(e) => return Ok(Reply::store_failed(e)),
             };
+            let recent = self
+                .selected
+                .as_ref()
+                .and_then(|s| s.messages.get(index))
+                .is_some_and(|k| k.recent);
             let candidate = search::Candidate {
                 seq: index as u32 + 1,
                 uid: u,
                 size: meta.size,
                 internal_date: meta.internal_date,
                 flags: meta.flags,
+                recent,
                 bytes: bytes.as_deref(),
             };
             if key.matches(&candidate, stars) {

@@ -18,6 +18,8 @@ use crate::mail::store::{FlagMode, Flags};
 /// Deepest nesting of parenthesised, NOT and OR search keys; deeper is a syntax error, so a
 /// client cannot exhaust the stack with `NOT NOT NOT ...`.
 pub const NESTING_MAX: usize = 32;
+/// Most field-value pairs an ID command may carry (RFC 2971 3.3 allows 30).
+pub const ID_FIELDS_MAX: usize = 30;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -49,6 +51,8 @@ pub enum StatusItem {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
     Capability,
+    /// RFC 2971: the client's identification (field, value) pairs, at most [`ID_FIELDS_MAX`].
+    Id(Vec<(Cow<'a, [u8]>, Option<Cow<'a, [u8]>>)>),
     Noop,
     Logout,
     Namespace,
@@ -408,6 +412,10 @@ pub fn command<'a>(p: &mut Parser<'a>) -> Result<Command<'a>> {
         .to_ascii_uppercase();
     let cmd = match name.as_slice() {
         b"CAPABILITY" => Command::Capability,
+        b"ID" => {
+            p.sp()?;
+            Command::Id(id_params(p)?)
+        }
         b"NOOP" => Command::Noop,
         b"LOGOUT" => Command::Logout,
         b"NAMESPACE" => Command::Namespace,
@@ -547,6 +555,33 @@ pub fn command<'a>(p: &mut Parser<'a>) -> Result<Command<'a>> {
     };
     p.end()?;
     Ok(cmd)
+}
+
+/// `NIL` or `(field value ...)`, fields strings, values nstrings.
+#[allow(clippy::type_complexity)]
+fn id_params<'a>(p: &mut Parser<'a>) -> Result<Vec<(Cow<'a, [u8]>, Option<Cow<'a, [u8]>>)>> {
+    if p.eat_word("NIL") {
+        return Ok(Vec::new());
+    }
+    p.expect(b'(', "NIL or a list of ID fields")?;
+    let mut fields = Vec::new();
+    while !p.eat(b')') {
+        if !fields.is_empty() {
+            p.sp()?;
+        }
+        let field = p.string()?;
+        p.sp()?;
+        let value = if p.eat_word("NIL") {
+            None
+        } else {
+            Some(p.string()?)
+        };
+        if fields.len() == ID_FIELDS_MAX {
+            return Err(ParseError::Invalid("more than 30 ID fields"));
+        }
+        fields.push((field, value));
+    }
+    Ok(fields)
 }
 
 fn copy<'a>(p: &mut Parser<'a>, uid: bool) -> Result<Command<'a>> {
@@ -778,8 +813,10 @@ fn search_key(p: &mut Parser<'_>, depth: usize) -> Result<SearchKey> {
         ))
     };
     Ok(match word.as_slice() {
-        b"ALL" | b"OLD" => SearchKey::All,
-        b"RECENT" => SearchKey::Nothing,
+        b"ALL" => SearchKey::All,
+        b"RECENT" => SearchKey::Recent,
+        b"OLD" => SearchKey::Not(Box::new(SearchKey::Recent)),
+        b"NEW" => SearchKey::And(vec![SearchKey::Recent, SearchKey::NotFlag(Flags::SEEN)]),
         b"ANSWERED" => SearchKey::Flag(Flags::ANSWERED),
         b"DELETED" => SearchKey::Flag(Flags::DELETED),
         b"DRAFT" => SearchKey::Flag(Flags::DRAFT),
@@ -789,9 +826,7 @@ fn search_key(p: &mut Parser<'_>, depth: usize) -> Result<SearchKey> {
         b"UNDELETED" => SearchKey::NotFlag(Flags::DELETED),
         b"UNDRAFT" => SearchKey::NotFlag(Flags::DRAFT),
         b"UNFLAGGED" => SearchKey::NotFlag(Flags::FLAGGED),
-        // No message is ever \Recent here, so NEW (RECENT UNSEEN) is taken as "unseen", which is
-        // what clients asking for NEW want.
-        b"UNSEEN" | b"NEW" => SearchKey::NotFlag(Flags::SEEN),
+        b"UNSEEN" => SearchKey::NotFlag(Flags::SEEN),
         b"KEYWORD" | b"UNKEYWORD" => {
             p.sp()?;
             p.atom()?;

@@ -15,8 +15,10 @@ use crate::mail::store::Flags;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SearchKey {
     All,
-    /// Matches nothing (RECENT: this server never reports recent messages; KEYWORD: no keywords).
+    /// Matches nothing (KEYWORD: no keywords).
     Nothing,
+    /// `\Recent` in this session.
+    Recent,
     /// The flag is set.
     Flag(Flags),
     /// The flag is not set.
@@ -36,7 +38,8 @@ pub enum SearchKey {
     Before(NaiveDate),
     On(NaiveDate),
     Since(NaiveDate),
-    /// `Date:` header comparisons (by UTC day); messages without a parseable date never match.
+    /// `Date:` header comparisons by the date as written (its time and zone ignored, RFC 3501
+    /// 6.4.4); messages without a parseable date never match.
     SentBefore(NaiveDate),
     SentOn(NaiveDate),
     SentSince(NaiveDate),
@@ -49,6 +52,8 @@ pub struct Candidate<'a> {
     pub size: u64,
     pub internal_date: i64,
     pub flags: Flags,
+    /// `\Recent` in this session.
+    pub recent: bool,
     /// The message bytes; present whenever the key needs them.
     pub bytes: Option<&'a [u8]>,
 }
@@ -81,6 +86,7 @@ impl SearchKey {
         match self {
             SearchKey::All => true,
             SearchKey::Nothing => false,
+            SearchKey::Recent => m.recent,
             SearchKey::Flag(f) => m.flags.contains(*f),
             SearchKey::NotFlag(f) => !m.flags.contains(*f),
             SearchKey::Seq(set) => set.resolve(stars.max_seq).contains(m.seq),
@@ -114,10 +120,42 @@ fn sent_day(msg: &[u8]) -> Option<NaiveDate> {
     let (header, _) = mime::split(msg, 0..msg.len());
     let fields = mime::fields(&msg[header]);
     let value = mime::value(&fields, "date")?;
-    let text = String::from_utf8_lossy(&mime::unfold(value)).into_owned();
-    let seconds = mime::guard(|| mailparse::dateparse(&text))?.ok()?;
-    day(seconds)
+    written_day(&String::from_utf8_lossy(&mime::unfold(value)))
 }
+
+/// The day an RFC 5322 date names as written: `[Day,] D Mon YYYY ...` (the time and zone that
+/// follow are ignored; two- and three-digit years as RFC 5322 4.3 says).
+pub fn written_day(text: &str) -> Option<NaiveDate> {
+    let text = text.trim();
+    let text = match text.split_once(',') {
+        Some((_, rest)) => rest,
+        None => text,
+    };
+    let mut words = text
+        .split(|c: char| c.is_whitespace() || c == '-')
+        .filter(|w| !w.is_empty());
+    let day: u32 = words.next()?.parse().ok()?;
+    let month = words.next()?.get(..3)?.to_ascii_lowercase();
+    let month = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ]
+    .iter()
+    .position(|m| *m == month)? as u32
+        + 1;
+    let year_text = words.next()?;
+    let year: i32 = year_text.parse().ok()?;
+    let year = match (year_text.len(), year) {
+        (2, y) if y < 50 => 2000 + y,
+        (2, y) => 1900 + y,
+        (3, y) => 1900 + y,
+        (_, y) => y,
+    };
+    NaiveDate::from_ymd_opt(year, month, day)
+}
+
+/// Address fields searched by the addresses in them (display names decoded), as ENVELOPE
+/// shows them, besides the raw text.
+const ADDRESS_FIELDS: [&str; 6] = ["from", "to", "cc", "bcc", "sender", "reply-to"];
 
 fn header_contains(msg: &[u8], name: &str, needle: &[u8]) -> bool {
     let (header, _) = mime::split(msg, 0..msg.len());
@@ -129,6 +167,18 @@ fn header_contains(msg: &[u8], name: &str, needle: &[u8]) -> bool {
             if needle.is_empty() {
                 return true;
             }
+            if ADDRESS_FIELDS.contains(&name) {
+                let unfolded = String::from_utf8_lossy(&mime::unfold(f.value)).into_owned();
+                let list = super::address::parse_list(&unfolded);
+                let parsed = list.iter().filter(|a| !a.is_group_marker()).any(|a| {
+                    let name = a.name.as_deref().map(decode_words).unwrap_or_default();
+                    name.to_lowercase().contains(&needle)
+                        || a.spec().to_lowercase().contains(&needle)
+                });
+                if parsed {
+                    return true;
+                }
+            }
             // Match the decoded value (what the user sees) and, failing that, the raw one.
             let raw = String::from_utf8_lossy(&mime::unfold(f.value)).into_owned();
             let decoded =
@@ -137,6 +187,17 @@ fn header_contains(msg: &[u8], name: &str, needle: &[u8]) -> bool {
                     .unwrap_or_default();
             decoded.to_lowercase().contains(&needle) || raw.to_lowercase().contains(&needle)
         })
+}
+
+/// A display name with its RFC 2047 encoded words decoded (as it was written, if not valid).
+fn decode_words(name: &str) -> String {
+    if !name.contains("=?") {
+        return name.to_string();
+    }
+    let field = format!("X: {name}");
+    mime::guard(|| mailparse::parse_header(field.as_bytes()).map(|(h, _)| h.get_value()))
+        .and_then(Result::ok)
+        .unwrap_or_else(|| name.to_string())
 }
 
 /// Substring test ignoring ASCII case (non-ASCII bytes must match exactly).
@@ -161,6 +222,7 @@ mod tests {
             size: bytes.len() as u64,
             internal_date: 1_700_000_000,
             flags: Flags::SEEN,
+            recent: false,
             bytes: Some(bytes),
         }
     }
@@ -169,6 +231,48 @@ mod tests {
         max_seq: 3,
         max_uid: 9,
     };
+
+    #[test]
+    fn sent_dates_are_the_dates_written() {
+        assert_eq!(
+            written_day("Mon, 7 Feb 1994 23:52:25 -0800 (PST)"),
+            NaiveDate::from_ymd_opt(1994, 2, 7)
+        );
+        // Late in the evening west of UTC: still the day written, not the UTC day.
+        assert_eq!(
+            written_day("1 Jan 2020 23:30:00 -1000"),
+            NaiveDate::from_ymd_opt(2020, 1, 1)
+        );
+        assert_eq!(
+            written_day("Thu, 13 Feb 69 23:32 -0330"),
+            NaiveDate::from_ymd_opt(1969, 2, 13)
+        );
+        assert_eq!(
+            written_day("5 May 04 10:00 GMT"),
+            NaiveDate::from_ymd_opt(2004, 5, 5)
+        );
+        assert_eq!(written_day("31 Feb 2020"), None);
+        assert_eq!(written_day("yesterday"), None);
+        let msg = b"Date: Tue, 31 Dec 2024 23:59:00 -1200\r\n\r\nx";
+        let c = candidate(msg);
+        let d = NaiveDate::from_ymd_opt(2024, 12, 31).unwrap();
+        assert!(SearchKey::SentOn(d).matches(&c, STARS));
+        assert!(!SearchKey::SentBefore(d).matches(&c, STARS));
+        assert!(SearchKey::SentSince(d).matches(&c, STARS));
+    }
+
+    #[test]
+    fn address_searches_see_names_from_comments_and_encoded_words() {
+        let msg = b"From: fred@example.com (Fred Bloggs)\r\nTo: =?utf-8?q?J=C3=BCrgen?= <j@x.test>, list:;\r\n\r\nx";
+        let c = candidate(msg);
+        let from = |s: &str| SearchKey::Header("from".into(), s.as_bytes().to_vec());
+        let to = |s: &str| SearchKey::Header("to".into(), s.as_bytes().to_vec());
+        assert!(from("fred bloggs").matches(&c, STARS));
+        assert!(from("FRED@EXAMPLE").matches(&c, STARS));
+        assert!(!from("wilma").matches(&c, STARS));
+        assert!(to("jürgen").matches(&c, STARS));
+        assert!(to("j@x.test").matches(&c, STARS));
+    }
 
     #[test]
     fn keys_combine() {

@@ -167,10 +167,11 @@ async fn a_client_session_end_to_end() {
     let (_, tagged) = c.until("a3").await;
     assert!(tagged.starts_with("a3 OK"), "{tagged}");
 
+    // The first session told of the three messages: they are \Recent in it.
     let out = c.ok("a4", "SELECT INBOX").await;
     for want in [
         "* 3 EXISTS",
-        "* 0 RECENT",
+        "* 3 RECENT",
         "[UNSEEN 1]",
         "[UIDVALIDITY ",
         "[UIDNEXT 256]",
@@ -189,7 +190,12 @@ async fn a_client_session_end_to_end() {
     );
     let (_, tagged) = c.cmd("a8", "SELECT Sent").await;
     assert!(tagged.starts_with("a8 NO [NONEXISTENT]"), "{tagged}");
-    c.ok("a9", "SELECT INBOX").await;
+    // Claimed by the first SELECT: no longer recent for the next.
+    assert!(c.ok("a9", "SELECT INBOX").await.contains("* 0 RECENT"));
+    assert_eq!(
+        c.ok("a10", "STATUS INBOX (RECENT)").await,
+        "* STATUS INBOX (RECENT 0)\r\n"
+    );
 
     let out = c
         .ok("b1", "FETCH 1:* (FLAGS UID RFC822.SIZE ENVELOPE)")
