@@ -47,12 +47,15 @@ pub enum StatusItem {
     Unseen,
 }
 
+/// One field of an ID command and its value (NIL: none).
+pub type IdField<'a> = (Cow<'a, [u8]>, Option<Cow<'a, [u8]>>);
+
 /// One parsed command (the tag is parsed separately, first).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
     Capability,
     /// RFC 2971: the client's identification (field, value) pairs, at most [`ID_FIELDS_MAX`].
-    Id(Vec<(Cow<'a, [u8]>, Option<Cow<'a, [u8]>>)>),
+    Id(Vec<IdField<'a>>),
     Noop,
     Logout,
     Namespace,
@@ -558,8 +561,7 @@ pub fn command<'a>(p: &mut Parser<'a>) -> Result<Command<'a>> {
 }
 
 /// `NIL` or `(field value ...)`, fields strings, values nstrings.
-#[allow(clippy::type_complexity)]
-fn id_params<'a>(p: &mut Parser<'a>) -> Result<Vec<(Cow<'a, [u8]>, Option<Cow<'a, [u8]>>)>> {
+fn id_params<'a>(p: &mut Parser<'a>) -> Result<Vec<IdField<'a>>> {
     if p.eat_word("NIL") {
         return Ok(Vec::new());
     }
