@@ -204,6 +204,75 @@ pub enum StoreError {
     Locked(String),
     #[error("message not found (expunged)")]
     NotFound,
+    /// A change that cannot be logged as asked (from a peer, or a caller's bug): refused before
+    /// it reaches the writer, which carries on.
+    #[error("invalid change refused: {0}")]
+    Invalid(String),
+}
+
+/// Longest user name a change may carry (the log allows 64 KiB; nothing real comes near).
+pub const USER_BYTES_MAX: usize = 1024;
+/// Most UIDs one flag change or expunge may name.
+pub const UIDS_PER_CHANGE_MAX: usize = 1_000_000;
+/// Largest message body the log takes (its record must fit [`record::PAYLOAD_BYTES_MAX`] with
+/// room for the fields).
+pub const BODY_BYTES_MAX: usize = record::PAYLOAD_BYTES_MAX - 64 * 1024;
+
+fn check_user(user: &str) -> Result<(), StoreError> {
+    if user.is_empty() || user.len() > USER_BYTES_MAX {
+        return Err(StoreError::Invalid(format!(
+            "a user name of {} bytes (1 to {USER_BYTES_MAX})",
+            user.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_uids(uids: &[u32]) -> Result<(), StoreError> {
+    if uids.len() > UIDS_PER_CHANGE_MAX {
+        return Err(StoreError::Invalid(format!(
+            "{} UIDs in one change (at most {UIDS_PER_CHANGE_MAX})",
+            uids.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_nodes(what: &str, nodes: &[u32]) -> Result<(), StoreError> {
+    if nodes.len() > record::TARGETS_MAX {
+        return Err(StoreError::Invalid(format!(
+            "{} {what} (at most {})",
+            nodes.len(),
+            record::TARGETS_MAX
+        )));
+    }
+    Ok(())
+}
+
+impl NewMessage {
+    /// Whether the writer can log this message: what a peer sends is checked here, at the
+    /// boundary, so nothing it says can trip the writer.
+    pub fn check(&self) -> Result<(), StoreError> {
+        check_user(&self.user)?;
+        check_nodes("targets", &self.targets)?;
+        check_nodes("replicas", &self.replicas)?;
+        if self.body.len() > BODY_BYTES_MAX {
+            return Err(StoreError::Invalid(format!(
+                "a message of {} bytes (at most {BODY_BYTES_MAX})",
+                self.body.len()
+            )));
+        }
+        if self.seq_hint >= UID_SEQ_MAX {
+            return Err(StoreError::Invalid(format!(
+                "a UID sequence hint of {} (below {UID_SEQ_MAX})",
+                self.seq_hint
+            )));
+        }
+        if self.uid == Some(0) {
+            return Err(StoreError::Invalid("UID 0".into()));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -364,6 +433,7 @@ impl Store {
     /// Takes in one message (a new one, or a replica of one with its UID); returns its UID once
     /// it is durable. A replica already present, or already expunged, is not stored again.
     pub async fn store(&self, message: NewMessage) -> Result<u32, StoreError> {
+        message.check()?;
         let internal_date = message
             .internal_date
             .unwrap_or_else(|| chrono::Utc::now().timestamp());
@@ -385,6 +455,7 @@ impl Store {
 
     /// Records that replica `node` has `uid`, so it is not pushed there again.
     pub async fn acked(&self, user: &str, uid: u32, node: u32) -> Result<(), StoreError> {
+        check_user(user)?;
         self.submit_done(|reply| writer::Op::Acked {
             user: user.to_string(),
             uid,
@@ -442,6 +513,7 @@ impl Store {
 
     /// Records that `node` has the state of `uid` this node owed it.
     pub async fn settled(&self, user: &str, uid: u32, node: u32) -> Result<(), StoreError> {
+        check_user(user)?;
         self.submit_done(|reply| writer::Op::Settled {
             user: user.to_string(),
             uid,
@@ -473,6 +545,14 @@ impl Store {
         ts_ms: i64,
         targets: Vec<u32>,
     ) -> Result<(), StoreError> {
+        check_user(user)?;
+        check_nodes("targets", &targets)?;
+        if password.len() > PASSWORD_BYTES_MAX {
+            return Err(StoreError::Invalid(format!(
+                "a password of {} bytes (at most {PASSWORD_BYTES_MAX})",
+                password.len()
+            )));
+        }
         self.submit_done(|reply| writer::Op::Profile {
             user: user.to_string(),
             password: password.to_string(),
@@ -548,6 +628,8 @@ impl Store {
         ts_ms: i64,
         owe: bool,
     ) -> Result<Vec<(u32, Flags)>, StoreError> {
+        check_user(user)?;
+        check_uids(&uids)?;
         match self
             .submit(|reply| writer::Op::Flags {
                 user: user.to_string(),
@@ -580,6 +662,8 @@ impl Store {
         uids: Vec<u32>,
         owe: bool,
     ) -> Result<Vec<u32>, StoreError> {
+        check_user(user)?;
+        check_uids(&uids)?;
         match self
             .submit(|reply| writer::Op::Expunge {
                 user: user.to_string(),

@@ -413,3 +413,116 @@ async fn profiles_keep_the_newest_password_and_their_pushes_survive_a_restart() 
         "a profile is not a mailbox fragment"
     );
 }
+
+#[tokio::test]
+async fn nothing_a_peer_sends_trips_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let replica = |user: &str| NewMessage {
+        user: user.into(),
+        body: body("x\r\n"),
+        flags: Flags::empty(),
+        internal_date: Some(1),
+        uid: None,
+        seq_hint: 0,
+        ts_ms: 1,
+        targets: Vec::new(),
+        replicas: Vec::new(),
+    };
+    let refused = |r: Result<u32, StoreError>| match r {
+        Err(StoreError::Invalid(why)) => why,
+        other => panic!("not refused: {other:?}"),
+    };
+    // A sequence hint at the top of the range once overflowed the writer's arithmetic.
+    let why = refused(
+        store
+            .store(NewMessage {
+                seq_hint: u32::MAX,
+                ..replica("a")
+            })
+            .await,
+    );
+    assert!(why.contains("sequence hint"), "{why}");
+    // More targets or replicas than a record holds once hit an assert in the encoder.
+    let why = refused(
+        store
+            .store(NewMessage {
+                targets: (1..=300).collect(),
+                ..replica("a")
+            })
+            .await,
+    );
+    assert!(why.contains("targets"), "{why}");
+    let why = refused(
+        store
+            .store(NewMessage {
+                replicas: vec![2; 256],
+                ..replica("a")
+            })
+            .await,
+    );
+    assert!(why.contains("replicas"), "{why}");
+    // User names the log cannot hold, UID 0.
+    refused(store.store(replica("")).await);
+    refused(store.store(replica(&"u".repeat(70_000))).await);
+    refused(
+        store
+            .store(NewMessage {
+                uid: Some(0),
+                ..replica("a")
+            })
+            .await,
+    );
+    assert!(matches!(
+        store
+            .set_flags_at(
+                &"u".repeat(70_000),
+                vec![1],
+                FlagMode::Add,
+                Flags::SEEN,
+                1,
+                true
+            )
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.expunge_owing("a", vec![1; 1_000_001], true).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .set_profile("a", &"p".repeat(2_000), 1, Vec::new())
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.acked("", 1, 2).await,
+        Err(StoreError::Invalid(_))
+    ));
+    // The writer carries on: a hint just below the top still gets the last UID there is.
+    let uid = store
+        .store(NewMessage {
+            seq_hint: UID_SEQ_MAX - 1,
+            ..replica("a")
+        })
+        .await
+        .unwrap();
+    assert_eq!(seq_of(uid), UID_SEQ_MAX);
+    let uids = store
+        .deliver(
+            vec!["b".into()],
+            body("still fine\r\n"),
+            Flags::empty(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(uids, vec![uid_of(1, 1)]);
+    // And the next one in a full mailbox is refused, not wrapped around; others go on.
+    assert!(store.store(replica("a")).await.is_err());
+    store
+        .deliver(vec!["b".into()], body("after\r\n"), Flags::empty(), None)
+        .await
+        .unwrap();
+}

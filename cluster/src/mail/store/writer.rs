@@ -296,7 +296,9 @@ impl Writer {
                             .get(&message.user)
                             .copied()
                             .unwrap_or_else(|| mb.map_or(0, |m| m.max_seq));
-                        let seq = seen.max(message.seq_hint) + 1;
+                        // Checked: a hint is validated at the boundary, but the writer never
+                        // trusts arithmetic on what a peer said.
+                        let seq = seen.max(message.seq_hint).saturating_add(1);
                         if seq > UID_SEQ_MAX {
                             return (
                                 reply,
