@@ -15,6 +15,9 @@ use crate::cli::NodeArgs;
 pub const READY_PREFIX: &str = "READY ";
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    // `limits.connections_max` (1,024 by default) clients need more descriptors than the usual
+    // soft limit of 1,024.
+    crate::run::raise_file_limit();
     let config = config_from(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

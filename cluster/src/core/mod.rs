@@ -7,6 +7,7 @@
 //! message type into the transport (`PeerMessage<S>`) and its own routes into the admin API.
 
 pub mod admin;
+pub mod budget;
 pub mod conn;
 pub mod device;
 pub mod faults;

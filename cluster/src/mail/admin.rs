@@ -78,6 +78,14 @@ pub struct Load {
     pub mailboxes: u64,
     pub messages: u64,
     pub bytes: u64,
+    /// Bytes clients have the node buffering (SMTP DATA, IMAP literals), its cap, and the
+    /// messages and literals refused for want of room so far.
+    #[serde(default)]
+    pub buffered_bytes: u64,
+    #[serde(default)]
+    pub buffered_bytes_max: u64,
+    #[serde(default)]
+    pub buffer_refusals: u64,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -155,6 +163,9 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
             mailboxes: stats.mailboxes,
             messages: stats.messages,
             bytes: stats.bytes,
+            buffered_bytes: ctx.buffers.used() as u64,
+            buffered_bytes_max: ctx.buffers.max() as u64,
+            buffer_refusals: ctx.buffers.refused(),
         },
         disk: {
             let (syncs_per_s, latency_ms) = match ctx.config.disk {

@@ -307,6 +307,9 @@ pub struct Limits {
     pub message_bytes_max: usize,
     /// Largest IMAP literal a client may send.
     pub literal_bytes_max: usize,
+    /// What all clients together may make the node buffer at once (SMTP DATA, IMAP literals);
+    /// over it, clients get a temporary failure (SMTP 452, IMAP NO [INUSE]).
+    pub buffered_bytes_max: usize,
     /// Recipients per SMTP transaction.
     pub recipients_max: usize,
     /// Open client connections, all protocols together.
@@ -367,6 +370,7 @@ impl Default for Limits {
             imap_line_bytes_max: 64 * 1024,
             message_bytes_max: 10 * 1024 * 1024,
             literal_bytes_max: 10 * 1024 * 1024,
+            buffered_bytes_max: 512 * 1024 * 1024,
             recipients_max: 100,
             connections_max: 1024,
             idle_timeout_s: 300,
@@ -412,6 +416,12 @@ impl NodeConfig {
                 "limits.line_bytes_max: must be at least 1002 (RFC 5321 text line plus CRLF)"
                     .into(),
             );
+        }
+        if l.buffered_bytes_max < 2 * l.message_bytes_max.max(l.literal_bytes_max) {
+            return Err(format!(
+                "limits.buffered_bytes_max: must hold two of the largest message or literal (at least {})",
+                2 * l.message_bytes_max.max(l.literal_bytes_max)
+            ));
         }
         if l.message_bytes_max == 0 || l.literal_bytes_max == 0 {
             return Err("limits: message_bytes_max and literal_bytes_max must be positive".into());

@@ -48,6 +48,8 @@ pub struct Context {
     pub mail: Arc<MailService>,
     /// Which messages IMAP sessions of this node have been told of (`\Recent`).
     pub recent: crate::mail::imap::RecentClaims,
+    /// What clients may make this node buffer, all together (`limits.buffered_bytes_max`).
+    pub buffers: Arc<crate::core::budget::Budget>,
 }
 
 /// A client connection as every front end reads and writes it.
@@ -197,6 +199,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         mail_rx,
         shutdown.clone(),
     );
+    let limits_buffered = config.limits.buffered_bytes_max;
     let context = Arc::new(Context {
         faults,
         mail,
@@ -209,6 +212,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         shutdown,
         started: Instant::now(),
         recent: Default::default(),
+        buffers: crate::core::budget::Budget::new(limits_buffered),
     });
     let limit = Arc::new(Semaphore::new(context.config.limits.connections_max));
     let mut tasks = JoinSet::new();

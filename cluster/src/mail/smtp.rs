@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
+use crate::core::budget::Reservation;
 use crate::core::conn::{Conn, Input};
 use crate::mail::directory::Recipient;
 use crate::mail::metrics::Metrics;
@@ -26,7 +27,17 @@ struct Transaction {
     from: Option<String>,
     /// Canonical mailbox names, without duplicates.
     recipients: Vec<String>,
+    /// Node buffer space held for the message a `SIZE=` announced.
+    reservation: Option<Reservation>,
 }
+
+/// Each byte of a message is held twice at most while it is taken in (the buffer, and the
+/// shared copy the store and the replicas get).
+const BUFFER_COPIES: usize = 2;
+/// The node-wide buffer budget is taken in steps of at least this (fewer atomic operations).
+const RESERVE_STEP: usize = 256 * 1024;
+/// The answer when the node has no room to buffer a message now (RFC 3463 4.3.1).
+const NO_ROOM: &str = "452 4.3.1 Insufficient system storage; try again later\r\n";
 
 struct Session {
     ctx: Arc<Context>,
@@ -184,6 +195,7 @@ impl Session {
                 .reply_error(conn, "501 5.5.4 Syntax: MAIL FROM:<address>\r\n")
                 .await;
         };
+        let mut reservation = None;
         for param in params.split_whitespace() {
             let (key, value) = param.split_once('=').unwrap_or((param, ""));
             match key.to_ascii_uppercase().as_str() {
@@ -196,7 +208,14 @@ impl Session {
                             )
                             .await;
                     }
-                    Ok(_) => {}
+                    Ok(size) => {
+                        // Room for the announced message now, or a temporary failure before
+                        // the client sends it (RFC 1870 6.1).
+                        match self.ctx.buffers.try_reserve(BUFFER_COPIES * size as usize) {
+                            Some(r) => reservation = Some(r),
+                            None => return conn.write(NO_ROOM.as_bytes()).await,
+                        }
+                    }
                     Err(_) => {
                         return self
                             .reply_error(conn, "501 5.5.4 Bad SIZE parameter\r\n")
@@ -217,6 +236,7 @@ impl Session {
             }
         }
         self.tx.from = Some(path.to_string());
+        self.tx.reservation = reservation;
         conn.write(b"250 2.1.0 Ok\r\n").await
     }
 
@@ -281,9 +301,26 @@ impl Session {
             .await?;
         conn.flush().await?;
         let max = self.ctx.config.limits.message_bytes_max;
-        let mut body = Vec::with_capacity(8 * 1024);
+        let queue_id = format!(
+            "{:X}{:X}N{}",
+            chrono::Utc::now().timestamp_micros(),
+            QUEUE_SEQ.fetch_add(1, Ordering::Relaxed),
+            self.ctx.config.id
+        );
+        // The message is built in place: the trace header, then the data as it comes.
+        let header = self.received_header(&queue_id, &self.tx.recipients);
+        let mut message = Vec::with_capacity(header.len() + 8 * 1024);
+        message.extend_from_slice(header.as_bytes());
+        let mut reservation = self
+            .tx
+            .reservation
+            .take()
+            .unwrap_or_else(|| self.ctx.buffers.none());
         let mut too_big = false;
+        let mut no_room = false;
         let mut line_too_long = false;
+        // The message's size so far, whether or not it is being kept.
+        let mut size = 0usize;
         loop {
             match conn.next_data_line().await? {
                 Input::Line(line) => {
@@ -292,15 +329,26 @@ impl Session {
                     }
                     // Dot-stuffing (RFC 5321 4.5.2): a leading dot was doubled by the client.
                     let line = line.strip_prefix(b".").unwrap_or(&line);
-                    if body.len() + line.len() + 2 > max {
+                    size = size.saturating_add(line.len() + 2);
+                    if size > max {
                         too_big = true;
                         // Keep reading to the end of the data so the session stays in step.
                         continue;
                     }
-                    if !too_big {
-                        body.extend_from_slice(line);
-                        body.extend_from_slice(b"\r\n");
+                    if too_big || no_room {
+                        continue;
                     }
+                    // Node-wide: over the budget, the data is read to its end and dropped, and
+                    // the client told to try again later.
+                    let need = BUFFER_COPIES * (message.len() + line.len() + 2);
+                    if !reservation.ensure(need, RESERVE_STEP) {
+                        no_room = true;
+                        message = Vec::new();
+                        reservation.shrink_to(0);
+                        continue;
+                    }
+                    message.extend_from_slice(line);
+                    message.extend_from_slice(b"\r\n");
                 }
                 Input::TooLong(_) => line_too_long = true,
                 Input::Eof => return Ok(Next::Close),
@@ -329,15 +377,16 @@ impl Session {
             .await?;
             return Ok(Next::Continue);
         }
-        let queue_id = format!(
-            "{:X}{:X}N{}",
-            chrono::Utc::now().timestamp_micros(),
-            QUEUE_SEQ.fetch_add(1, Ordering::Relaxed),
-            self.ctx.config.id
-        );
-        let mut message = self.received_header(&queue_id, &recipients).into_bytes();
-        message.extend_from_slice(&body);
-        drop(body);
+        if no_room {
+            tracing::warn!(
+                peer = %self.peer,
+                buffered = self.ctx.buffers.used(),
+                max = self.ctx.buffers.max(),
+                "a message refused: the node's buffers are full"
+            );
+            conn.write(NO_ROOM.as_bytes()).await?;
+            return Ok(Next::Continue);
+        }
         match self
             .ctx
             .mail

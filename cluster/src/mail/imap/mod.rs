@@ -111,7 +111,10 @@ impl Reply {
 
 /// What reading the next command produced.
 enum Read {
-    Command(Vec<u8>),
+    /// A command, and the node buffer space its literals hold (given back once it has run).
+    Command(Vec<u8>, crate::core::budget::Reservation),
+    /// A synchronizing literal the node has no room to buffer now: refused, nothing read.
+    NoRoom(String),
     /// A line passed the limit; the tag, if the command had already been started.
     TooLong(Option<String>),
     /// A synchronizing literal over its limit: refused (no continuation sent, nothing read).
@@ -239,8 +242,22 @@ impl Session {
         ))
         .await?;
         loop {
-            let command = match self.read_command().await? {
-                Read::Command(c) => c,
+            let (command, _held) = match self.read_command().await? {
+                Read::Command(c, held) => (c, held),
+                Read::NoRoom(tag) => {
+                    self.count_command();
+                    tracing::warn!(
+                        peer = %self.peer,
+                        buffered = self.ctx.buffers.used(),
+                        max = self.ctx.buffers.max(),
+                        "a literal refused: the node's buffers are full"
+                    );
+                    self.write(&format!(
+                        "{tag} NO [INUSE] The server is short of buffer space; try again later\r\n"
+                    ))
+                    .await?;
+                    continue;
+                }
                 Read::End(Input::Timeout) => {
                     return self.write("* BYE Autologout; idle for too long\r\n").await;
                 }
@@ -310,10 +327,13 @@ impl Session {
         let append = command_name(&buf).is_some_and(|n| n.eq_ignore_ascii_case(b"APPEND"));
         let limit = if append { message_max } else { literal_max };
         let total_max = limit.saturating_add(line_max) as u64;
+        // An APPEND's literal is held twice at most (the command, and the message's copy).
+        let copies = if append { 2 } else { 1 };
+        let mut held = self.ctx.buffers.none();
         let mut segment = 0;
         loop {
             let Some((n, sync)) = literal_announced(&buf[segment..]) else {
-                return Ok(Read::Command(buf));
+                return Ok(Read::Command(buf, held));
             };
             let tag = tag_of(&buf);
             if n > limit as u64 || buf.len() as u64 + 2 + n > total_max {
@@ -321,6 +341,15 @@ impl Session {
                     Read::LiteralRefused(tag)
                 } else {
                     Read::Fatal("Literal too large")
+                });
+            }
+            // Node-wide: room for the literal now, or a temporary refusal before it is sent
+            // (a non-synchronizing one is already on its way: the session ends).
+            if !held.grow(copies * n as usize) {
+                return Ok(if sync {
+                    Read::NoRoom(tag)
+                } else {
+                    Read::Fatal("The server is short of buffer space")
                 });
             }
             if sync {

@@ -387,3 +387,47 @@ async fn oversized_non_synchronizing_literal_and_idle_timeout_close_the_session(
     assert!(line.starts_with(b"* BYE Autologout"), "{}", show(&line));
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn literals_the_node_has_no_room_for_are_refused_for_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = node(&dir, |c| {
+        c.limits.literal_bytes_max = 4096;
+        c.limits.message_bytes_max = 64 * 1024;
+        // Room for one 60 KB APPEND at a time (held twice: the command and the message).
+        c.limits.buffered_bytes_max = 128 * 1024;
+    })
+    .await;
+    let addr = running.endpoints.imap;
+    let message = {
+        let mut m = b"Subject: big\r\n\r\n".to_vec();
+        m.resize(60_000, b'x');
+        m
+    };
+    let mut a = Client::login(addr, "user1").await;
+    let mut b = Client::login(addr, "user1").await;
+    // A's literal is announced and granted; while it is on its way, B's finds no room.
+    a.send(format!("a1 APPEND INBOX {{{}}}\r\n", message.len()).as_bytes())
+        .await;
+    assert!(a.line().await.starts_with(b"+ "));
+    b.send(format!("b1 APPEND INBOX {{{}}}\r\n", message.len()).as_bytes())
+        .await;
+    let refused = b.line().await;
+    assert!(refused.starts_with(b"b1 NO [INUSE]"), "{}", show(&refused));
+    a.send(&message).await;
+    a.send(b"\r\n").await;
+    let (_, tagged) = a.until("a1").await;
+    assert!(tagged.starts_with("a1 OK"), "{tagged}");
+    // Given back once A's command ran: B's try again goes through, and the session lived on.
+    b.send(format!("b2 APPEND INBOX {{{}}}\r\n", message.len()).as_bytes())
+        .await;
+    assert!(b.line().await.starts_with(b"+ "));
+    b.send(&message).await;
+    b.send(b"\r\n").await;
+    let (_, tagged) = b.until("b2").await;
+    assert!(tagged.starts_with("b2 OK"), "{tagged}");
+    let out = b.ok("b3", "SELECT INBOX").await;
+    assert!(out.contains("* 2 EXISTS"), "{out}");
+    assert_eq!(running.context.buffers.used(), 0);
+    running.shutdown().await;
+}
