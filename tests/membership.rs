@@ -171,3 +171,113 @@ fn a_partition_through_the_fault_api_forms_two_views_and_heals_into_one() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn heartbeats_keep_their_timing_while_large_messages_replicate_over_delayed_links() {
+    // Three nodes, every message on all three, every link delayed 100 ms each way; eight
+    // sessions deliver 24 messages of 10 MB to node 1, which replicates 480 MB to the others.
+    // Heartbeats take their own lane: no node is suspected, the view never changes.
+    // Timers with room for a busy test machine (a debug build on two shared cores): a node is
+    // suspected after 2 s without an answer to its pings. A heartbeat queued behind the link's
+    // share of 480 MB would wait far longer.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[cluster.membership]\nping_interval_ms = 200\nfailure_timeout_ms = 2000\nbeacon_interval_ms = 500\nbeacon_fast_interval_ms = 100\nbeacon_fast_duration_ms = 1000\nleader_lease_ms = 1100\ntakeover_base_ms = 2500\ntakeover_step_ms = 300\n",
+    )
+    .unwrap();
+    let cluster = Cluster::up(
+        dir.path(),
+        &[
+            "--nodes",
+            "3",
+            "--replication",
+            "3",
+            "--node-config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let token = cluster.token();
+    let all = admins(&cluster);
+    let (epoch, _) = converge(&token, &all, &[1, 2, 3], 1);
+    for (_, admin) in &all {
+        let (code, body) = http(
+            "POST",
+            *admin,
+            "/faults",
+            Some(&token),
+            r#"{"delay_ms": 100}"#,
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    let changes = |admin| {
+        status(admin, &token).unwrap()["view"]["changes"]
+            .as_u64()
+            .unwrap()
+    };
+    let before: Vec<u64> = all.iter().map(|(_, a)| changes(*a)).collect();
+
+    let smtp = cluster.addr("smtp");
+    let body: std::sync::Arc<Vec<u8>> = std::sync::Arc::new({
+        let mut m = b"Subject: large\r\n\r\n".to_vec();
+        let line = format!("{}\r\n", "y".repeat(998));
+        while m.len() < 10_000_000 {
+            m.extend_from_slice(line.as_bytes());
+        }
+        m
+    });
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (all, token, done) = (all.clone(), token.clone(), done.clone());
+        std::thread::spawn(move || {
+            // Every node's view, sampled while the load runs.
+            let mut seen = std::collections::BTreeSet::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for (_, admin) in &all {
+                    if let Some(s) = status(*admin, &token) {
+                        seen.insert(common::view_of(&s));
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            seen
+        })
+    };
+    let senders: Vec<_> = (0..8)
+        .map(|i| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut c = common::Client::connect(smtp);
+                c.smtp_reply();
+                c.send(b"EHLO client.test\r\n");
+                c.smtp_reply();
+                for n in 0..3 {
+                    c.send(format!("MAIL FROM:<s{i}@client.test>\r\nRCPT TO:<user{}@example.test>\r\nDATA\r\n", i * 3 + n).as_bytes());
+                    for _ in 0..3 {
+                        let r = c.smtp_reply();
+                        assert!(r.starts_with('2') || r.starts_with('3'), "{r}");
+                    }
+                    c.send(&body);
+                    c.send(b".\r\n");
+                    let r = c.smtp_reply();
+                    assert!(r.starts_with("250"), "{r}");
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    // The replicas drain; then a few more seconds of heartbeats.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+    let after: Vec<u64> = all.iter().map(|(_, a)| changes(*a)).collect();
+    assert_eq!(before, after, "a view changed: {seen:?}");
+    assert_eq!(seen.len(), 1, "views seen: {seen:?}");
+    let (e, leader, members) = seen.into_iter().next().unwrap();
+    assert_eq!((e, leader), (epoch, 1));
+    assert_eq!(members, [1, 2, 3].into_iter().collect());
+    assert!(cluster.stop().success());
+}

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod budget;
+pub mod bytes_serde;
 pub mod conn;
 pub mod device;
 pub mod faults;

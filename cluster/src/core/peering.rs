@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::core::faults::FaultSwitch;
 use crate::core::membership::{self, Config as MembershipConfig, Membership, View};
-use crate::core::transport::{Transport, TransportConfig, TransportMetrics};
+use crate::core::transport::{Inbound, Transport, TransportConfig, TransportMetrics, Urgency};
 
 /// Everything nodes say to each other: membership, and the service's own messages `S`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -26,6 +26,13 @@ pub enum PeerMessage<S> {
     Membership(membership::Message),
     /// Everything else belongs to the service (requests, responses, reports, load).
     Service(S),
+}
+
+/// Membership takes the urgent lane: heartbeats never wait behind the service's messages.
+impl<S> Urgency for PeerMessage<S> {
+    fn urgent(&self) -> bool {
+        matches!(self, PeerMessage::Membership(_))
+    }
 }
 
 /// The view this node is in, with what the service derives from it (`D`).
@@ -130,7 +137,7 @@ struct Driver {
 async fn drive<S, D>(
     driver: Driver,
     transport: Option<Transport<PeerMessage<S>>>,
-    mut inbound: Option<mpsc::Receiver<(u32, PeerMessage<S>)>>,
+    mut inbound: Option<Inbound<PeerMessage<S>>>,
     service_inbound: mpsc::Sender<(u32, S)>,
     derive: impl Fn(&View) -> D,
     view_tx: watch::Sender<ViewInfo<D>>,
@@ -181,9 +188,7 @@ async fn drive<S, D>(
     }
 }
 
-async fn recv<S>(
-    inbound: &mut Option<mpsc::Receiver<(u32, PeerMessage<S>)>>,
-) -> Option<(u32, PeerMessage<S>)> {
+async fn recv<S>(inbound: &mut Option<Inbound<PeerMessage<S>>>) -> Option<(u32, PeerMessage<S>)> {
     match inbound {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

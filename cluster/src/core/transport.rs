@@ -1,4 +1,8 @@
-//! Node-to-node transport: one outgoing TCP connection per peer, carrying one-way messages.
+//! Node-to-node transport: two outgoing TCP connections per peer, carrying one-way messages —
+//! an urgent lane for what must keep its timing (membership heartbeats and views) and a bulk
+//! lane for the rest (replication, which may carry multi-megabyte messages), so a heartbeat
+//! never waits behind a large frame, in a queue or on the wire. The receiving side hands urgent
+//! messages over first.
 //!
 //! A message for a peer goes into that peer's bounded queue and is sent by the peer's link task,
 //! which connects (and reconnects, with backoff) on its own; a reply, if the protocol has one,
@@ -25,17 +29,35 @@ use tokio::time::Instant;
 
 use crate::core::faults::FaultSwitch;
 
-/// Messages waiting for one peer at most.
+/// Messages waiting for one peer at most (bulk lane).
 pub const PEER_QUEUE_MAX: usize = 1024;
-/// Received messages waiting for the node at most.
+/// Urgent messages waiting for one peer at most.
+pub const PEER_URGENT_QUEUE_MAX: usize = 256;
+/// Received messages waiting for the node at most (bulk lane).
 pub const INBOUND_QUEUE_MAX: usize = 4096;
+/// Received urgent messages waiting for the node at most.
+pub const INBOUND_URGENT_QUEUE_MAX: usize = 1024;
+
+/// Which lane a message takes.
+pub trait Urgency {
+    /// Whether the message must keep its timing under load (membership).
+    fn urgent(&self) -> bool {
+        false
+    }
+}
+
+impl Urgency for String {}
+
+/// The lanes, as a connection's Hello names them.
+const LANE_BULK: u8 = 0;
+const LANE_URGENT: u8 = 1;
 /// Time allowed to connect to a peer, and to receive a connection's Hello.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Reconnect backoff bounds.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Version of the wire format; peers of another version are refused.
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Wire<M> {
@@ -43,8 +65,28 @@ enum Wire<M> {
         from: u32,
         secret: String,
         version: u32,
+        /// [`LANE_BULK`] or [`LANE_URGENT`].
+        lane: u8,
     },
     Message(M),
+}
+
+/// What peers sent, urgent messages first.
+pub struct Inbound<M> {
+    urgent: mpsc::Receiver<(u32, M)>,
+    bulk: mpsc::Receiver<(u32, M)>,
+}
+
+impl<M> Inbound<M> {
+    /// The next message, `(from, message)`: an urgent one whenever one waits.
+    pub async fn recv(&mut self) -> Option<(u32, M)> {
+        tokio::select! {
+            biased;
+            Some(m) = self.urgent.recv() => Some(m),
+            Some(m) = self.bulk.recv() => Some(m),
+            else => None,
+        }
+    }
 }
 
 /// Counters the transport keeps (registered by the node's metrics).
@@ -75,6 +117,7 @@ impl<M> Clone for Transport<M> {
 /// The sending side of one peer's link.
 struct Link<M> {
     queue: mpsc::Sender<(Instant, M)>,
+    urgent: mpsc::Sender<(Instant, M)>,
     /// Whether the link has a live connection now (a request to a peer that is down can then
     /// fail at once instead of waiting out its timeout).
     connected: Arc<AtomicBool>,
@@ -84,6 +127,7 @@ impl<M> Clone for Link<M> {
     fn clone(&self) -> Self {
         Link {
             queue: self.queue.clone(),
+            urgent: self.urgent.clone(),
             connected: self.connected.clone(),
         }
     }
@@ -109,7 +153,7 @@ pub struct TransportConfig {
 
 impl<M> Transport<M>
 where
-    M: Serialize + DeserializeOwned + Send + Sync + 'static,
+    M: Serialize + DeserializeOwned + Urgency + Send + Sync + 'static,
 {
     /// Starts the link tasks and the accept loop. Received messages arrive on the returned
     /// channel as `(from, message)`.
@@ -119,7 +163,7 @@ where
         faults: Arc<FaultSwitch>,
         metrics: TransportMetrics,
         shutdown: watch::Receiver<bool>,
-    ) -> (Transport<M>, mpsc::Receiver<(u32, M)>) {
+    ) -> (Transport<M>, Inbound<M>) {
         let config = Arc::new(config);
         let mut links = BTreeMap::new();
         for (&peer, addr) in &config.peers {
@@ -127,32 +171,44 @@ where
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            let (urgent_tx, urgent_rx) = mpsc::channel(PEER_URGENT_QUEUE_MAX);
             let connected = Arc::new(AtomicBool::new(false));
             links.insert(
                 peer,
                 Link {
                     queue: tx,
+                    urgent: urgent_tx,
                     connected: connected.clone(),
                 },
             );
-            tokio::spawn(link(
-                config.clone(),
-                Peer {
-                    id: peer,
-                    addr: addr.clone(),
-                    connected,
-                },
-                rx,
-                faults.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            ));
+            for (lane, rx, connected) in [
+                (LANE_BULK, rx, connected),
+                (LANE_URGENT, urgent_rx, Arc::new(AtomicBool::new(false))),
+            ] {
+                tokio::spawn(link(
+                    config.clone(),
+                    Peer {
+                        id: peer,
+                        addr: addr.clone(),
+                        connected,
+                    },
+                    lane,
+                    rx,
+                    faults.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                ));
+            }
         }
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
+        let (urgent_tx, urgent_rx) = mpsc::channel(INBOUND_URGENT_QUEUE_MAX);
         tokio::spawn(accept(
             config,
             listener,
-            inbound_tx,
+            Lanes {
+                bulk: inbound_tx,
+                urgent: urgent_tx,
+            },
             faults.clone(),
             metrics.clone(),
             shutdown,
@@ -163,7 +219,10 @@ where
                 faults,
                 metrics,
             },
-            inbound_rx,
+            Inbound {
+                urgent: urgent_rx,
+                bulk: inbound_rx,
+            },
         )
     }
 
@@ -172,7 +231,12 @@ where
         let Some(link) = self.links.get(&to) else {
             return false;
         };
-        if self.faults.blocks(to) || link.queue.try_send((Instant::now(), msg)).is_err() {
+        let queue = if msg.urgent() {
+            &link.urgent
+        } else {
+            &link.queue
+        };
+        if self.faults.blocks(to) || queue.try_send((Instant::now(), msg)).is_err() {
             self.metrics.dropped.inc();
             return false;
         }
@@ -198,6 +262,7 @@ where
 async fn link<M: Serialize>(
     config: Arc<TransportConfig>,
     target: Peer,
+    lane: u8,
     mut queue: mpsc::Receiver<(Instant, M)>,
     faults: Arc<FaultSwitch>,
     metrics: TransportMetrics,
@@ -238,6 +303,7 @@ async fn link<M: Serialize>(
             from: config.id,
             secret: config.secret.clone(),
             version: WIRE_VERSION,
+            lane,
         };
         if write_frame(&mut out, &hello, &mut buf).await.is_err() {
             continue;
@@ -290,10 +356,25 @@ async fn write_frame<M: Serialize, W: tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Where received messages go, by lane.
+struct Lanes<M> {
+    bulk: mpsc::Sender<(u32, M)>,
+    urgent: mpsc::Sender<(u32, M)>,
+}
+
+impl<M> Clone for Lanes<M> {
+    fn clone(&self) -> Self {
+        Lanes {
+            bulk: self.bulk.clone(),
+            urgent: self.urgent.clone(),
+        }
+    }
+}
+
 async fn accept<M: DeserializeOwned + Send + 'static>(
     config: Arc<TransportConfig>,
     listener: TcpListener,
-    inbound: mpsc::Sender<(u32, M)>,
+    inbound: Lanes<M>,
     faults: Arc<FaultSwitch>,
     metrics: TransportMetrics,
     mut shutdown: watch::Receiver<bool>,
@@ -324,7 +405,7 @@ async fn accept<M: DeserializeOwned + Send + 'static>(
 async fn receive<M: DeserializeOwned>(
     config: Arc<TransportConfig>,
     stream: TcpStream,
-    inbound: mpsc::Sender<(u32, M)>,
+    lanes: Lanes<M>,
     faults: Arc<FaultSwitch>,
     metrics: TransportMetrics,
     mut shutdown: watch::Receiver<bool>,
@@ -337,11 +418,12 @@ async fn receive<M: DeserializeOwned>(
     )
     .await
     .map_err(|_| "no Hello in time".to_string())??;
-    let from = match hello {
+    let (from, inbound) = match hello {
         Some(Wire::Hello {
             from,
             secret,
             version,
+            lane,
         }) => {
             if version != WIRE_VERSION {
                 return Err(format!(
@@ -354,7 +436,12 @@ async fn receive<M: DeserializeOwned>(
             if !config.peers.contains_key(&from) || from == config.id {
                 return Err(format!("id {from} is not a peer of this node"));
             }
-            from
+            let inbound = match lane {
+                LANE_BULK => lanes.bulk,
+                LANE_URGENT => lanes.urgent,
+                other => return Err(format!("peer {from} asked for lane {other}")),
+            };
+            (from, inbound)
         }
         _ => return Err("first frame was not a Hello".into()),
     };
@@ -411,9 +498,9 @@ mod tests {
 
     async fn pair() -> (
         Transport<String>,
-        mpsc::Receiver<(u32, String)>,
+        Inbound<String>,
         Transport<String>,
-        mpsc::Receiver<(u32, String)>,
+        Inbound<String>,
         Arc<FaultSwitch>,
         watch::Sender<bool>,
     ) {
@@ -450,11 +537,87 @@ mod tests {
         (t1, r1, t2, r2, f1, stop)
     }
 
-    async fn recv(r: &mut mpsc::Receiver<(u32, String)>) -> Option<(u32, String)> {
+    async fn recv(r: &mut Inbound<String>) -> Option<(u32, String)> {
         tokio::time::timeout(Duration::from_secs(5), r.recv())
             .await
             .ok()
             .flatten()
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Lanes2 {
+        Bulk(Vec<u8>),
+        Urgent(u32),
+    }
+
+    impl Urgency for Lanes2 {
+        fn urgent(&self) -> bool {
+            matches!(self, Lanes2::Urgent(_))
+        }
+    }
+
+    #[tokio::test]
+    async fn urgent_messages_overtake_a_backlog_of_large_ones() {
+        let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let l2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peers: BTreeMap<u32, String> = [
+            (1, l1.local_addr().unwrap().to_string()),
+            (2, l2.local_addr().unwrap().to_string()),
+        ]
+        .into();
+        let (_stop, shutdown) = watch::channel(false);
+        let cfg = |id| TransportConfig {
+            id,
+            peers: peers.clone(),
+            secret: "s".into(),
+            frame_bytes_max: 16 << 20,
+        };
+        let (t1, _r1) = Transport::<Lanes2>::start(
+            cfg(1),
+            l1,
+            Default::default(),
+            TransportMetrics::default(),
+            shutdown.clone(),
+        );
+        let (_t2, mut r2) = Transport::<Lanes2>::start(
+            cfg(2),
+            l2,
+            Default::default(),
+            TransportMetrics::default(),
+            shutdown,
+        );
+        // Both lanes up first.
+        assert!(t1.send(2, Lanes2::Urgent(0)));
+        assert!(t1.send(2, Lanes2::Bulk(Vec::new())));
+        let mut seen = 0;
+        while seen < 2 {
+            tokio::time::timeout(Duration::from_secs(5), r2.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            seen += 1;
+        }
+        // 40 × 8 MB queued, then a heartbeat: it arrives before most of them.
+        for _ in 0..40 {
+            assert!(t1.send(2, Lanes2::Bulk(vec![7; 8 << 20])));
+        }
+        assert!(t1.send(2, Lanes2::Urgent(1)));
+        let mut bulk_before = 0;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), r2.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                (1, Lanes2::Urgent(1)) => break,
+                (1, Lanes2::Bulk(_)) => bulk_before += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            bulk_before < 40,
+            "the heartbeat waited behind all {bulk_before} large messages"
+        );
     }
 
     #[tokio::test]
@@ -514,6 +677,7 @@ mod tests {
             from: 2,
             secret: "wrong".into(),
             version: WIRE_VERSION,
+            lane: LANE_BULK,
         };
         let bytes = postcard::to_stdvec(&hello).unwrap();
         s.write_all(&(bytes.len() as u32).to_be_bytes())

@@ -300,12 +300,13 @@ impl MailService {
         let mut merged: BTreeMap<u32, MessageMeta> = BTreeMap::new();
         let mut expunged: HashSet<u32> = HashSet::new();
         let mut max_seq = 0;
-        for call in calls {
+        // Every holder at once: a silent one costs one timeout, not one each.
+        for answer in futures_util::future::join_all(calls).await {
             if let Ok(Response::Listing {
                 messages,
                 expunged: gone,
                 max_seq: seq,
-            }) = call.await
+            }) = answer
             {
                 max_seq = max_seq.max(seq);
                 expunged.extend(gone);
@@ -426,8 +427,11 @@ impl MailService {
         let view = self.current_view();
         let (holders, _) = self.locate(user, &view).await;
         let mut answers = Vec::new();
-        for node in holders {
-            match self.call(node, request.clone()).await {
+        // Every holder at once: a silent one costs one timeout, not one each.
+        let calls = holders.iter().map(|&node| self.call(node, request.clone()));
+        let replies = futures_util::future::join_all(calls).await;
+        for (node, reply) in holders.into_iter().zip(replies) {
+            match reply {
                 Ok(Response::Failed(e)) => {
                     tracing::debug!(node, "a holder refused a mailbox change: {e}")
                 }

@@ -40,6 +40,7 @@ pub enum MailMessage {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoreMessage {
     pub user: String,
+    #[serde(with = "crate::core::bytes_serde")]
     pub body: Vec<u8>,
     pub flags: Flags,
     pub internal_date: i64,
@@ -100,7 +101,7 @@ pub enum Response {
         expunged: Vec<u32>,
         max_seq: u32,
     },
-    Body(Vec<u8>),
+    Body(#[serde(with = "crate::core::bytes_serde")] Vec<u8>),
     Flags(Vec<(u32, Flags)>),
     Removed(Vec<u32>),
     NotFound,
