@@ -6,5 +6,6 @@
 //! its protocols and its admin API. `core` names no service; each service is a room of its own.
 
 pub mod core;
+pub mod fuzzing;
 pub mod mail;
 pub mod web;

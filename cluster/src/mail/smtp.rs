@@ -471,6 +471,20 @@ fn parse_path<'a>(arg: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
     Some((path, &rest[end + 1..]))
 }
 
+/// Fuzzing: `data` as the argument of MAIL and RCPT (a path and its parameters). Must never
+/// panic.
+#[doc(hidden)]
+pub fn fuzz_path(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    for keyword in ["FROM:", "TO:"] {
+        if let Some((_, params)) = parse_path(&text, keyword) {
+            for param in params.split_whitespace() {
+                let _ = param.split_once('=');
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_path;

@@ -1289,6 +1289,107 @@ fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
     row[name.len()]
 }
 
+/// Fuzzing: parses `data` as one IMAP command (tag, command, arguments, literals inlined as the
+/// session assembles them) and runs the session's line helpers on it. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_command(data: &[u8]) {
+    let _ = literal_announced(data);
+    let _ = tag_of(data);
+    let _ = command_name(data);
+    let _ = wildcard_match(data, b"INBOX");
+    let mut p = Parser::new(data);
+    if p.tag().is_ok() && p.sp().is_ok() {
+        let _ = parse::command(&mut p).and_then(|_| p.end());
+    }
+}
+
+/// Fuzzing: `data` as a stored message: its MIME tree, BODYSTRUCTURE, ENVELOPE, every section
+/// form of its first parts, a whole FETCH response, and searches over its headers, addresses,
+/// dates and text. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_message(data: &[u8]) {
+    use fetch::{FetchAtt, Section, SectionText};
+    let tree = mime::parse(data);
+    let mut out = Vec::new();
+    fetch::body_structure(&mut out, data, &tree, true);
+    out.clear();
+    fetch::body_structure(&mut out, data, &tree, false);
+    let texts = [
+        None,
+        Some(SectionText::Header),
+        Some(SectionText::Text),
+        Some(SectionText::Mime),
+        Some(SectionText::Fields {
+            not: true,
+            names: vec![b"subject".to_vec()],
+        }),
+    ];
+    for part in [vec![], vec![1], vec![1, 1], vec![2], vec![1, 2, 1]] {
+        for text in &texts {
+            let _ = fetch::section_bytes(
+                data,
+                &tree,
+                &Section {
+                    part: part.clone(),
+                    text: text.clone(),
+                },
+            );
+        }
+    }
+    let message = fetch::Message {
+        seq: 1,
+        uid: 1,
+        size: data.len() as u64,
+        internal_date: 0,
+        flags: Flags::SEEN,
+        recent: true,
+        bytes: Some(data),
+    };
+    out.clear();
+    fetch::render(
+        &mut out,
+        &message,
+        &[
+            FetchAtt::Envelope,
+            FetchAtt::BodyStructure,
+            FetchAtt::Rfc822Header,
+            FetchAtt::Section {
+                peek: true,
+                section: Section::default(),
+                partial: Some((3, 100)),
+            },
+        ],
+        true,
+        true,
+    );
+    let candidate = search::Candidate {
+        seq: 1,
+        uid: 1,
+        size: data.len() as u64,
+        internal_date: 0,
+        flags: Flags::empty(),
+        recent: false,
+        bytes: Some(data),
+    };
+    let stars = search::Stars {
+        max_seq: 1,
+        max_uid: 1,
+    };
+    let day = chrono::NaiveDate::from_ymd_opt(2020, 1, 1).expect("a date");
+    for key in [
+        search::SearchKey::Header("from".into(), b"a".to_vec()),
+        search::SearchKey::Header("to".into(), b"".to_vec()),
+        search::SearchKey::Header("subject".into(), b"x".to_vec()),
+        search::SearchKey::Body(b"x".to_vec()),
+        search::SearchKey::Text(b"x".to_vec()),
+        search::SearchKey::SentOn(day),
+    ] {
+        let _ = key.matches(&candidate, stars);
+    }
+    let _ = address::parse_list(&String::from_utf8_lossy(data));
+    let _ = search::written_day(&String::from_utf8_lossy(data));
+}
+
 #[cfg(test)]
 mod unit_tests {
     use super::*;

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Fuzzes every target in fuzz/ with cargo-fuzz (nightly + libFuzzer) for SECONDS each, or for
+# RUNS executions each (RUNS given: SECONDS is then the cap), then prints each target's
+# executions and result. New inputs the fuzzer keeps go to fuzz/corpus/TARGET/ (minimized at
+# the end); a crash stops the script with the crashing input in fuzz/artifacts/TARGET/ — copy
+# it into the corpus as a regression case once fixed (cluster/tests/fuzz_corpus.rs replays
+# every corpus file on stable).
+#
+# Usage: ci/fuzz.sh [SECONDS=60] [RUNS] [TARGET...]
+# Needs: rustup's nightly toolchain and cargo-fuzz (cargo install cargo-fuzz).
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+seconds=${1:-60}
+runs=${2:-}
+shift $(( $# > 2 ? 2 : $# ))
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+  targets=(imap_command message smtp_path store_record peer_message admin_json)
+fi
+command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz not found: cargo install cargo-fuzz" >&2; exit 1; }
+cargo +nightly fuzz build --release "${targets[@]}" >/dev/null 2>&1 || cargo +nightly fuzz build --release
+summary=()
+for t in "${targets[@]}"; do
+  mkdir -p "corpus/$t"
+  log=$(mktemp)
+  args=(-max_total_time="$seconds" -print_final_stats=1 -rss_limit_mb=2048 -timeout=10)
+  [ -n "$runs" ] && args+=(-runs="$runs")
+  if cargo +nightly fuzz run --release "$t" "corpus/$t" -- "${args[@]}" >"$log" 2>&1; then
+    result="no crash"
+  else
+    result="FAILED (see fuzz/artifacts/$t/)"
+    tail -30 "$log" >&2
+  fi
+  execs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /, "", $2); print $2}' "$log" | tail -1)
+  rate=$(awk -F: '/stat::average_exec_per_sec/ {gsub(/ /, "", $2); print $2}' "$log" | tail -1)
+  rm -f "$log"
+  summary+=("$(printf '%-14s %14s executions %10s/s  %s' "$t" "${execs:-?}" "${rate:-?}" "$result")")
+  [ "$result" = "no crash" ] || { printf '%s\n' "${summary[@]}"; exit 1; }
+  # Keep the corpus small: the inputs that add coverage.
+  tmp=$(mktemp -d)
+  cargo +nightly fuzz cmin --release "$t" "corpus/$t" >/dev/null 2>&1 || true
+  rm -rf "$tmp"
+done
+printf '%s\n' "${summary[@]}"
