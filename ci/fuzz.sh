@@ -31,8 +31,8 @@ for t in "${targets[@]}"; do
     result="FAILED (see fuzz/artifacts/$t/)"
     tail -30 "$log" >&2
   fi
-  execs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /, "", $2); print $2}' "$log" | tail -1)
-  rate=$(awk -F: '/stat::average_exec_per_sec/ {gsub(/ /, "", $2); print $2}' "$log" | tail -1)
+  execs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$log" | tail -1)
+  rate=$(awk '/stat::average_exec_per_sec/ {print $NF}' "$log" | tail -1)
   rm -f "$log"
   summary+=("$(printf '%-14s %14s executions %10s/s  %s' "$t" "${execs:-?}" "${rate:-?}" "$result")")
   [ "$result" = "no crash" ] || { printf '%s\n' "${summary[@]}"; exit 1; }
