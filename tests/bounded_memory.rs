@@ -174,7 +174,7 @@ fn retrieve(addr: SocketAddr, user: &str) -> Vec<u8> {
 
 #[test]
 fn a_thousand_ten_megabyte_messages_stay_within_the_node_buffer_cap() {
-    common::raise_file_limit();
+    clusterbench::run::raise_file_limit();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");
     std::fs::write(

@@ -7,53 +7,34 @@ use std::process::Command;
 
 use common::{require_tool, Cluster};
 
-#[test]
-fn python_smtplib_poplib_imaplib() {
+/// Runs `tests/clients/SCRIPT` with python3 against a fresh cluster; it must pass every check.
+fn python_against_a_cluster(script: &str) {
     if !require_tool("python3") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::up(dir.path(), &[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/mail_clients.py");
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
-        .arg(script)
+        .arg(path)
         .arg(dir.path().join("cluster.json"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python clients failed:\n{stdout}\n{stderr}"
-    );
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("all checks passed"), "{stdout}");
     assert!(cluster.stop().success());
 }
 
 #[test]
+fn python_smtplib_poplib_imaplib() {
+    python_against_a_cluster("mail_clients.py");
+}
+
+#[test]
 fn imaplib_sees_recent_envelopes_encapsulated_parts_id_and_long_lines() {
-    if !require_tool("python3") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::up(dir.path(), &[]);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/imap_conformance.py"
-    );
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(dir.path().join("cluster.json"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "imap conformance failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
-    assert!(cluster.stop().success());
+    python_against_a_cluster("imap_conformance.py");
 }
 
 #[test]

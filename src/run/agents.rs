@@ -54,6 +54,32 @@ pub struct AgentReport {
     pub requests_sent: Option<u64>,
 }
 
+/// The agents `[loadgen]` names, or local ones started now: (the local processes to keep
+/// alive for the run, addresses, token).
+pub async fn endpoints(
+    l: &loadgen::experiment::LoadgenSection,
+) -> anyhow::Result<(Option<LocalAgents>, Vec<String>, String)> {
+    let local = if l.local_agents > 0 {
+        Some(LocalAgents::start(l.local_agents).await?)
+    } else {
+        None
+    };
+    let (addrs, token) = match &local {
+        Some(local) => (local.addrs.clone(), local.token.clone()),
+        None => (
+            l.agents.clone(),
+            l.token
+                .clone()
+                .or_else(|| std::env::var("CLUSTERBENCH_AGENT_TOKEN").ok())
+                .context(
+                    "loadgen.agents needs a token: loadgen.token or CLUSTERBENCH_AGENT_TOKEN",
+                )?,
+        ),
+    };
+    eprintln!("load from {} agent(s): {}", addrs.len(), addrs.join(", "));
+    Ok((local, addrs, token))
+}
+
 /// Agent processes this run started on this machine; killed when dropped.
 pub struct LocalAgents {
     children: Vec<tokio::process::Child>,

@@ -233,24 +233,7 @@ pub async fn run_one(
         .await;
         (output, Vec::new())
     } else {
-        let local = if l.local_agents > 0 {
-            Some(agents::LocalAgents::start(l.local_agents).await?)
-        } else {
-            None
-        };
-        let (addrs, token) = match &local {
-            Some(local) => (local.addrs.clone(), local.token.clone()),
-            None => (
-                l.agents.clone(),
-                l.token
-                    .clone()
-                    .or_else(|| std::env::var("CLUSTERBENCH_AGENT_TOKEN").ok())
-                    .context(
-                        "loadgen.agents needs a token: loadgen.token or CLUSTERBENCH_AGENT_TOKEN",
-                    )?,
-            ),
-        };
-        eprintln!("load from {} agent(s): {}", addrs.len(), addrs.join(", "));
+        let (local, addrs, token) = agents::endpoints(l).await?;
         let patience = Duration::from_secs_f64(l.connect_timeout_s);
         let driven = agents::drive(
             &addrs,
