@@ -10,28 +10,30 @@ use std::process::Command;
 use common::BIN;
 use serde_json::Value;
 
+/// `clusterbench run workloads/WORKLOAD --set ...` into `out`; it must pass. Its results.
+fn run_workload(workload: &str, sets: &[&str], out: &std::path::Path) -> Value {
+    let experiment = format!("{}/workloads/{workload}", env!("CARGO_MANIFEST_DIR"));
+    let mut command = Command::new(BIN);
+    command.arg("run").arg(experiment);
+    for set in sets {
+        command.args(["--set", set]);
+    }
+    let status = command.arg("--out").arg(out).status().unwrap();
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(status.code(), Some(0), "{}", results["verdict"]);
+    results
+}
+
 #[test]
 fn the_web_quickstart_replays_a_trace_survives_a_killed_worker_and_passes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let experiment = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/workloads/transend-quickstart.toml"
+    let results = run_workload(
+        "transend-quickstart.toml",
+        &["workload.duration_s=28"],
+        &out,
     );
-    let status = Command::new(BIN)
-        .args([
-            "run",
-            experiment,
-            "--set",
-            "workload.duration_s=28",
-            "--out",
-        ])
-        .arg(&out)
-        .status()
-        .unwrap();
-    let results: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    assert_eq!(status.code(), Some(0), "{}", results["verdict"]);
     let web = &results["web"];
     assert_eq!(web["target"], "bundled");
     assert_eq!(web["trace"]["synthesized"], true);
@@ -130,29 +132,15 @@ fn the_web_quickstart_replays_a_trace_survives_a_killed_worker_and_passes() {
 fn a_burst_recruits_the_overflow_node_and_releases_it_afterwards() {
     // workloads/transend-overflow.toml, with its burst earlier and the run shorter.
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let experiment = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/workloads/transend-overflow.toml"
-    );
-    let status = Command::new(BIN)
-        .args([
-            "run",
-            experiment,
-            "--set",
+    let results = run_workload(
+        "transend-overflow.toml",
+        &[
             "workload.duration_s=48",
-            "--set",
             "workload.warmup_s=2",
-            "--set",
             "workload.rate={ steps = [[0, 10], [5, 45], [20, 10]] }",
-            "--out",
-        ])
-        .arg(&out)
-        .status()
-        .unwrap();
-    let results: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    assert_eq!(status.code(), Some(0), "{}", results["verdict"]);
+        ],
+        &dir.path().join("out"),
+    );
     let web = &results["web"];
     assert_eq!(web["check_failures"], 0);
     let events = web["events"].as_array().unwrap();

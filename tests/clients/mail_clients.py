@@ -14,15 +14,7 @@ import sys
 import uuid
 
 
-def hostport(s):
-    host, port = s.rsplit(":", 1)
-    return host, int(port)
-
-
-def check(cond, what):
-    if not cond:
-        print("FAILED:", what, file=sys.stderr)
-        sys.exit(1)
+from clientlib import check, hostport
 
 
 def main():
