@@ -584,13 +584,14 @@ impl WebJob {
                     user: user_name(&r.user),
                 }
             });
-        let split = |n: u32| n.div_ceil(share.count.max(1)).max(1);
-        let mut client = experiment.loadgen.http.clone();
-        client.connections_per_target = split(client.connections_per_target);
         let config = WebEngineConfig {
             route: self.route.clone(),
-            client,
-            in_flight_max: split(experiment.loadgen.in_flight_max),
+            client: experiment.loadgen.http.share(share.count),
+            in_flight_max: experiment
+                .loadgen
+                .in_flight_max
+                .div_ceil(share.count.max(1))
+                .max(1),
             warmup: Duration::from_secs_f64(experiment.workload.warmup_s),
             duration: Duration::from_secs_f64(experiment.workload.duration_s),
             manifest: self.manifest.clone().map(Arc::new),

@@ -216,13 +216,12 @@ impl Response {
             .map(|(_, v)| &self.head[v.start as usize..v.end as usize])
     }
 
-    /// Every field named `name` (any case).
-    fn all(&self, name: &str) -> impl Iterator<Item = &[u8]> + '_ {
-        let name = name.as_bytes().to_vec();
+    /// Every field named `name` (any case; the framing fields the client reads).
+    fn all(&self, name: &'static str) -> impl Iterator<Item = &[u8]> + '_ {
         self.fields
             .iter()
             .filter(move |(n, _)| {
-                self.head[n.start as usize..n.end as usize].eq_ignore_ascii_case(&name)
+                self.head[n.start as usize..n.end as usize].eq_ignore_ascii_case(name.as_bytes())
             })
             .map(|(_, v)| &self.head[v.start as usize..v.end as usize])
     }
