@@ -5,7 +5,11 @@ mod common;
 
 use std::process::Command;
 
-use common::{require_tool, Cluster};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Instant;
+
+use common::{converge, kill9, require_tool, status, view_of, Cluster, WAIT};
 
 /// Runs `tests/clients/SCRIPT` with python3 against a fresh cluster; it must pass every check.
 fn python_against_a_cluster(script: &str) {
@@ -14,17 +18,73 @@ fn python_against_a_cluster(script: &str) {
     }
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::up(dir.path(), &[]);
+    python_script(dir.path(), script, &[]);
+    assert!(cluster.stop().success());
+}
+
+/// Runs `tests/clients/SCRIPT DIR/cluster.json ARGS..` with python3; it must pass every check.
+fn python_script(dir: &Path, script: &str, args: &[&str]) {
     let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
         .arg(path)
-        .arg(dir.path().join("cluster.json"))
+        .arg(dir.join("cluster.json"))
+        .args(args)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("all checks passed"), "{stdout}");
-    assert!(cluster.stop().success());
+}
+
+/// Folders (CREATE, RENAME with children, RENAME INBOX, DELETE, SUBSCRIBE, MOVE and COPY with
+/// UIDPLUS, a modified UTF-7 name) and keywords (STORE, SEARCH KEYWORD, kept by COPY), made
+/// with imaplib through node 1; node 1 is then killed with SIGKILL, and imaplib through node 2
+/// sees all of it.
+#[test]
+fn imaplib_folders_and_keywords_survive_kill_9_and_show_on_another_node() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(dir.path(), &["--nodes", "3", "--replication", "2"]);
+    let token = cluster.token();
+    let admins: Vec<(u32, SocketAddr)> = (0..3)
+        .map(|i| {
+            let node = cluster.node(i);
+            (
+                node["id"].as_u64().unwrap() as u32,
+                node["admin"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    converge(&token, &admins, &[1, 2, 3], 1);
+    let run = format!(
+        "{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    );
+    python_script(dir.path(), "imap_folders.py", &["write", "0", &run]);
+
+    // Replication is asynchronous: the second copies exist once every backlog is 0.
+    let start = Instant::now();
+    while !admins.iter().all(|(_, admin)| {
+        status(*admin, &token).is_some_and(|s| s["replication"]["backlog"].as_u64() == Some(0))
+    }) {
+        assert!(start.elapsed() < WAIT, "replication backlog not drained");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    kill9(cluster.node_pid(0));
+    // Node 2 has installed a view without node 1.
+    let start = Instant::now();
+    while status(admins[1].1, &token).is_none_or(|s| view_of(&s).2.contains(&1)) {
+        assert!(start.elapsed() < WAIT, "node 2 never saw node 1 go");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    python_script(dir.path(), "imap_folders.py", &["verify", "1", &run]);
 }
 
 #[test]

@@ -57,7 +57,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Version of the wire format; peers of another version are refused.
-pub const WIRE_VERSION: u32 = 2;
+pub const WIRE_VERSION: u32 = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Wire<M> {

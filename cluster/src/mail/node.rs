@@ -48,6 +48,8 @@ pub struct Context {
     pub mail: Arc<MailService>,
     /// Which messages IMAP sessions of this node have been told of (`\Recent`).
     pub recent: crate::mail::imap::RecentClaims,
+    /// IMAP folder-list entries this node has read (they never change).
+    pub folder_entries: crate::mail::imap::EntryCache,
     /// What clients may make this node buffer, all together (`limits.buffered_bytes_max`).
     pub buffers: Arc<crate::core::budget::Budget>,
 }
@@ -212,6 +214,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         shutdown,
         started: Instant::now(),
         recent: Default::default(),
+        folder_entries: Default::default(),
         buffers: crate::core::budget::Budget::new(limits_buffered),
     });
     let limit = Arc::new(Semaphore::new(context.config.limits.connections_max));

@@ -196,7 +196,7 @@ impl MailService {
         let mut uids = Vec::with_capacity(users.len());
         for user in users {
             uids.push(
-                self.deliver_one(&user, body.clone(), flags, internal_date)
+                self.deliver_one(&user, body.clone(), flags.clone(), internal_date)
                     .await?,
             );
         }
@@ -245,7 +245,7 @@ impl MailService {
             let message = StoreMessage {
                 user: user.to_string(),
                 body: body.to_vec(),
-                flags,
+                flags: flags.clone(),
                 internal_date,
                 uid: None,
                 seq_hint: max_seq,

@@ -113,7 +113,7 @@ pub fn render(
             FetchAtt::Uid => out.extend_from_slice(format!("UID {}", m.uid).as_bytes()),
             FetchAtt::Flags => {
                 out.extend_from_slice(b"FLAGS ");
-                out.extend_from_slice(flag_list_with(m.flags, m.recent).as_bytes());
+                out.extend_from_slice(flag_list_with(&m.flags, m.recent).as_bytes());
             }
             FetchAtt::InternalDate => out.extend_from_slice(
                 format!("INTERNALDATE \"{}\"", internal_date(m.internal_date)).as_bytes(),
@@ -194,13 +194,13 @@ pub fn render(
     if with_flags && !atts.contains(&FetchAtt::Flags) {
         sep(out);
         out.extend_from_slice(b"FLAGS ");
-        out.extend_from_slice(flag_list_with(m.flags, m.recent).as_bytes());
+        out.extend_from_slice(flag_list_with(&m.flags, m.recent).as_bytes());
     }
     out.extend_from_slice(b")\r\n");
 }
 
 /// `(\Seen \Recent)`: the flags, and `\Recent` when the message is recent in this session.
-pub fn flag_list_with(flags: Flags, recent: bool) -> String {
+pub fn flag_list_with(flags: &Flags, recent: bool) -> String {
     let mut names: Vec<&str> = flags.names().collect();
     if recent {
         names.push("\\Recent");

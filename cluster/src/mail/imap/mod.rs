@@ -1,4 +1,4 @@
-//! The IMAP4rev1 front end (RFC 3501), for the one mailbox every user has: INBOX.
+//! The IMAP4rev1 front end (RFC 3501): INBOX and folders ([`folders`]), with MOVE and UIDPLUS.
 //!
 //! A session reads one command at a time — the tagged line plus any literals, each checked
 //! against its limit before a byte of it is read — parses it ([`parse`]), runs it against the
@@ -13,7 +13,9 @@
 
 mod address;
 mod fetch;
+mod folders;
 mod mime;
+mod mutf7;
 mod parse;
 mod search;
 mod seqset;
@@ -21,7 +23,7 @@ mod seqset;
 mod tests;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,16 +37,18 @@ use crate::mail::node::Context;
 use crate::mail::store::{FlagMode, Flags, MailboxSnapshot, MessageMeta, StoreError};
 
 use fetch::FetchAtt;
+pub use folders::EntryCache;
+use folders::{FolderError, Open};
 use parse::{Command, Parser, StatusItem};
 use search::SearchKey;
 use seqset::SeqSet;
 
 /// What every state advertises. LITERAL+ is deliberately absent: non-synchronizing literals are
 /// accepted but a client cannot know their limit in advance.
-const CAPABILITIES: &str = "IMAP4rev1 UIDPLUS UNSELECT NAMESPACE CHILDREN ID";
+const CAPABILITIES: &str = "IMAP4rev1 UIDPLUS MOVE UNSELECT NAMESPACE CHILDREN ID";
 /// Advertised before login only.
 const AUTH_CAPABILITIES: &str = "AUTH=PLAIN SASL-IR";
-const SYSTEM_FLAGS: &str = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)";
+const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 
 /// Serves one IMAP connection until the client logs out or disconnects, the session times out,
 /// makes too many errors, or the node shuts down.
@@ -126,7 +130,7 @@ enum Read {
 }
 
 /// A message as the client last heard of it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Known {
     uid: u32,
     flags: Flags,
@@ -164,10 +168,34 @@ impl RecentClaims {
     }
 }
 
-/// The selected-state view of INBOX: index + 1 is the message sequence number.
+/// The selected-state view of a mailbox: index + 1 is the message sequence number.
 struct Selected {
+    mailbox: Open,
     read_only: bool,
+    /// The keywords the last FLAGS response named (lower case → as shown).
+    keywords: BTreeMap<String, String>,
     messages: Vec<Known>,
+}
+
+impl Selected {
+    /// Adds the keywords of `flags` to those the client was told of; returns the FLAGS response
+    /// to send first when one is new to the mailbox (RFC 3501 7.2.6), else nothing.
+    fn learn_keywords<'f>(&mut self, flags: impl Iterator<Item = &'f Flags>) -> String {
+        let mut grown = false;
+        for k in flags.flat_map(Flags::keywords) {
+            if let std::collections::btree_map::Entry::Vacant(e) =
+                self.keywords.entry(k.to_ascii_lowercase())
+            {
+                e.insert(k.clone());
+                grown = true;
+            }
+        }
+        if grown {
+            flags_response(&self.keywords)
+        } else {
+            String::new()
+        }
+    }
 }
 
 struct Session {
@@ -201,7 +229,8 @@ fn needs(cmd: &Command<'_>) -> Needs {
         | Command::Search { .. }
         | Command::Fetch { .. }
         | Command::Store { .. }
-        | Command::Copy { .. } => Needs::Selected,
+        | Command::Copy { .. }
+        | Command::Move { .. } => Needs::Selected,
         _ => Needs::Authenticated,
     }
 }
@@ -219,10 +248,6 @@ fn syncs_after(cmd: &Command<'_>) -> bool {
             | Command::Unselect
             | Command::Logout
     )
-}
-
-fn is_inbox(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(b"INBOX")
 }
 
 /// The snapshot entry for `uid` (snapshots are in UID order).
@@ -477,16 +502,27 @@ impl Session {
                 Reply::ok("NAMESPACE completed")
             }
             Command::Select { mailbox, read_only } => self.select(mailbox, *read_only).await?,
-            Command::Create(name) if is_inbox(name) => {
-                Reply::no("[ALREADYEXISTS] INBOX already exists")
-            }
-            Command::Create(_) | Command::Delete(_) | Command::Rename => {
-                Reply::no("[CANNOT] Only INBOX exists on this server")
-            }
-            Command::Subscribe(name) if !is_inbox(name) => {
-                Reply::no("[NONEXISTENT] No such mailbox")
-            }
-            Command::Subscribe(_) | Command::Unsubscribe(_) => Reply::ok("Completed"),
+            Command::Create(name) => match decode_name(name) {
+                Ok(name) => done(self.folders().create(&name).await.map(drop), "CREATE"),
+                Err(reply) => reply,
+            },
+            Command::Delete(name) => match decode_name(name) {
+                Ok(name) => done(self.folders().delete(&name).await, "DELETE"),
+                Err(reply) => reply,
+            },
+            Command::Rename { from, to } => match (decode_name(from), decode_name(to)) {
+                (Ok(from), Ok(to)) if folders::is_inbox(&from) => self.rename_inbox(&to).await,
+                (Ok(from), Ok(to)) => done(self.folders().rename(&from, &to).await, "RENAME"),
+                (Err(reply), _) | (_, Err(reply)) => reply,
+            },
+            Command::Subscribe(name) => match decode_name(name) {
+                Ok(name) => done(self.folders().subscribe(&name).await, "SUBSCRIBE"),
+                Err(reply) => reply,
+            },
+            Command::Unsubscribe(name) => match decode_name(name) {
+                Ok(name) => done(self.folders().unsubscribe(&name).await, "UNSUBSCRIBE"),
+                Err(reply) => reply,
+            },
             Command::List {
                 reference,
                 pattern,
@@ -498,14 +534,14 @@ impl Session {
                 flags,
                 date,
                 message,
-            } => self.append(mailbox, *flags, *date, message).await,
+            } => self.append(mailbox, flags.clone(), *date, message).await,
             Command::Close | Command::Unselect => {
                 let expunge = matches!(cmd, Command::Close);
                 if let Some(selected) = self.selected.take() {
                     if expunge && !selected.read_only {
                         // CLOSE expunges silently (no EXPUNGE responses).
                         let uids: Vec<u32> = selected.messages.iter().map(|m| m.uid).collect();
-                        if let Err(e) = self.expunge_deleted(uids).await {
+                        if let Err(e) = self.expunge_deleted(&selected.mailbox.key, uids).await {
                             return Ok(Reply::store_failed(e));
                         }
                     }
@@ -527,8 +563,9 @@ impl Session {
                 mode,
                 silent,
                 flags,
-            } => self.store(*uid, set, *mode, *silent, *flags).await?,
-            Command::Copy { uid, set, mailbox } => self.copy(*uid, set, mailbox).await?,
+            } => self.store(*uid, set, *mode, *silent, flags.clone()).await?,
+            Command::Copy { uid, set, mailbox } => self.copy(*uid, set, mailbox, false).await?,
+            Command::Move { uid, set, mailbox } => self.copy(*uid, set, mailbox, true).await?,
         })
     }
 
@@ -614,6 +651,40 @@ impl Session {
         self.user.as_deref().unwrap_or_default()
     }
 
+    /// The mailbox key of the selected mailbox (the user's INBOX when none is).
+    fn key(&self) -> &str {
+        self.selected
+            .as_ref()
+            .map_or_else(|| self.user(), |s| s.mailbox.key.as_str())
+    }
+
+    fn folders(&self) -> folders::Folders<'_> {
+        folders::Folders {
+            mail: &self.ctx.mail,
+            cache: &self.ctx.folder_entries,
+            user: self.user(),
+        }
+    }
+
+    /// The mailbox a client names, if it exists.
+    async fn open(&self, wire: &[u8]) -> Result<Open, Reply> {
+        let name = decode_name(wire)?;
+        self.folders()
+            .open(&name)
+            .await
+            .map_err(|e| done(Err(e), ""))
+    }
+
+    /// Like [`Session::open`], for APPEND, COPY and MOVE: a missing mailbox gets `[TRYCREATE]`.
+    async fn open_target(&self, wire: &[u8]) -> Result<Open, Reply> {
+        let name = decode_name(wire)?;
+        match self.folders().open(&name).await {
+            Ok(open) => Ok(open),
+            Err(FolderError::Nonexistent) => Err(Reply::no("[TRYCREATE] No such mailbox")),
+            Err(e) => Err(done(Err(e), "")),
+        }
+    }
+
     /// The view of a snapshot a session shows: its oldest `mailbox_messages_max` messages.
     fn visible<'s>(&self, snapshot: &'s MailboxSnapshot) -> &'s [MessageMeta] {
         let n = snapshot
@@ -626,48 +697,54 @@ impl Session {
     async fn select(&mut self, mailbox: &[u8], read_only: bool) -> io::Result<Reply> {
         // A failed SELECT leaves no mailbox selected (RFC 3501 6.3.1).
         self.selected = None;
-        if !is_inbox(mailbox) {
-            return Ok(Reply::no(
-                "[NONEXISTENT] No such mailbox; only INBOX exists",
-            ));
-        }
-        let snapshot = self.ctx.mail.snapshot(self.user()).await;
+        let mailbox = match self.open(mailbox).await {
+            Ok(open) => open,
+            Err(reply) => return Ok(reply),
+        };
+        let snapshot = self.ctx.mail.snapshot(&mailbox.key).await;
         let visible = self.visible(&snapshot);
         let newest = visible.last().map_or(0, |m| m.uid);
         // EXAMINE shows what is recent without claiming it (RFC 3501 6.3.2).
         let claims = &self.ctx.recent;
         let before = if read_only {
-            claims.claimed(self.user())
+            claims.claimed(&mailbox.key)
         } else {
-            claims.claim(self.user(), newest)
+            claims.claim(&mailbox.key, newest)
         };
         let messages: Vec<Known> = visible
             .iter()
             .map(|m| Known {
                 uid: m.uid,
-                flags: m.flags,
+                flags: m.flags.clone(),
                 recent: m.uid > before,
             })
             .collect();
+        let keywords = keywords_in(visible);
         let mut out = format!(
-            "* FLAGS {SYSTEM_FLAGS}\r\n* {} EXISTS\r\n* {} RECENT\r\n",
+            "{}* {} EXISTS\r\n* {} RECENT\r\n",
+            flags_response(&keywords),
             messages.len(),
             messages.iter().filter(|m| m.recent).count()
         );
-        if let Some(i) = messages.iter().position(|m| !m.flags.contains(Flags::SEEN)) {
+        if let Some(i) = messages
+            .iter()
+            .position(|m| !m.flags.contains(&Flags::SEEN))
+        {
             out += &format!("* OK [UNSEEN {}] First unseen message\r\n", i + 1);
         }
         out += &format!(
             "* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] Predicted next UID\r\n",
-            snapshot.uid_validity, snapshot.uid_next
+            mailbox.uid_validity, snapshot.uid_next
         );
         out += if read_only {
             "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n"
         } else {
-            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)] Limited\r\n"
+            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted\r\n"
         };
         self.write(&out).await?;
         self.selected = Some(Selected {
+            mailbox,
+            keywords,
             read_only,
             messages,
         });
@@ -683,49 +760,97 @@ impl Session {
         if pattern.is_empty() && !lsub {
             // The hierarchy delimiter query (RFC 3501 6.3.8).
             self.write("* LIST (\\Noselect) \"/\" \"\"\r\n").await?;
+            return Ok(Reply::ok("LIST completed"));
+        }
+        // A pattern that is not modified UTF-7 matches no name.
+        let (Some(reference), Some(pattern)) = (mutf7::decode(reference), mutf7::decode(pattern))
+        else {
+            return Ok(Reply::ok(format!("{verb} completed")));
+        };
+        let full = format!("{reference}{pattern}");
+        let list = match self.folders().list().await {
+            Ok(list) => list,
+            Err(e) => return Ok(Reply::store_failed(e)),
+        };
+        let mut out = String::new();
+        if lsub {
+            for name in list.subscriptions.keys() {
+                if name_matches(&full, name) {
+                    out += &format!("* LSUB () \"/\" {}\r\n", quoted_name(name));
+                }
+            }
         } else {
-            let mut full = reference.to_vec();
-            full.extend_from_slice(pattern);
-            if wildcard_match(&full, b"INBOX") {
-                self.write(&format!("* {verb} (\\HasNoChildren) \"/\" INBOX\r\n"))
-                    .await?;
+            let names = list.names();
+            let inbox_children = names
+                .keys()
+                .any(|n| n.len() > 6 && n.as_bytes()[..6].eq_ignore_ascii_case(b"INBOX/"));
+            if name_matches(&full, "INBOX") {
+                let children = if inbox_children {
+                    "\\HasChildren"
+                } else {
+                    "\\HasNoChildren"
+                };
+                out += &format!("* LIST ({children}) \"/\" INBOX\r\n");
+            }
+            for (name, attributes) in &names {
+                if folders::is_inbox(name) || !name_matches(&full, name) {
+                    continue;
+                }
+                let mut flags = Vec::new();
+                if attributes.noselect {
+                    flags.push("\\Noselect");
+                }
+                flags.push(if attributes.children {
+                    "\\HasChildren"
+                } else {
+                    "\\HasNoChildren"
+                });
+                out += &format!(
+                    "* LIST ({}) \"/\" {}\r\n",
+                    flags.join(" "),
+                    quoted_name(name)
+                );
             }
         }
+        self.write(&out).await?;
         Ok(Reply::ok(format!("{verb} completed")))
     }
 
     async fn status(&mut self, mailbox: &[u8], items: &[StatusItem]) -> io::Result<Reply> {
-        if !is_inbox(mailbox) {
-            return Ok(Reply::no(
-                "[NONEXISTENT] No such mailbox; only INBOX exists",
-            ));
-        }
-        let snapshot = self.ctx.mail.snapshot(self.user()).await;
+        let mailbox = match self.open(mailbox).await {
+            Ok(open) => open,
+            Err(reply) => return Ok(reply),
+        };
+        let snapshot = self.ctx.mail.snapshot(&mailbox.key).await;
         let visible = self.visible(&snapshot);
         let values: Vec<String> = items
             .iter()
             .map(|item| match item {
                 StatusItem::Messages => format!("MESSAGES {}", visible.len()),
                 StatusItem::Recent => {
-                    let claimed = self.ctx.recent.claimed(self.user());
+                    let claimed = self.ctx.recent.claimed(&mailbox.key);
                     format!(
                         "RECENT {}",
                         visible.iter().filter(|m| m.uid > claimed).count()
                     )
                 }
                 StatusItem::UidNext => format!("UIDNEXT {}", snapshot.uid_next),
-                StatusItem::UidValidity => format!("UIDVALIDITY {}", snapshot.uid_validity),
+                StatusItem::UidValidity => format!("UIDVALIDITY {}", mailbox.uid_validity),
                 StatusItem::Unseen => format!(
                     "UNSEEN {}",
                     visible
                         .iter()
-                        .filter(|m| !m.flags.contains(Flags::SEEN))
+                        .filter(|m| !m.flags.contains(&Flags::SEEN))
                         .count()
                 ),
             })
             .collect();
-        self.write(&format!("* STATUS INBOX ({})\r\n", values.join(" ")))
-            .await?;
+        self.write(&format!(
+            "* STATUS {} ({})\r\n",
+            quoted_name(&mailbox.name),
+            values.join(" ")
+        ))
+        .await?;
         Ok(Reply::ok("STATUS completed"))
     }
 
@@ -736,24 +861,24 @@ impl Session {
         date: Option<i64>,
         message: &[u8],
     ) -> Reply {
-        if !is_inbox(mailbox) {
-            return Reply::no("[TRYCREATE] No such mailbox; only INBOX exists");
-        }
+        let mailbox = match self.open_target(mailbox).await {
+            Ok(open) => open,
+            Err(reply) => return reply,
+        };
         let message = crlf(message);
         if message.len() > self.ctx.config.limits.message_bytes_max {
             return Reply::no("[TOOBIG] Message too large");
         }
-        let user = self.user().to_string();
         match self
             .ctx
             .mail
-            .deliver(vec![user], Arc::from(&*message), flags, date)
+            .deliver(vec![mailbox.key.clone()], Arc::from(&*message), flags, date)
             .await
         {
             Ok(uids) => match uids.first() {
                 Some(uid) => Reply::ok(format!(
                     "[APPENDUID {} {uid}] APPEND completed",
-                    self.ctx.mail.uid_validity()
+                    mailbox.uid_validity
                 )),
                 None => Reply::ok("APPEND completed"),
             },
@@ -777,21 +902,22 @@ impl Session {
             .filter(|uid| ranges.as_ref().is_none_or(|r| r.contains(*uid)))
             .collect();
         // The EXPUNGE responses come from the sync that follows every command.
-        match self.expunge_deleted(candidates).await {
+        let key = self.key().to_string();
+        match self.expunge_deleted(&key, candidates).await {
             Ok(()) => Reply::ok("EXPUNGE completed"),
             Err(e) => Reply::store_failed(e),
         }
     }
 
     /// Removes those of `uids` that have `\Deleted` now.
-    async fn expunge_deleted(&self, uids: Vec<u32>) -> Result<(), StoreError> {
-        let snapshot = self.ctx.mail.snapshot(self.user()).await;
+    async fn expunge_deleted(&self, key: &str, uids: Vec<u32>) -> Result<(), StoreError> {
+        let snapshot = self.ctx.mail.snapshot(key).await;
         let deleted: Vec<u32> = uids
             .into_iter()
-            .filter(|&uid| find(&snapshot, uid).is_some_and(|m| m.flags.contains(Flags::DELETED)))
+            .filter(|&uid| find(&snapshot, uid).is_some_and(|m| m.flags.contains(&Flags::DELETED)))
             .collect();
         if !deleted.is_empty() {
-            self.ctx.mail.expunge(self.user(), deleted).await?;
+            self.ctx.mail.expunge(key, deleted).await?;
         }
         Ok(())
     }
@@ -806,7 +932,7 @@ impl Session {
         if !needed {
             return Ok(Some(None));
         }
-        match self.ctx.mail.read(self.user(), meta).await {
+        match self.ctx.mail.read(self.key(), meta).await {
             Ok(bytes) => Ok(Some(Some(bytes))),
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(e),
@@ -817,14 +943,15 @@ impl Session {
     /// messages gone (only when `expunges`; highest sequence number first, so no response
     /// renumbers one still to come), `FETCH (FLAGS ..)` for changed flags, `EXISTS` for new mail.
     async fn sync(&mut self, expunges: bool) -> io::Result<()> {
-        let snapshot = self.ctx.mail.snapshot(self.user()).await;
+        let snapshot = self.ctx.mail.snapshot(self.key()).await;
         let cap = self.ctx.config.limits.mailbox_messages_max;
-        let user = self.user.clone().unwrap_or_default();
+        let key = self.key().to_string();
         let ctx = self.ctx.clone();
         let Some(selected) = self.selected.as_mut() else {
             return Ok(());
         };
         let mut out = String::new();
+        out += &selected.learn_keywords(snapshot.messages.iter().map(|m| &m.flags));
         if expunges {
             let mut gone = vec![false; selected.messages.len()];
             for (i, m) in selected.messages.iter().enumerate().rev() {
@@ -842,11 +969,11 @@ impl Session {
         for (i, m) in selected.messages.iter_mut().enumerate() {
             if let Some(now) = find(&snapshot, m.uid) {
                 if now.flags != m.flags {
-                    m.flags = now.flags;
+                    m.flags = now.flags.clone();
                     out += &format!(
                         "* {} FETCH (FLAGS {})\r\n",
                         i + 1,
-                        fetch::flag_list_with(now.flags, m.recent)
+                        fetch::flag_list_with(&now.flags, m.recent)
                     );
                 }
             }
@@ -860,14 +987,14 @@ impl Session {
             &snapshot.messages[start..][..snapshot.messages.len().saturating_sub(start).min(room)];
         if let Some(last) = new.last() {
             let claimed = if selected.read_only {
-                ctx.recent.claimed(&user)
+                ctx.recent.claimed(&key)
             } else {
-                ctx.recent.claim(&user, last.uid)
+                ctx.recent.claim(&key, last.uid)
             };
             for m in new {
                 selected.messages.push(Known {
                     uid: m.uid,
-                    flags: m.flags,
+                    flags: m.flags.clone(),
                     recent: m.uid > claimed,
                 });
             }
@@ -920,14 +1047,14 @@ impl Session {
             Err(reply) => return Ok(reply),
         };
         let read_only = self.selected.as_ref().is_none_or(|s| s.read_only);
-        let snapshot = self.ctx.mail.snapshot(self.user()).await;
+        let snapshot = self.ctx.mail.snapshot(self.key()).await;
         // Fetching a body without PEEK sets \Seen first, in one store change for the whole set.
         let mut seen_now: HashMap<u32, Flags> = HashMap::new();
         if !read_only && atts.iter().any(FetchAtt::sets_seen) {
             let unseen: Vec<u32> = targets
                 .iter()
                 .filter(|(_, uid)| {
-                    find(&snapshot, *uid).is_some_and(|m| !m.flags.contains(Flags::SEEN))
+                    find(&snapshot, *uid).is_some_and(|m| !m.flags.contains(&Flags::SEEN))
                 })
                 .map(|(_, uid)| *uid)
                 .collect();
@@ -935,7 +1062,7 @@ impl Session {
                 match self
                     .ctx
                     .mail
-                    .set_flags(self.user(), unseen, FlagMode::Add, Flags::SEEN)
+                    .set_flags(self.key(), unseen, FlagMode::Add, Flags::SEEN)
                     .await
                 {
                     Ok(changed) => seen_now = changed.into_iter().collect(),
@@ -951,8 +1078,8 @@ impl Session {
             let Some(meta) = find(&snapshot, u) else {
                 continue;
             };
-            let changed = seen_now.get(&u).copied();
-            let flags = changed.unwrap_or(meta.flags);
+            let changed = seen_now.get(&u).cloned();
+            let flags = changed.clone().unwrap_or_else(|| meta.flags.clone());
             let bytes = match self.body_if(needs_body, meta).await {
                 Ok(Some(body)) => body,
                 // Expunged by another session meanwhile: nothing to show.
@@ -969,7 +1096,7 @@ impl Session {
                 uid: u,
                 size: meta.size,
                 internal_date: meta.internal_date,
-                flags,
+                flags: flags.clone(),
                 recent,
                 bytes: bytes.as_deref(),
             };
@@ -1014,18 +1141,17 @@ impl Session {
             return Ok(Reply::ok("STORE completed"));
         }
         let uids: Vec<u32> = targets.iter().map(|(_, u)| *u).collect();
-        let changed: HashMap<u32, Flags> = match self
-            .ctx
-            .mail
-            .set_flags(self.user(), uids, mode, flags)
-            .await
-        {
-            Ok(c) => c.into_iter().collect(),
-            Err(e) => return Ok(Reply::store_failed(e)),
-        };
+        let changed: HashMap<u32, Flags> =
+            match self.ctx.mail.set_flags(self.key(), uids, mode, flags).await {
+                Ok(c) => c.into_iter().collect(),
+                Err(e) => return Ok(Reply::store_failed(e)),
+            };
         let mut out = String::new();
+        if let Some(selected) = self.selected.as_mut() {
+            out += &selected.learn_keywords(changed.values());
+        }
         for (index, u) in targets {
-            let Some(&new) = changed.get(&u) else {
+            let Some(new) = changed.get(&u) else {
                 continue;
             };
             let mut recent = false;
@@ -1034,7 +1160,7 @@ impl Session {
                 .as_mut()
                 .and_then(|s| s.messages.get_mut(index))
             {
-                known.flags = new;
+                known.flags = new.clone();
                 recent = known.recent;
             }
             if !silent {
@@ -1072,7 +1198,7 @@ impl Session {
             }
         }
         self.sync(false).await?;
-        let snapshot = self.ctx.mail.snapshot(self.user()).await;
+        let snapshot = self.ctx.mail.snapshot(self.key()).await;
         let Some(selected) = &self.selected else {
             return Ok(Reply::bad("No mailbox selected"));
         };
@@ -1103,7 +1229,7 @@ impl Session {
                 uid: u,
                 size: meta.size,
                 internal_date: meta.internal_date,
-                flags: meta.flags,
+                flags: meta.flags.clone(),
                 recent,
                 bytes: bytes.as_deref(),
             };
@@ -1119,62 +1245,123 @@ impl Session {
         }))
     }
 
-    /// COPY to INBOX (the only mailbox): each message is stored again, with its flags.
-    async fn copy(&mut self, uid: bool, set: &SeqSet, mailbox: &[u8]) -> io::Result<Reply> {
-        if !is_inbox(mailbox) {
-            return Ok(Reply::no("[TRYCREATE] No such mailbox; only INBOX exists"));
+    /// COPY, or MOVE (RFC 6851): each message is stored again in the target, with its flags
+    /// and date; MOVE then expunges the originals (the EXPUNGEs come from the sync after it).
+    async fn copy(
+        &mut self,
+        uid: bool,
+        set: &SeqSet,
+        mailbox: &[u8],
+        moving: bool,
+    ) -> io::Result<Reply> {
+        if moving && self.selected.as_ref().is_none_or(|s| s.read_only) {
+            return Ok(Reply::no("[READ-ONLY] Mailbox is read-only"));
         }
+        let target = match self.open_target(mailbox).await {
+            Ok(open) => open,
+            Err(reply) => return Ok(reply),
+        };
         let targets = match self.resolve(set, uid) {
             Ok(t) => t,
             Err(reply) => return Ok(reply),
         };
-        let snapshot = self.ctx.mail.snapshot(self.user()).await;
-        let (mut from, mut to) = (Vec::new(), Vec::new());
-        for (_, u) in targets {
-            let Some(meta) = find(&snapshot, u) else {
-                continue;
-            };
-            let bytes = match self.ctx.mail.read(self.user(), meta).await {
+        let snapshot = self.ctx.mail.snapshot(self.key()).await;
+        let metas: Vec<MessageMeta> = targets
+            .iter()
+            .filter_map(|(_, u)| find(&snapshot, *u).cloned())
+            .collect();
+        let pairs = match self.transfer(self.key(), metas, &target).await {
+            Ok(pairs) => pairs,
+            Err(e) => return Ok(Reply::store_failed(e)),
+        };
+        let verb = match (uid, moving) {
+            (false, false) => "COPY",
+            (true, false) => "UID COPY",
+            (false, true) => "MOVE",
+            (true, true) => "UID MOVE",
+        };
+        let code = if pairs.is_empty() {
+            String::new()
+        } else {
+            let (from, to): (Vec<String>, Vec<String>) = pairs
+                .iter()
+                .map(|(f, t)| (f.to_string(), t.to_string()))
+                .unzip();
+            format!(
+                "[COPYUID {} {} {}] ",
+                target.uid_validity,
+                from.join(","),
+                to.join(",")
+            )
+        };
+        if !moving {
+            return Ok(Reply::ok(format!("{code}{verb} completed")));
+        }
+        // MOVE: COPYUID goes untagged, before the EXPUNGEs (RFC 6851 4.3).
+        if !code.is_empty() {
+            self.write(&format!("* OK {code}Moved\r\n")).await?;
+        }
+        let originals: Vec<u32> = pairs.iter().map(|(f, _)| *f).collect();
+        if !originals.is_empty() {
+            let key = self.key().to_string();
+            if let Err(e) = self.ctx.mail.expunge(&key, originals).await {
+                return Ok(Reply::store_failed(e));
+            }
+        }
+        Ok(Reply::ok(format!("{verb} completed")))
+    }
+
+    /// Stores a copy of each message of mailbox `from` in `to`; returns (old UID, new UID) of
+    /// each copied (one that was expunged meanwhile is skipped).
+    async fn transfer(
+        &self,
+        from: &str,
+        metas: Vec<MessageMeta>,
+        to: &Open,
+    ) -> Result<Vec<(u32, u32)>, StoreError> {
+        let mut pairs = Vec::with_capacity(metas.len());
+        for meta in metas {
+            let bytes = match self.ctx.mail.read(from, &meta).await {
                 Ok(b) => b,
                 Err(StoreError::NotFound) => continue,
-                Err(e) => return Ok(Reply::store_failed(e)),
+                Err(e) => return Err(e),
             };
-            let user = self.user().to_string();
-            match self
+            let uids = self
                 .ctx
                 .mail
                 .deliver(
-                    vec![user],
+                    vec![to.key.clone()],
                     Arc::from(bytes),
                     meta.flags,
                     Some(meta.internal_date),
                 )
-                .await
-            {
-                Ok(uids) => {
-                    if let Some(new) = uids.first() {
-                        from.push(u.to_string());
-                        to.push(new.to_string());
-                    }
-                }
-                Err(e) => return Ok(Reply::store_failed(e)),
+                .await?;
+            if let Some(&new) = uids.first() {
+                pairs.push((meta.uid, new));
             }
         }
-        let done = if uid {
-            "UID COPY completed"
-        } else {
-            "COPY completed"
+        Ok(pairs)
+    }
+
+    /// RENAME INBOX (RFC 3501 6.3.5): a new folder takes INBOX's messages; INBOX stays, empty.
+    async fn rename_inbox(&mut self, to: &str) -> Reply {
+        let target = match self.folders().create(to).await {
+            Ok(open) => open,
+            Err(e) => return done(Err(e), "RENAME"),
         };
-        Ok(Reply::ok(if from.is_empty() {
-            done.to_string()
-        } else {
-            format!(
-                "[COPYUID {} {} {}] {done}",
-                self.ctx.mail.uid_validity(),
-                from.join(","),
-                to.join(",")
-            )
-        }))
+        let inbox = self.folders().inbox();
+        let metas = self.ctx.mail.snapshot(&inbox.key).await.messages;
+        let pairs = match self.transfer(&inbox.key, metas, &target).await {
+            Ok(pairs) => pairs,
+            Err(e) => return Reply::store_failed(e),
+        };
+        let moved: Vec<u32> = pairs.iter().map(|(f, _)| *f).collect();
+        if !moved.is_empty() {
+            if let Err(e) = self.ctx.mail.expunge(&inbox.key, moved).await {
+                return Reply::store_failed(e);
+            }
+        }
+        Reply::ok("RENAME completed")
     }
 
     async fn write(&mut self, text: &str) -> io::Result<()> {
@@ -1259,9 +1446,60 @@ fn crlf(message: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// The keywords messages of a mailbox have (lower case → as first seen).
+fn keywords_in(messages: &[MessageMeta]) -> BTreeMap<String, String> {
+    let mut keywords = BTreeMap::new();
+    for m in messages {
+        for k in m.flags.keywords() {
+            keywords
+                .entry(k.to_ascii_lowercase())
+                .or_insert_with(|| k.clone());
+        }
+    }
+    keywords
+}
+
+/// The untagged FLAGS response: the system flags and the keywords in use.
+fn flags_response(keywords: &BTreeMap<String, String>) -> String {
+    let mut out = format!("* FLAGS ({SYSTEM_FLAGS}");
+    for k in keywords.values() {
+        out.push(' ');
+        out.push_str(k);
+    }
+    out + ")\r\n"
+}
+
+/// A client's mailbox name, decoded from modified UTF-7.
+fn decode_name(wire: &[u8]) -> Result<String, Reply> {
+    mutf7::decode(wire)
+        .ok_or_else(|| Reply::no("[CANNOT] Mailbox name is not valid modified UTF-7"))
+}
+
+/// The reply to a folder operation: `{verb} completed`, or why not.
+fn done(result: Result<(), FolderError>, verb: &str) -> Reply {
+    match result {
+        Ok(()) => Reply::ok(format!("{verb} completed")),
+        Err(FolderError::Store(e)) => Reply::store_failed(e),
+        Err(e) => Reply::no(e.to_string()),
+    }
+}
+
+/// A mailbox name as a quoted string on the wire (modified UTF-7).
+fn quoted_name(name: &str) -> String {
+    if name == "INBOX" {
+        return name.to_string();
+    }
+    let wire = mutf7::encode(name);
+    format!("\"{}\"", wire.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Whether LIST pattern `pattern` names `name`: INBOX in any case, other names exactly.
+fn name_matches(pattern: &str, name: &str) -> bool {
+    wildcard_match(pattern.as_bytes(), name.as_bytes(), folders::is_inbox(name))
+}
+
 /// LIST pattern matching: `*` matches anything, `%` anything but the hierarchy delimiter `/`.
-/// Mailbox names are compared case-insensitively (only INBOX exists, and its name is).
-fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
+fn wildcard_match(pattern: &[u8], name: &[u8], fold_case: bool) -> bool {
     // Dynamic programming over (pattern prefix, name prefix): no exponential backtracking.
     let mut row = vec![false; name.len() + 1];
     row[0] = true;
@@ -1280,7 +1518,8 @@ fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
             }
             _ => {
                 for j in 0..name.len() {
-                    next[j + 1] = row[j] && name[j].eq_ignore_ascii_case(&p);
+                    next[j + 1] =
+                        row[j] && (name[j] == p || (fold_case && name[j].eq_ignore_ascii_case(&p)));
                 }
             }
         }
@@ -1296,7 +1535,8 @@ pub fn fuzz_command(data: &[u8]) {
     let _ = literal_announced(data);
     let _ = tag_of(data);
     let _ = command_name(data);
-    let _ = wildcard_match(data, b"INBOX");
+    let _ = wildcard_match(data, b"INBOX", true);
+    let _ = mutf7::decode(data);
     let mut p = Parser::new(data);
     if p.tag().is_ok() && p.sp().is_ok() {
         let _ = parse::command(&mut p).and_then(|_| p.end());
@@ -1418,14 +1658,14 @@ mod unit_tests {
             b"I*B*X*",
         ] {
             assert!(
-                wildcard_match(yes, b"INBOX"),
+                wildcard_match(yes, b"INBOX", true),
                 "{}",
                 String::from_utf8_lossy(yes)
             );
         }
         for no in [&b""[..], b"INBOX/*", b"Sent", b"IN", b"%/%"] {
             assert!(
-                !wildcard_match(no, b"INBOX"),
+                !wildcard_match(no, b"INBOX", true),
                 "{}",
                 String::from_utf8_lossy(no)
             );

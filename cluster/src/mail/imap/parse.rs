@@ -37,6 +37,9 @@ pub enum ParseError {
 
 pub type Result<T> = std::result::Result<T, ParseError>;
 
+/// Flags one flag list may name (system flags and keywords).
+const FLAGS_IN_LIST_MAX: usize = crate::mail::store::KEYWORDS_MAX + 6;
+
 /// Items of STATUS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusItem {
@@ -74,7 +77,10 @@ pub enum Command<'a> {
     },
     Create(Cow<'a, [u8]>),
     Delete(Cow<'a, [u8]>),
-    Rename,
+    Rename {
+        from: Cow<'a, [u8]>,
+        to: Cow<'a, [u8]>,
+    },
     Subscribe(Cow<'a, [u8]>),
     Unsubscribe(Cow<'a, [u8]>),
     List {
@@ -118,6 +124,12 @@ pub enum Command<'a> {
         flags: Flags,
     },
     Copy {
+        uid: bool,
+        set: SeqSet,
+        mailbox: Cow<'a, [u8]>,
+    },
+    /// MOVE (RFC 6851).
+    Move {
         uid: bool,
         set: SeqSet,
         mailbox: Cow<'a, [u8]>,
@@ -360,17 +372,18 @@ impl<'a> Parser<'a> {
         if self.eat(b')') {
             return Ok(flags);
         }
-        loop {
-            flags = flags.union(self.flag()?);
+        for _ in 0..FLAGS_IN_LIST_MAX {
+            flags = flags.union(&self.flag()?);
             if self.eat(b')') {
                 return Ok(flags);
             }
             self.sp()?;
         }
+        Err(ParseError::Invalid("too many flags"))
     }
 
-    /// One flag. Keywords and `\Recent` parse but set nothing: the store keeps system flags only,
-    /// and PERMANENTFLAGS tells clients so.
+    /// One flag: a system flag or a keyword. `\Recent` parses but sets nothing (the server
+    /// sets it).
     fn flag(&mut self) -> Result<Flags> {
         if self.eat(b'\\') {
             let name = self.atom()?;
@@ -381,8 +394,11 @@ impl<'a> Parser<'a> {
             Flags::from_name(&format!("\\{name}"))
                 .ok_or(ParseError::Invalid("unsupported system flag"))
         } else {
-            self.atom()?;
-            Ok(Flags::empty())
+            let name = String::from_utf8_lossy(self.atom()?);
+            if name.eq_ignore_ascii_case("NIL") {
+                return Err(ParseError::Invalid("NIL is not a flag"));
+            }
+            Flags::keyword(&name).map_err(|_| ParseError::Invalid("a keyword over 100 bytes"))
         }
     }
 
@@ -468,10 +484,10 @@ pub fn command<'a>(p: &mut Parser<'a>) -> Result<Command<'a>> {
         }
         b"RENAME" => {
             p.sp()?;
-            p.mailbox()?;
+            let from = p.mailbox()?;
             p.sp()?;
-            p.mailbox()?;
-            Command::Rename
+            let to = p.mailbox()?;
+            Command::Rename { from, to }
         }
         b"LIST" | b"LSUB" => {
             p.sp()?;
@@ -537,6 +553,7 @@ pub fn command<'a>(p: &mut Parser<'a>) -> Result<Command<'a>> {
         b"FETCH" => fetch(p, false)?,
         b"STORE" => store(p, false)?,
         b"COPY" => copy(p, false)?,
+        b"MOVE" => moving(p, false)?,
         b"UID" => {
             p.sp()?;
             let sub = p.atom()?.to_ascii_uppercase();
@@ -545,6 +562,7 @@ pub fn command<'a>(p: &mut Parser<'a>) -> Result<Command<'a>> {
                 b"FETCH" => fetch(p, true)?,
                 b"STORE" => store(p, true)?,
                 b"COPY" => copy(p, true)?,
+                b"MOVE" => moving(p, true)?,
                 b"EXPUNGE" => {
                     p.sp()?;
                     Command::Expunge {
@@ -594,6 +612,13 @@ fn copy<'a>(p: &mut Parser<'a>, uid: bool) -> Result<Command<'a>> {
     Ok(Command::Copy { uid, set, mailbox })
 }
 
+fn moving<'a>(p: &mut Parser<'a>, uid: bool) -> Result<Command<'a>> {
+    match copy(p, uid)? {
+        Command::Copy { uid, set, mailbox } => Ok(Command::Move { uid, set, mailbox }),
+        _ => unreachable!("copy parses a COPY"),
+    }
+}
+
 fn store<'a>(p: &mut Parser<'a>, uid: bool) -> Result<Command<'a>> {
     p.sp()?;
     let set = p.seq_set()?;
@@ -619,12 +644,15 @@ fn store<'a>(p: &mut Parser<'a>, uid: bool) -> Result<Command<'a>> {
     } else {
         // RFC 3501 also allows the flags without parentheses.
         let mut flags = p.flag()?;
-        while p.peek() == Some(b' ') {
+        for _ in 0..FLAGS_IN_LIST_MAX {
+            if p.peek() != Some(b' ') {
+                break;
+            }
             p.sp()?;
             if p.peek().is_none() {
                 break;
             }
-            flags = flags.union(p.flag()?);
+            flags = flags.union(&p.flag()?);
         }
         flags
     };
@@ -831,12 +859,13 @@ fn search_key(p: &mut Parser<'_>, depth: usize) -> Result<SearchKey> {
         b"UNSEEN" => SearchKey::NotFlag(Flags::SEEN),
         b"KEYWORD" | b"UNKEYWORD" => {
             p.sp()?;
-            p.atom()?;
-            // No keywords are ever set.
+            let name = String::from_utf8_lossy(p.atom()?);
+            let keyword = Flags::keyword(&name)
+                .map_err(|_| ParseError::Invalid("a keyword over 100 bytes"))?;
             if word == b"KEYWORD" {
-                SearchKey::Nothing
+                SearchKey::Flag(keyword)
             } else {
-                SearchKey::All
+                SearchKey::NotFlag(keyword)
             }
         }
         b"BCC" | b"CC" | b"FROM" | b"SUBJECT" | b"TO" => {
@@ -1083,7 +1112,8 @@ mod tests {
                 set: SeqSet(vec![(Bound::Num(2), Bound::Num(2))]),
                 mode: FlagMode::Add,
                 silent: true,
-                flags: Flags::DELETED.union(Flags::SEEN)
+                flags: Flags::with_keywords(Flags::DELETED.union(&Flags::SEEN).bits(), &["$Junk"])
+                    .unwrap()
             }
         );
         let Command::Store { flags, mode, .. } =
@@ -1093,9 +1123,27 @@ mod tests {
         };
         assert_eq!(
             (flags, mode),
-            (Flags::FLAGGED.union(Flags::DRAFT), FlagMode::Remove)
+            (Flags::FLAGGED.union(&Flags::DRAFT), FlagMode::Remove)
         );
         assert!(parse(b"a STORE 1 FLAGS (\\Bogus)").is_err());
+        // Keywords: kept, without duplicates (ignoring case); NIL is not one; bounded.
+        let Command::Store { flags, .. } =
+            parse(b"a STORE 1 +FLAGS ($Forwarded $hello $FORWARDED)").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(flags.keywords(), ["$Forwarded", "$hello"]);
+        assert!(parse(b"a STORE 1 +FLAGS NIL").is_err());
+        assert!(parse(b"a STORE 1 +FLAGS (NIL)").is_err());
+        let Command::Store { flags, .. } = parse(b"a STORE 1 FLAGS ()").unwrap() else {
+            panic!()
+        };
+        assert!(flags.is_empty());
+        let many: Vec<String> = (0..80).map(|i| format!("k{i}")).collect();
+        let line = format!("a STORE 1 +FLAGS ({})", many.join(" "));
+        assert!(parse(line.as_bytes()).is_err());
+        let long = format!("a STORE 1 +FLAGS ({})", "k".repeat(101));
+        assert!(parse(long.as_bytes()).is_err());
         assert!(parse(b"a STORE 1 LABELS (x)").is_err());
     }
 

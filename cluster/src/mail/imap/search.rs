@@ -15,8 +15,6 @@ use crate::mail::store::Flags;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SearchKey {
     All,
-    /// Matches nothing (KEYWORD: no keywords).
-    Nothing,
     /// `\Recent` in this session.
     Recent,
     /// The flag is set.
@@ -85,10 +83,9 @@ impl SearchKey {
         let bytes = m.bytes.unwrap_or_default();
         match self {
             SearchKey::All => true,
-            SearchKey::Nothing => false,
             SearchKey::Recent => m.recent,
-            SearchKey::Flag(f) => m.flags.contains(*f),
-            SearchKey::NotFlag(f) => !m.flags.contains(*f),
+            SearchKey::Flag(f) => m.flags.contains(f),
+            SearchKey::NotFlag(f) => !m.flags.contains(f),
             SearchKey::Seq(set) => set.resolve(stars.max_seq).contains(m.seq),
             SearchKey::Uid(set) => set.resolve(stars.max_uid).contains(m.uid),
             SearchKey::Not(k) => !k.matches(m, stars),
@@ -283,7 +280,7 @@ mod tests {
         yes(SearchKey::Flag(Flags::SEEN));
         no(SearchKey::NotFlag(Flags::SEEN));
         yes(SearchKey::Or(
-            Box::new(SearchKey::Nothing),
+            Box::new(SearchKey::Flag(Flags::keyword("$Junk").unwrap())),
             Box::new(SearchKey::All),
         ));
         no(SearchKey::Not(Box::new(SearchKey::All)));

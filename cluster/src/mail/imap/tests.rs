@@ -431,3 +431,113 @@ async fn literals_the_node_has_no_room_for_are_refused_for_now() {
     assert_eq!(running.context.buffers.used(), 0);
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn folder_edge_cases_get_the_replies_rfc_3501_asks_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = node(&dir, |_| {}).await;
+    for n in 1..=2 {
+        deliver(&running, "user1", message(n)).await;
+    }
+    let addr = running.endpoints.imap;
+    let mut c = Client::login(addr, "user1").await;
+    let no = |tagged: &str, code: &str| {
+        assert!(
+            tagged
+                .split_once(' ')
+                .is_some_and(|(_, r)| r.starts_with(&format!("NO {code}"))),
+            "{tagged}"
+        )
+    };
+    // CREATE makes the superior levels; a trailing delimiter is dropped.
+    c.ok("c1", "CREATE a/b/c/").await;
+    let list = c.ok("c2", "LIST \"\" \"%\"").await;
+    assert_eq!(
+        list,
+        "* LIST (\\HasNoChildren) \"/\" INBOX\r\n* LIST (\\HasChildren) \"/\" \"a\"\r\n"
+    );
+    let list = c.ok("c3", "LIST \"a/\" \"%\"").await;
+    assert_eq!(list, "* LIST (\\HasChildren) \"/\" \"a/b\"\r\n");
+    assert_eq!(
+        c.ok("c4", "LIST \"\" \"A*\"").await,
+        "",
+        "names other than INBOX match exactly"
+    );
+    assert!(c.ok("c5", "LIST \"\" \"inBOX\"").await.contains("INBOX"));
+    for (tag, bad) in [
+        ("c6", "CREATE \"a//x\""),
+        ("c7", "CREATE \"x*\""),
+        ("c8", "CREATE \"\""),
+    ] {
+        let (_, tagged) = c.cmd(tag, bad).await;
+        no(&tagged, "[CANNOT]");
+    }
+    let (_, tagged) = c.cmd("c9", "CREATE inbox").await;
+    no(&tagged, "[ALREADYEXISTS]");
+    // Deleting a level with children leaves it \Noselect; it cannot be selected then.
+    c.ok("d1", "DELETE a/b").await;
+    let list = c.ok("d2", "LIST \"\" \"a/*\"").await;
+    assert_eq!(
+        list,
+        "* LIST (\\Noselect \\HasChildren) \"/\" \"a/b\"\r\n* LIST (\\HasNoChildren) \"/\" \"a/b/c\"\r\n"
+    );
+    let (_, tagged) = c.cmd("d3", "SELECT a/b").await;
+    no(&tagged, "[NONEXISTENT]");
+    let (_, tagged) = c.cmd("d4", "DELETE a/b").await;
+    no(&tagged, "[NONEXISTENT]");
+    let (_, tagged) = c.cmd("d5", "STATUS nowhere (MESSAGES)").await;
+    no(&tagged, "[NONEXISTENT]");
+    // RENAME: not below itself, not onto a name that exists; children follow.
+    let (_, tagged) = c.cmd("r1", "RENAME a a/z").await;
+    no(&tagged, "[CANNOT]");
+    c.ok("r2", "CREATE z").await;
+    let (_, tagged) = c.cmd("r3", "RENAME a z").await;
+    no(&tagged, "[ALREADYEXISTS]");
+    c.ok("r4", "RENAME a y/a").await;
+    let list = c.ok("r5", "LIST \"\" \"*c\"").await;
+    assert_eq!(list, "* LIST (\\HasNoChildren) \"/\" \"y/a/b/c\"\r\n");
+    // A folder's UIDs, UIDVALIDITY and UIDNEXT are its own; MOVE answers with COPYUID first.
+    let status = c.ok("u1", "STATUS z (UIDVALIDITY UIDNEXT MESSAGES)").await;
+    let validity: u32 = status
+        .split("UIDVALIDITY ")
+        .nth(1)
+        .and_then(|s| s.split([' ', ')']).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(validity > 0 && validity != running.context.mail.uid_validity());
+    c.ok("u2", "SELECT INBOX").await;
+    let (lines, tagged) = c.cmd("u3", "MOVE 1 z").await;
+    assert!(tagged.starts_with("u3 OK"), "{tagged}");
+    let lines: Vec<String> = lines.iter().map(|l| show(l)).collect();
+    assert!(
+        lines[0].starts_with(&format!("* OK [COPYUID {validity} "))
+            && lines[1] == "* 1 EXPUNGE\r\n",
+        "{lines:?}"
+    );
+    let out = c.ok("u4", "EXAMINE z").await;
+    assert!(
+        out.contains(&format!("[UIDVALIDITY {validity}]")) && out.contains("* 1 EXISTS"),
+        "{out}"
+    );
+    // Names in modified UTF-7: invalid ones refused, valid ones listed as given.
+    let (_, tagged) = c.cmd("m1", "CREATE \"caf&AOk\"").await;
+    no(&tagged, "[CANNOT]");
+    c.ok("m2", "CREATE \"caf&AOk-\"").await;
+    assert_eq!(
+        c.ok("m3", "LIST \"\" \"caf*\"").await,
+        "* LIST (\\HasNoChildren) \"/\" \"caf&AOk-\"\r\n"
+    );
+    // Subscriptions: to names that exist; UNSUBSCRIBE of one never made is fine.
+    let (_, tagged) = c.cmd("s1", "SUBSCRIBE nowhere").await;
+    no(&tagged, "[NONEXISTENT]");
+    c.ok("s2", "SUBSCRIBE z").await;
+    c.ok("s3", "SUBSCRIBE z").await;
+    assert_eq!(
+        c.ok("s4", "LSUB \"\" \"*\"").await,
+        "* LSUB () \"/\" \"z\"\r\n"
+    );
+    c.ok("s5", "UNSUBSCRIBE z").await;
+    c.ok("s6", "UNSUBSCRIBE z").await;
+    assert_eq!(c.ok("s7", "LSUB \"\" \"*\"").await, "");
+    running.shutdown().await;
+}

@@ -29,57 +29,133 @@ pub use writer::FlagMode;
 /// Pending changes the writer will queue before callers wait (backpressure instead of memory).
 pub const QUEUE_OPS_MAX: usize = 4096;
 
-/// IMAP system flags, as a bit set (the only flags this store keeps; no keywords).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct Flags(u8);
+/// Keywords one message may have at most.
+pub const KEYWORDS_MAX: usize = 64;
+/// Longest keyword, in bytes.
+pub const KEYWORD_BYTES_MAX: usize = 100;
+
+/// A message's IMAP flags: the system flags as a bit set, and keywords (`$Forwarded`, `$label1`,
+/// ...): atoms, compared ignoring ASCII case, kept in the case first given, sorted, at most
+/// [`KEYWORDS_MAX`] of [`KEYWORD_BYTES_MAX`] bytes each.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Flags {
+    bits: u8,
+    keywords: Vec<String>,
+}
 
 impl Flags {
-    pub const SEEN: Flags = Flags(1);
-    pub const ANSWERED: Flags = Flags(2);
-    pub const FLAGGED: Flags = Flags(4);
-    pub const DELETED: Flags = Flags(8);
-    pub const DRAFT: Flags = Flags(16);
-    const ALL: [(Flags, &'static str); 5] = [
-        (Flags::SEEN, "\\Seen"),
-        (Flags::ANSWERED, "\\Answered"),
-        (Flags::FLAGGED, "\\Flagged"),
-        (Flags::DELETED, "\\Deleted"),
-        (Flags::DRAFT, "\\Draft"),
+    pub const SEEN: Flags = Flags::system(1);
+    pub const ANSWERED: Flags = Flags::system(2);
+    pub const FLAGGED: Flags = Flags::system(4);
+    pub const DELETED: Flags = Flags::system(8);
+    pub const DRAFT: Flags = Flags::system(16);
+    const ALL: [(u8, &'static str); 5] = [
+        (1, "\\Seen"),
+        (2, "\\Answered"),
+        (4, "\\Flagged"),
+        (8, "\\Deleted"),
+        (16, "\\Draft"),
     ];
 
-    pub fn empty() -> Flags {
-        Flags(0)
+    const fn system(bits: u8) -> Flags {
+        Flags {
+            bits,
+            keywords: Vec::new(),
+        }
     }
-    pub fn bits(self) -> u8 {
-        self.0
+
+    pub fn empty() -> Flags {
+        Flags::default()
+    }
+    /// The system flags' bits.
+    pub fn bits(&self) -> u8 {
+        self.bits
     }
     pub fn from_bits(bits: u8) -> Flags {
-        Flags(bits & 0x1f)
+        Flags::system(bits & 0x1f)
     }
-    pub fn contains(self, other: Flags) -> bool {
-        self.0 & other.0 == other.0
+    /// These system flags and keywords (checked, deduplicated ignoring case, sorted).
+    pub fn with_keywords<S: AsRef<str>>(bits: u8, keywords: &[S]) -> Result<Flags, String> {
+        if keywords.len() > KEYWORDS_MAX {
+            return Err(format!("more than {KEYWORDS_MAX} keywords"));
+        }
+        let mut flags = Flags::from_bits(bits);
+        for k in keywords {
+            flags = flags.union(&Flags::keyword(k.as_ref())?);
+        }
+        Ok(flags)
     }
-    pub fn union(self, other: Flags) -> Flags {
-        Flags(self.0 | other.0)
+    /// One keyword as a flag set: an IMAP atom of at most [`KEYWORD_BYTES_MAX`] bytes.
+    pub fn keyword(name: &str) -> Result<Flags, String> {
+        let atom = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b > 0x20 && b < 0x7f && !b"(){%*\"\\]".contains(&b));
+        if !atom {
+            return Err(format!("{name:?} is not a keyword (an IMAP atom)"));
+        }
+        if name.len() > KEYWORD_BYTES_MAX {
+            return Err(format!("a keyword longer than {KEYWORD_BYTES_MAX} bytes"));
+        }
+        Ok(Flags {
+            bits: 0,
+            keywords: vec![name.to_string()],
+        })
     }
-    pub fn difference(self, other: Flags) -> Flags {
-        Flags(self.0 & !other.0)
+    /// The keywords, sorted ignoring case.
+    pub fn keywords(&self) -> &[String] {
+        &self.keywords
     }
-    /// Parses one IMAP flag name (case-insensitive); `None` for keywords and unknown flags.
+    pub fn is_empty(&self) -> bool {
+        self.bits == 0 && self.keywords.is_empty()
+    }
+    pub fn contains(&self, other: &Flags) -> bool {
+        self.bits & other.bits == other.bits && other.keywords.iter().all(|k| self.has_keyword(k))
+    }
+    pub fn has_keyword(&self, keyword: &str) -> bool {
+        self.keywords
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(keyword))
+    }
+    /// Both sets together (keywords past [`KEYWORDS_MAX`] are not added).
+    pub fn union(&self, other: &Flags) -> Flags {
+        let mut keywords = self.keywords.clone();
+        for k in &other.keywords {
+            if !self.has_keyword(k) && keywords.len() < KEYWORDS_MAX {
+                keywords.push(k.clone());
+            }
+        }
+        keywords.sort_by_key(|k| k.to_ascii_lowercase());
+        Flags {
+            bits: self.bits | other.bits,
+            keywords,
+        }
+    }
+    pub fn difference(&self, other: &Flags) -> Flags {
+        Flags {
+            bits: self.bits & !other.bits,
+            keywords: self
+                .keywords
+                .iter()
+                .filter(|k| !other.has_keyword(k))
+                .cloned()
+                .collect(),
+        }
+    }
+    /// Parses one IMAP system flag name (case-insensitive); `None` for keywords and unknown flags.
     pub fn from_name(name: &str) -> Option<Flags> {
         Flags::ALL
             .iter()
             .find(|(_, n)| n.eq_ignore_ascii_case(name))
-            .map(|(f, _)| *f)
+            .map(|(f, _)| Flags::system(*f))
     }
-    /// The IMAP names of the flags set, in a fixed order.
-    pub fn names(self) -> impl Iterator<Item = &'static str> {
+    /// The IMAP names of the flags set: system flags in a fixed order, then keywords.
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
         Flags::ALL
             .into_iter()
-            .filter(move |(f, _)| self.contains(*f))
+            .filter(move |(f, _)| self.bits & f != 0)
             .map(|(_, n)| n)
+            .chain(self.keywords.iter().map(String::as_str))
     }
 }
 
@@ -416,7 +492,7 @@ impl Store {
                 self.store(NewMessage {
                     user,
                     body: body.clone(),
-                    flags,
+                    flags: flags.clone(),
                     internal_date,
                     uid: None,
                     seq_hint: 0,
@@ -801,7 +877,7 @@ fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) 
         } => {
             let body_offset = offset
                 + (record::FRAME_HEADER_BYTES
-                    + record::deliver_body_offset(user, targets.len(), replicas.len()))
+                    + record::deliver_body_offset(user, flags, targets.len(), replicas.len()))
                     as u64;
             let mb = index.mailboxes.entry(user.clone()).or_default();
             mb.max_seq = mb.max_seq.max(seq_of(*uid));
@@ -812,7 +888,7 @@ fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) 
                 uid: *uid,
                 size: body.len() as u64,
                 internal_date: *internal_date,
-                flags: *flags,
+                flags: flags.clone(),
                 flags_ts: *ts_ms,
                 replicas: replicas.clone(),
                 location: Some(Location {
@@ -839,7 +915,7 @@ fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) 
                 .get_mut(user)
                 .and_then(|mb| mb.messages.get_mut(uid))
             {
-                m.flags = *flags;
+                m.flags = flags.clone();
                 m.flags_ts = *ts_ms;
             }
         }

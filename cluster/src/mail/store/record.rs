@@ -22,6 +22,10 @@ const KIND_ACKED: u8 = 4;
 const KIND_OWE: u8 = 5;
 const KIND_SETTLED: u8 = 6;
 const KIND_PROFILE: u8 = 7;
+/// Deliver and Flags of a message with keywords (the kinds above stay for those without, so a
+/// log written before keywords reads the same).
+const KIND_DELIVER_KEYWORDS: u8 = 8;
+const KIND_FLAGS_KEYWORDS: u8 = 9;
 
 /// One durable change to a mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,8 +86,27 @@ pub enum FrameError {
 }
 
 /// Where, inside an encoded Deliver payload, the body starts (so readers can `pread` it later).
-pub fn deliver_body_offset(user: &str, targets: usize, replicas: usize) -> usize {
-    1 + 2 + user.len() + 4 + 8 + 1 + 8 + 1 + 4 * targets + 1 + 4 * replicas
+pub fn deliver_body_offset(user: &str, flags: &Flags, targets: usize, replicas: usize) -> usize {
+    1 + 2 + user.len() + 4 + 8 + 1 + 8 + keywords_len(flags) + 1 + 4 * targets + 1 + 4 * replicas
+}
+
+/// Bytes the keyword list takes in a record (none without keywords).
+fn keywords_len(flags: &Flags) -> usize {
+    if flags.keywords().is_empty() {
+        0
+    } else {
+        1 + flags.keywords().iter().map(|k| 2 + k.len()).sum::<usize>()
+    }
+}
+
+/// The keyword list: a count byte, then each keyword as a string.
+fn put_keywords(out: &mut Vec<u8>, flags: &Flags) {
+    let keywords = flags.keywords();
+    assert!(keywords.len() <= u8::MAX as usize);
+    out.push(keywords.len() as u8);
+    for k in keywords {
+        put_str(out, k);
+    }
 }
 
 /// Appends the framed encoding of `record` to `out`.
@@ -102,12 +125,20 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             body,
         } => {
             assert!(targets.len() <= TARGETS_MAX && replicas.len() <= TARGETS_MAX);
-            out.push(KIND_DELIVER);
+            let keywords = !flags.keywords().is_empty();
+            out.push(if keywords {
+                KIND_DELIVER_KEYWORDS
+            } else {
+                KIND_DELIVER
+            });
             put_str(out, user);
             out.extend_from_slice(&uid.to_le_bytes());
             out.extend_from_slice(&internal_date.to_le_bytes());
             out.push(flags.bits());
             out.extend_from_slice(&ts_ms.to_le_bytes());
+            if keywords {
+                put_keywords(out, flags);
+            }
             put_ids(out, targets);
             put_ids(out, replicas);
             out.extend_from_slice(body);
@@ -118,11 +149,19 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             flags,
             ts_ms,
         } => {
-            out.push(KIND_FLAGS);
+            let keywords = !flags.keywords().is_empty();
+            out.push(if keywords {
+                KIND_FLAGS_KEYWORDS
+            } else {
+                KIND_FLAGS
+            });
             put_str(out, user);
             out.extend_from_slice(&uid.to_le_bytes());
             out.push(flags.bits());
             out.extend_from_slice(&ts_ms.to_le_bytes());
+            if keywords {
+                put_keywords(out, flags);
+            }
         }
         Record::Expunge { user, uids } => {
             out.push(KIND_EXPUNGE);
@@ -200,11 +239,14 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
     let kind = r.u8()?;
     let user = r.string()?;
     let record = match kind {
-        KIND_DELIVER => {
+        KIND_DELIVER | KIND_DELIVER_KEYWORDS => {
             let uid = r.u32()?;
             let internal_date = r.i64()?;
-            let flags = Flags::from_bits(r.u8()?);
+            let mut flags = Flags::from_bits(r.u8()?);
             let ts_ms = r.i64()?;
+            if kind == KIND_DELIVER_KEYWORDS {
+                flags = r.keywords(flags)?;
+            }
             let targets = r.ids()?;
             let replicas = r.ids()?;
             let body = Arc::from(&payload[r.pos..]);
@@ -219,10 +261,13 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
                 body,
             }
         }
-        KIND_FLAGS => {
+        KIND_FLAGS | KIND_FLAGS_KEYWORDS => {
             let uid = r.u32()?;
-            let flags = Flags::from_bits(r.u8()?);
+            let mut flags = Flags::from_bits(r.u8()?);
             let ts_ms = r.i64()?;
+            if kind == KIND_FLAGS_KEYWORDS {
+                flags = r.keywords(flags)?;
+            }
             Record::Flags {
                 user,
                 uid,
@@ -352,6 +397,16 @@ impl Reader<'_> {
         let n = self.u8()? as usize;
         (0..n).map(|_| self.u32()).collect()
     }
+    /// A keyword list, added to the system flags `flags`.
+    fn keywords(&mut self, flags: Flags) -> Result<Flags, FrameError> {
+        let n = self.u8()? as usize;
+        let mut keywords = Vec::with_capacity(n);
+        for _ in 0..n {
+            keywords.push(self.string()?);
+        }
+        Flags::with_keywords(flags.bits(), &keywords)
+            .map_err(|_| FrameError::Corrupt("invalid keyword list"))
+    }
     fn string(&mut self) -> Result<String, FrameError> {
         let n = u16::from_le_bytes(self.take(2)?.try_into().unwrap()) as usize;
         String::from_utf8(self.take(n)?.to_vec())
@@ -380,6 +435,23 @@ mod tests {
                 uid: 7,
                 flags: Flags::from_bits(Flags::SEEN.bits() | Flags::DELETED.bits()),
                 ts_ms: 5,
+            },
+            Record::Flags {
+                user: "user1".into(),
+                uid: 7,
+                flags: Flags::with_keywords(Flags::SEEN.bits(), &["$Forwarded", "$label1"])
+                    .unwrap(),
+                ts_ms: 6,
+            },
+            Record::Deliver {
+                user: "user2".into(),
+                uid: 9,
+                internal_date: 1_700_000_001,
+                flags: Flags::with_keywords(0, &["$Junk"]).unwrap(),
+                ts_ms: 1,
+                targets: vec![],
+                replicas: vec![1],
+                body: Arc::from(&b"Subject: kw\r\n\r\n"[..]),
             },
             Record::Expunge {
                 user: "user1".into(),
@@ -429,8 +501,16 @@ mod tests {
         let mut buf = Vec::new();
         let r = &samples()[0];
         encode(r, &mut buf);
-        let off = FRAME_HEADER_BYTES + deliver_body_offset("user1", 2, 3);
+        let off = FRAME_HEADER_BYTES + deliver_body_offset("user1", &Flags::SEEN, 2, 3);
         assert_eq!(&buf[off..], b"Subject: hi\r\n\r\nbody\r\n");
+        let mut buf = Vec::new();
+        let r = &samples()[3];
+        let Record::Deliver { flags, .. } = r else {
+            panic!("sample 3 is a delivery")
+        };
+        encode(r, &mut buf);
+        let off = FRAME_HEADER_BYTES + deliver_body_offset("user2", flags, 0, 1);
+        assert_eq!(&buf[off..], b"Subject: kw\r\n\r\n");
     }
 
     #[test]

@@ -49,7 +49,7 @@ async fn delivered_messages_survive_reopen_with_stable_uids() {
         a.messages.iter().map(|m| m.uid).collect::<Vec<_>>(),
         vec![uid_of(1, 1), uid_of(2, 1)]
     );
-    assert!(a.messages[0].flags.contains(Flags::SEEN));
+    assert!(a.messages[0].flags.contains(&Flags::SEEN));
     assert_eq!(store.read(&a.messages[1]).await.unwrap(), b"two\r\n");
     assert!(store.snapshot("b").messages.is_empty());
     // UIDs are never reused, even after the newest message is expunged.
@@ -145,7 +145,7 @@ async fn flag_modes_compose() {
         .set_flags("a", vec![uid_of(1, 1)], FlagMode::Add, Flags::SEEN)
         .await
         .unwrap();
-    assert_eq!(r, vec![(uid_of(1, 1), Flags::DRAFT.union(Flags::SEEN))]);
+    assert_eq!(r, vec![(uid_of(1, 1), Flags::DRAFT.union(&Flags::SEEN))]);
     let r = store
         .set_flags("a", vec![uid_of(1, 1)], FlagMode::Remove, Flags::DRAFT)
         .await

@@ -347,30 +347,30 @@ impl Writer {
                         continue;
                     }
                     let (current, current_ts) = match overlay.flags.get(&key) {
-                        Some(f) => *f,
+                        Some(f) => f.clone(),
                         None => match index
                             .mailboxes
                             .get(&user)
                             .and_then(|m| m.messages.get(&uid))
                         {
-                            Some(m) => (m.flags, m.flags_ts),
+                            Some(m) => (m.flags.clone(), m.flags_ts),
                             None => continue,
                         },
                     };
                     let new = match mode {
                         // An older replace (a late replica push) loses to a newer setting.
-                        FlagMode::Replace if ts_ms < current_ts => current,
-                        FlagMode::Replace => flags,
-                        FlagMode::Add => current.union(flags),
-                        FlagMode::Remove => current.difference(flags),
+                        FlagMode::Replace if ts_ms < current_ts => current.clone(),
+                        FlagMode::Replace => flags.clone(),
+                        FlagMode::Add => current.union(&flags),
+                        FlagMode::Remove => current.difference(&flags),
                     };
-                    changed.push((uid, new));
+                    changed.push((uid, new.clone()));
                     if new != current {
                         let ts_ms = ts_ms.max(current_ts);
                         records.push(Record::Flags {
                             user: user.clone(),
                             uid,
-                            flags: new,
+                            flags: new.clone(),
                             ts_ms,
                         });
                         overlay.flags.insert(key, (new, ts_ms));
