@@ -15,7 +15,7 @@ runs=${2:-}
 shift $(( $# > 2 ? 2 : $# ))
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(imap_command message smtp_path store_record peer_message admin_json)
+  targets=(imap_command pop3_command message smtp_path store_record peer_message admin_json)
 fi
 command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz not found: cargo install cargo-fuzz" >&2; exit 1; }
 cargo +nightly fuzz build --release "${targets[@]}" >/dev/null 2>&1 || cargo +nightly fuzz build --release

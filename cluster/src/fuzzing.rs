@@ -6,8 +6,9 @@
 pub type Entry = fn(&[u8]);
 
 /// The targets by name, as `fuzz/fuzz_targets/NAME.rs` and `fuzz/corpus/NAME/` name them.
-pub const TARGETS: [(&str, Entry); 6] = [
+pub const TARGETS: [(&str, Entry); 7] = [
     ("imap_command", imap_command),
+    ("pop3_command", pop3_command),
     ("message", message),
     ("smtp_path", smtp_path),
     ("store_record", store_record),
@@ -18,6 +19,11 @@ pub const TARGETS: [(&str, Entry); 6] = [
 /// One IMAP command line, literals inlined.
 pub fn imap_command(data: &[u8]) {
     crate::mail::imap::fuzz_command(data);
+}
+
+/// One POP3 command line (and TOP and dot-stuffing over the same bytes).
+pub fn pop3_command(data: &[u8]) {
+    crate::mail::pop3::fuzz_command(data);
 }
 
 /// A stored message through MIME, ENVELOPE (addresses), BODYSTRUCTURE, sections and SEARCH.

@@ -63,6 +63,22 @@ fn write_seeds() {
             user: "user1".into(),
             uids: vec![65, 129],
         },
+        Record::Deliver {
+            user: "user1\u{0}1700000000".into(),
+            uid: 66,
+            internal_date: 1_700_000_000,
+            flags: Flags::with_keywords(1, &["$Forwarded", "$label1"]).unwrap(),
+            ts_ms: 5,
+            targets: vec![2],
+            replicas: vec![1, 2],
+            body: std::sync::Arc::from(&b"Subject: x\r\n\r\nbody\r\n"[..]),
+        },
+        Record::Flags {
+            user: "user1".into(),
+            uid: 65,
+            flags: Flags::with_keywords(8, &["$Junk"]).unwrap(),
+            ts_ms: 6,
+        },
     ];
     for (i, r) in records.iter().enumerate() {
         let mut out = Vec::new();
@@ -75,7 +91,7 @@ fn write_seeds() {
             request: Request::Store(StoreMessage {
                 user: "user1".into(),
                 body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
-                flags: Flags::empty(),
+                flags: Flags::with_keywords(0, &["$hello"]).unwrap(),
                 internal_date: 1,
                 uid: Some(65),
                 seq_hint: 1,

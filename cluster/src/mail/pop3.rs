@@ -34,11 +34,8 @@ struct Maildrop {
 }
 
 impl Maildrop {
-    /// The message numbered `arg` (1-based), unless missing or marked deleted.
-    fn get(&self, arg: &str) -> Result<(usize, &MessageMeta), &'static [u8]> {
-        let n: usize = arg
-            .parse()
-            .map_err(|_| &b"-ERR invalid message number\r\n"[..])?;
+    /// The message numbered `n` (1-based), unless missing or marked deleted.
+    fn get(&self, n: usize) -> Result<(usize, &MessageMeta), &'static [u8]> {
         if n == 0 || n > self.messages.len() {
             return Err(b"-ERR no such message\r\n");
         }
@@ -60,6 +57,70 @@ impl Maildrop {
         // Unique and stable per message for as long as the mailbox's UIDVALIDITY holds.
         format!("{}.{}", self.uid_validity, m.uid)
     }
+}
+
+/// One POP3 command, parsed (RFC 1939); arguments are checked here, so a bad one gets its
+/// `-ERR` before the session does anything.
+#[derive(Debug, PartialEq, Eq)]
+enum Cmd<'a> {
+    Capa,
+    Noop,
+    Quit,
+    Stat,
+    Rset,
+    User(&'a str),
+    Pass(&'a str),
+    /// APOP, AUTH, STLS: known, not offered.
+    Unsupported,
+    /// LIST or UIDL, of one message or all.
+    List {
+        uidl: bool,
+        n: Option<usize>,
+    },
+    Retr(usize),
+    Top(usize, usize),
+    Dele(usize),
+    Unknown,
+}
+
+/// Parses one command line (the verb in any case; a password may hold spaces).
+fn parse(line: &str) -> Result<Cmd<'_>, &'static [u8]> {
+    let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
+    let number = |s: &str| -> Result<usize, &'static [u8]> {
+        s.trim()
+            .parse()
+            .map_err(|_| &b"-ERR invalid message number\r\n"[..])
+    };
+    Ok(match verb.to_ascii_uppercase().as_str() {
+        "CAPA" => Cmd::Capa,
+        "NOOP" => Cmd::Noop,
+        "QUIT" => Cmd::Quit,
+        "STAT" => Cmd::Stat,
+        "RSET" => Cmd::Rset,
+        "USER" if arg.is_empty() => return Err(b"-ERR USER needs a name\r\n"),
+        "USER" => Cmd::User(arg),
+        "PASS" => Cmd::Pass(arg),
+        "APOP" | "AUTH" | "STLS" => Cmd::Unsupported,
+        v @ ("LIST" | "UIDL") => Cmd::List {
+            uidl: v == "UIDL",
+            n: if arg.trim().is_empty() {
+                None
+            } else {
+                Some(number(arg)?)
+            },
+        },
+        "RETR" => Cmd::Retr(number(arg)?),
+        "DELE" => Cmd::Dele(number(arg)?),
+        "TOP" => {
+            let mut args = arg.split_whitespace();
+            let n = number(args.next().unwrap_or(""))?;
+            match (args.next().map(str::parse::<usize>), args.next()) {
+                (Some(Ok(lines)), None) => Cmd::Top(n, lines),
+                _ => return Err(b"-ERR usage: TOP msg lines\r\n"),
+            }
+        }
+        _ => Cmd::Unknown,
+    })
 }
 
 const CAPABILITIES: &[u8] = b"+OK Capability list follows\r\nUSER\r\nUIDL\r\nTOP\r\nPIPELINING\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nEXPIRE NEVER\r\nIMPLEMENTATION clusterbench\r\n.\r\n";
@@ -98,11 +159,10 @@ pub async fn serve(stream: TcpStream, _peer: SocketAddr, ctx: Arc<Context>) -> s
         };
         ctx.metrics.commands_total.get_or_create(&label).inc();
         let line = String::from_utf8_lossy(&line);
-        let (verb, arg) = match line.split_once(' ') {
-            Some((v, a)) => (v.to_ascii_uppercase(), a),
-            None => (line.to_ascii_uppercase(), ""),
+        let reply = match parse(&line) {
+            Ok(cmd) => command(&ctx, &mut conn, &mut state, cmd).await?,
+            Err(text) => Reply::Err(text),
         };
-        let reply = command(&ctx, &mut conn, &mut state, &verb, arg).await?;
         match reply {
             Reply::Ok => {}
             Reply::Err(text) => {
@@ -130,36 +190,32 @@ async fn command(
     ctx: &Context,
     conn: &mut Pop3Conn,
     state: &mut State,
-    verb: &str,
-    arg: &str,
+    cmd: Cmd<'_>,
 ) -> std::io::Result<Reply> {
     // Commands valid in any state.
-    match verb {
-        "CAPA" => {
+    match cmd {
+        Cmd::Capa => {
             conn.write(CAPABILITIES).await?;
             return Ok(Reply::Ok);
         }
-        "NOOP" if matches!(state, State::Transaction(_)) => {
+        Cmd::Noop if matches!(state, State::Transaction(_)) => {
             conn.write(b"+OK\r\n").await?;
             return Ok(Reply::Ok);
         }
         _ => {}
     }
     match state {
-        State::Authorization(pending_user) => match verb {
-            "USER" => {
-                if arg.is_empty() {
-                    return Ok(Reply::Err(b"-ERR USER needs a name\r\n"));
-                }
-                *pending_user = Some(arg.to_string());
+        State::Authorization(pending_user) => match cmd {
+            Cmd::User(name) => {
+                *pending_user = Some(name.to_string());
                 conn.write(b"+OK send PASS\r\n").await?;
                 Ok(Reply::Ok)
             }
-            "PASS" => {
+            Cmd::Pass(password) => {
                 let Some(login) = pending_user.take() else {
                     return Ok(Reply::Err(b"-ERR send USER first\r\n"));
                 };
-                let Some(user) = ctx.directory.authenticate(&login, arg) else {
+                let Some(user) = ctx.directory.authenticate(&login, password) else {
                     return Ok(Reply::Err(b"-ERR [AUTH] invalid user name or password\r\n"));
                 };
                 let snapshot = ctx.mail.snapshot(&user).await;
@@ -181,20 +237,22 @@ async fn command(
                 *state = State::Transaction(drop);
                 Ok(Reply::Ok)
             }
-            "APOP" | "AUTH" | "STLS" => {
-                Ok(Reply::Err(b"-ERR not supported; use USER and PASS\r\n"))
-            }
-            "QUIT" => {
+            Cmd::Unsupported => Ok(Reply::Err(b"-ERR not supported; use USER and PASS\r\n")),
+            Cmd::Quit => {
                 conn.write(b"+OK bye\r\n").await?;
                 Ok(Reply::Quit)
             }
-            "STAT" | "LIST" | "UIDL" | "RETR" | "TOP" | "DELE" | "RSET" | "NOOP" => {
-                Ok(Reply::Err(b"-ERR log in first\r\n"))
-            }
-            _ => Ok(Reply::Err(b"-ERR unknown command\r\n")),
+            Cmd::Stat
+            | Cmd::List { .. }
+            | Cmd::Retr(_)
+            | Cmd::Top(..)
+            | Cmd::Dele(_)
+            | Cmd::Rset
+            | Cmd::Noop => Ok(Reply::Err(b"-ERR log in first\r\n")),
+            Cmd::Capa | Cmd::Unknown => Ok(Reply::Err(b"-ERR unknown command\r\n")),
         },
-        State::Transaction(drop) => match verb {
-            "STAT" => {
+        State::Transaction(drop) => match cmd {
+            Cmd::Stat => {
                 let (n, octets) = drop
                     .live()
                     .fold((0, 0), |(n, o), (_, m)| (n + 1, o + m.size));
@@ -202,43 +260,38 @@ async fn command(
                     .await?;
                 Ok(Reply::Ok)
             }
-            "LIST" | "UIDL" => {
+            Cmd::List { uidl, n } => {
                 let render = |n: usize, m: &MessageMeta| {
-                    if verb == "LIST" {
-                        format!("{n} {}", m.size)
-                    } else {
+                    if uidl {
                         format!("{n} {}", drop.uidl(m))
+                    } else {
+                        format!("{n} {}", m.size)
                     }
                 };
-                if arg.is_empty() {
-                    let mut out = String::from("+OK\r\n");
-                    for (n, m) in drop.live() {
-                        out.push_str(&render(n, m));
-                        out.push_str("\r\n");
+                match n {
+                    None => {
+                        let mut out = String::from("+OK\r\n");
+                        for (n, m) in drop.live() {
+                            out.push_str(&render(n, m));
+                            out.push_str("\r\n");
+                        }
+                        out.push_str(".\r\n");
+                        conn.write(out.as_bytes()).await?;
                     }
-                    out.push_str(".\r\n");
-                    conn.write(out.as_bytes()).await?;
-                } else {
-                    match drop.get(arg.trim()) {
+                    Some(n) => match drop.get(n) {
                         Ok((n, m)) => {
                             conn.write(format!("+OK {}\r\n", render(n, m)).as_bytes())
                                 .await?
                         }
                         Err(e) => return Ok(Reply::Err(e)),
-                    }
+                    },
                 }
                 Ok(Reply::Ok)
             }
-            "RETR" | "TOP" => {
-                let mut args = arg.split_whitespace();
-                let number = args.next().unwrap_or("");
-                let lines = if verb == "TOP" {
-                    match args.next().map(str::parse::<usize>) {
-                        Some(Ok(n)) => Some(n),
-                        _ => return Ok(Reply::Err(b"-ERR usage: TOP msg lines\r\n")),
-                    }
-                } else {
-                    None
+            Cmd::Retr(number) | Cmd::Top(number, _) => {
+                let lines = match cmd {
+                    Cmd::Top(_, lines) => Some(lines),
+                    _ => None,
                 };
                 let meta = match drop.get(number) {
                     Ok((_, m)) => m.clone(),
@@ -257,10 +310,10 @@ async fn command(
                 };
                 conn.write(format!("+OK {} octets\r\n", meta.size).as_bytes())
                     .await?;
-                write_dot_stuffed(conn, body).await?;
+                conn.write(&dot_stuffed(body)).await?;
                 Ok(Reply::Ok)
             }
-            "DELE" => match drop.get(arg.trim()) {
+            Cmd::Dele(n) => match drop.get(n) {
                 Ok((n, _)) => {
                     drop.deleted.insert(n - 1);
                     conn.write(format!("+OK message {n} deleted\r\n").as_bytes())
@@ -269,12 +322,12 @@ async fn command(
                 }
                 Err(e) => Ok(Reply::Err(e)),
             },
-            "RSET" => {
+            Cmd::Rset => {
                 drop.deleted.clear();
                 conn.write(b"+OK\r\n").await?;
                 Ok(Reply::Ok)
             }
-            "QUIT" => {
+            Cmd::Quit => {
                 let uids: Vec<u32> = drop.deleted.iter().map(|&i| drop.messages[i].uid).collect();
                 if uids.is_empty() {
                     conn.write(b"+OK bye\r\n").await?;
@@ -295,8 +348,10 @@ async fn command(
                 }
                 Ok(Reply::Quit)
             }
-            "USER" | "PASS" => Ok(Reply::Err(b"-ERR already logged in\r\n")),
-            _ => Ok(Reply::Err(b"-ERR unknown command\r\n")),
+            Cmd::User(_) | Cmd::Pass(_) => Ok(Reply::Err(b"-ERR already logged in\r\n")),
+            Cmd::Unsupported | Cmd::Capa | Cmd::Noop | Cmd::Unknown => {
+                Ok(Reply::Err(b"-ERR unknown command\r\n"))
+            }
         },
     }
 }
@@ -321,8 +376,8 @@ fn top(message: &[u8], lines: usize) -> &[u8] {
     &message[..end]
 }
 
-/// Sends a multi-line response body: leading dots doubled, CRLF-terminated, then ".".
-async fn write_dot_stuffed(conn: &mut Pop3Conn, body: &[u8]) -> std::io::Result<()> {
+/// A multi-line response body: leading dots doubled, CRLF-terminated, then ".".
+fn dot_stuffed(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
     for line in body.split_inclusive(|&b| b == b'\n') {
         if line.first() == Some(&b'.') {
@@ -334,12 +389,66 @@ async fn write_dot_stuffed(conn: &mut Pop3Conn, body: &[u8]) -> std::io::Result<
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
-    conn.write(&out).await
+    out
+}
+
+/// Fuzzing: one POP3 command line through the parser, and TOP and dot-stuffing over the same
+/// bytes as a message. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_command(data: &[u8]) {
+    let line = String::from_utf8_lossy(data);
+    if let Ok(Cmd::Top(_, lines)) = parse(&line) {
+        let _ = top(data, lines);
+    }
+    let _ = top(data, data.len() % 7);
+    let stuffed = dot_stuffed(data);
+    assert!(stuffed.ends_with(b".\r\n"));
 }
 
 #[cfg(test)]
 mod tests {
-    use super::top;
+    use super::{dot_stuffed, parse, top, Cmd};
+
+    #[test]
+    fn commands_parse_with_their_arguments_checked() {
+        assert_eq!(parse("user alice"), Ok(Cmd::User("alice")));
+        assert_eq!(parse("PASS with spaces  "), Ok(Cmd::Pass("with spaces  ")));
+        assert_eq!(
+            parse("list"),
+            Ok(Cmd::List {
+                uidl: false,
+                n: None
+            })
+        );
+        assert_eq!(
+            parse("UIDL 3"),
+            Ok(Cmd::List {
+                uidl: true,
+                n: Some(3)
+            })
+        );
+        assert_eq!(parse("TOP 2 0"), Ok(Cmd::Top(2, 0)));
+        assert_eq!(parse("Dele 1"), Ok(Cmd::Dele(1)));
+        assert_eq!(parse("XYZZY"), Ok(Cmd::Unknown));
+        for bad in [
+            "USER",
+            "RETR",
+            "RETR x",
+            "DELE -1",
+            "TOP 1",
+            "TOP 1 x",
+            "TOP 1 2 3",
+            "LIST 99999999999999999999999",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bodies_are_dot_stuffed_and_terminated() {
+        assert_eq!(dot_stuffed(b".a\r\nb"), b"..a\r\nb\r\n.\r\n");
+        assert_eq!(dot_stuffed(b""), b".\r\n");
+    }
 
     #[test]
     fn top_cuts_after_n_body_lines() {
