@@ -271,6 +271,9 @@ pub struct ClusterSection {
     /// The disk model, as the node configuration's `[disk]` table: `{ model = "real" }` or
     /// `{ model = "modelled", syncs_per_s = 200, latency_ms = 5 }`.
     pub disk: toml::Table,
+    /// The mail log, as the node configuration's `[store]` table (`segment_bytes`,
+    /// `free_bytes_min`); empty: the node's defaults.
+    pub store: toml::Table,
     /// Users provisioned; default: the workload's user count.
     pub users: Option<u64>,
     /// `mail` (the Porcupine-style cluster, the default) or `web` (the SNS/TACC web cluster).
@@ -324,6 +327,7 @@ impl Default for ClusterSection {
             spread: 2,
             placement: "dynamic".into(),
             disk,
+            store: toml::Table::new(),
             users: None,
             service: Service::Mail,
             overflow_nodes: 0,

@@ -365,6 +365,9 @@ async fn start_cluster(experiment: &Experiment, dir: &Path) -> anyhow::Result<Lo
         disk: toml::Value::Table(c.disk.clone())
             .try_into::<DiskConfig>()
             .map_err(|e| anyhow::anyhow!("cluster.disk: {}", e.message()))?,
+        store: toml::Value::Table(c.store.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("cluster.store: {}", e.message()))?,
         ..NodeConfig::default()
     };
     let placement: cluster::mail::Placement =

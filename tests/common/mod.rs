@@ -26,10 +26,18 @@ pub struct Cluster {
 impl Cluster {
     /// `clusterbench cluster up --dir DIR <extra>`; returns once the cluster says it is up.
     pub fn up(dir: &Path, extra: &[&str]) -> Cluster {
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["cluster", "up", "--dir"])
             .arg(dir)
-            .args(extra)
+            .args(extra);
+        Cluster::start(command, dir)
+    }
+
+    /// Runs `command` (one that ends up running `cluster up --dir DIR`); returns once the
+    /// cluster says it is up.
+    pub fn start(mut command: Command, dir: &Path) -> Cluster {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -86,6 +86,9 @@ pub struct Load {
     pub buffered_bytes_max: u64,
     #[serde(default)]
     pub buffer_refusals: u64,
+    /// Expunge tombstones kept (retired once every replica has the expunge).
+    #[serde(default)]
+    pub tombstones: u64,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -166,6 +169,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
             buffered_bytes: ctx.buffers.used() as u64,
             buffered_bytes_max: ctx.buffers.max() as u64,
             buffer_refusals: ctx.buffers.refused(),
+            tombstones: stats.tombstones,
         },
         disk: {
             let (syncs_per_s, latency_ms) = match ctx.config.disk {

@@ -29,7 +29,31 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// How the mail log reaches stable storage.
     pub disk: DiskConfig,
+    /// How the mail log is laid out and kept in bounds.
+    pub store: StoreConfig,
     pub cluster: ClusterConfig,
+}
+
+/// The mail log's segments, compaction and the free space it leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// A segment is closed and a new one started once it grows past this many bytes. Closed
+    /// segments are compacted (their live records copied forward, the file deleted) once the
+    /// log is more than twice the size of what is live in it.
+    pub segment_bytes: u64,
+    /// Free space the log leaves on its file system: a change that would cut into it is refused
+    /// with a temporary failure (SMTP `452 4.3.1`, IMAP `NO`), and taken once space returns.
+    pub free_bytes_min: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            segment_bytes: 64 * 1024 * 1024,
+            free_bytes_min: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// The disk a node's mail log is acknowledged against.
@@ -197,6 +221,9 @@ pub struct ClusterConfig {
     pub uid_validity: u32,
     /// Timers of the membership protocol.
     pub membership: crate::core::membership::Config,
+    /// How long after every replica has an expunge its tombstones are retired (longer than a
+    /// replica push can still be on its way).
+    pub tombstone_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +251,7 @@ impl Default for ClusterConfig {
             placement: Default::default(),
             uid_validity: 0,
             membership: Default::default(),
+            tombstone_grace_ms: 60_000,
         }
     }
 }
@@ -334,6 +362,7 @@ impl Default for NodeConfig {
             users: Users::default(),
             limits: Limits::default(),
             disk: DiskConfig::default(),
+            store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
         }
     }
@@ -407,6 +436,12 @@ impl NodeConfig {
             ));
         }
         self.disk.validate()?;
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.store.segment_bytes) {
+            return Err(format!(
+                "store.segment_bytes: must be 65536 to 1073741824, got {}",
+                self.store.segment_bytes
+            ));
+        }
         let l = &self.limits;
         if l.imap_line_bytes_max < 1002 || l.imap_line_bytes_max > 16 * 1024 * 1024 {
             return Err("limits.imap_line_bytes_max: must be 1002 to 16777216".into());

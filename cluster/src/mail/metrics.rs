@@ -31,6 +31,9 @@ pub struct Metrics {
     pub fsyncs_total: Counter,
     pub modelled_syncs_total: Counter,
     pub store_errors_total: Counter,
+    pub disk_full_refusals_total: Counter,
+    pub compactions_total: Counter,
+    pub compacted_bytes_total: Counter,
     pub peer_messages_sent_total: Counter,
     pub peer_messages_received_total: Counter,
     pub peer_messages_dropped_total: Counter,
@@ -53,6 +56,9 @@ impl Metrics {
             fsyncs_total: Counter::default(),
             modelled_syncs_total: Counter::default(),
             store_errors_total: Counter::default(),
+            disk_full_refusals_total: Counter::default(),
+            compactions_total: Counter::default(),
+            compacted_bytes_total: Counter::default(),
             peer_messages_sent_total: Counter::default(),
             peer_messages_received_total: Counter::default(),
             peer_messages_dropped_total: Counter::default(),
@@ -131,6 +137,21 @@ impl Metrics {
             "store_errors",
             "Mail log write or sync failures",
             m.store_errors_total.clone(),
+        );
+        registry.register(
+            "disk_full_refusals",
+            "Batches of changes refused for want of free disk space",
+            m.disk_full_refusals_total.clone(),
+        );
+        registry.register(
+            "compactions",
+            "Log segments compacted (live records copied forward, the file deleted)",
+            m.compactions_total.clone(),
+        );
+        registry.register(
+            "compacted_bytes",
+            "Bytes of log segments deleted by compaction",
+            m.compacted_bytes_total.clone(),
         );
         // Create every protocol's series up front, so they are exported (as 0) from the start
         // and rate() over them works before the first event.

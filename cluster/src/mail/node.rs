@@ -132,10 +132,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let store_metrics = metrics.clone();
     let disk = config.disk.clone();
     let node_id = config.id;
-    let store =
-        tokio::task::spawn_blocking(move || Store::open(&data_dir, node_id, disk, store_metrics))
-            .await?
-            .with_context(|| format!("opening the mail store in {}", config.data_dir.display()))?;
+    let options = config.store;
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open(&data_dir, node_id, disk, options, store_metrics)
+    })
+    .await?
+    .with_context(|| format!("opening the mail store in {}", config.data_dir.display()))?;
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr)
             .await
@@ -196,6 +198,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
                 0 => store.uid_validity(),
                 v => v,
             },
+            tombstone_grace: std::time::Duration::from_millis(config.cluster.tombstone_grace_ms),
         },
         faults.clone(),
         mail_rx,

@@ -51,6 +51,10 @@ pub const PUSH_RETRY_INTERVAL: Duration = Duration::from_millis(250);
 pub const LOAD_BEACON_INTERVAL: Duration = Duration::from_millis(200);
 /// Users per mail-map report message.
 pub const REPORT_CHUNK_USERS: usize = 5_000;
+/// Expunges waiting out their grace (`MailConfig::tombstone_grace`) at most (past it, tombstones are simply kept).
+pub const RIPE_TOMBSTONES_MAX: usize = 1_000_000;
+/// UIDs per Retire message.
+const RETIRE_CHUNK_UIDS: usize = 10_000;
 
 /// One push in flight: (user, uid, target, what).
 type PushKey = (String, u32, u32, Owed);
@@ -73,6 +77,8 @@ pub struct MailConfig {
     /// Every configured node id.
     pub all: BTreeSet<u32>,
     pub uid_validity: u32,
+    /// How long after every replica has an expunge its tombstones are retired.
+    pub tombstone_grace: Duration,
 }
 
 pub struct MailService {
@@ -88,6 +94,8 @@ pub struct MailService {
     mailmap: Mutex<MailMap>,
     loads: Mutex<HashMap<u32, u64>>,
     push_now: Notify,
+    /// Expunges every replica has (user, uid, since when), waiting out their grace.
+    ripe: Mutex<std::collections::VecDeque<(String, u32, std::time::Instant)>>,
 }
 
 /// Why a mail operation failed, as the front ends report it.
@@ -141,6 +149,7 @@ impl MailService {
             mailmap: Mutex::new(MailMap::default()),
             loads: Mutex::new(HashMap::new()),
             push_now: Notify::new(),
+            ripe: Mutex::new(std::collections::VecDeque::new()),
         });
         tokio::spawn(service.clone().dispatch(inbound, shutdown.clone()));
         tokio::spawn(service.clone().report_on_view_change(shutdown.clone()));
@@ -217,7 +226,7 @@ impl MailService {
         let mut last_error = None;
         // A first replica that fails is avoided on a second try.
         for _ in 0..2 {
-            let targets = {
+            let chosen = {
                 let loads = self.loads.lock().unwrap();
                 let own_load = self.store.stats().pending_ops;
                 super::placement::choose(
@@ -239,7 +248,13 @@ impl MailService {
                         }
                     },
                     &mut rand::rng(),
-                )?
+                )
+            };
+            let targets = match (chosen, last_error) {
+                (Ok(targets), _) => targets,
+                // No other node to try: the first one's failure is the answer.
+                (Err(_), Some(e)) => return Err(e),
+                (Err(e), None) => return Err(e.into()),
             };
             let primary = targets[0];
             let message = StoreMessage {
@@ -583,10 +598,64 @@ impl MailService {
                     });
                 }
             }
+            self.retire_ripe().await;
             tokio::select! {
                 _ = self.push_now.notified() => {},
                 _ = tokio::time::sleep(PUSH_RETRY_INTERVAL) => {},
                 _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Notes that every replica has the expunge of `uid`, if so: it is expunged here and owed to
+    /// no one.
+    fn ripen(&self, user: &str, uid: u32) {
+        if !self.store.is_expunged(user, uid) || self.store.owes(user, uid) {
+            return;
+        }
+        let mut ripe = self.ripe.lock().unwrap();
+        if ripe.len() < RIPE_TOMBSTONES_MAX {
+            ripe.push_back((user.to_string(), uid, std::time::Instant::now()));
+        }
+    }
+
+    /// Retires the tombstones whose grace has passed, here and on every other live node.
+    async fn retire_ripe(&self) {
+        let mut due: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        {
+            let mut ripe = self.ripe.lock().unwrap();
+            while ripe
+                .front()
+                .is_some_and(|(_, _, at)| at.elapsed() >= self.config.tombstone_grace)
+            {
+                let (user, uid, _) = ripe.pop_front().expect("checked");
+                due.entry(user).or_default().push(uid);
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        let others: Vec<u32> = self
+            .current_view()
+            .view
+            .members
+            .into_iter()
+            .filter(|&m| m != self.id)
+            .collect();
+        for (user, uids) in due {
+            for chunk in uids.chunks(RETIRE_CHUNK_UIDS) {
+                if let Err(e) = self.store.retire(&user, chunk.to_vec()).await {
+                    tracing::debug!(user, "retiring tombstones failed: {e}");
+                }
+                for &m in &others {
+                    self.send(
+                        m,
+                        MailMessage::Retire {
+                            user: user.clone(),
+                            uids: chunk.to_vec(),
+                        },
+                    );
+                }
             }
         }
     }
@@ -677,6 +746,7 @@ impl MailService {
         match self.call(target, request).await? {
             Response::Flags(_) | Response::Removed(_) => {
                 self.store.settled(user, uid, target).await?;
+                self.ripen(user, uid);
                 Ok(())
             }
             other => Err(MailError::Remote(target, format!("{other:?}"))),
@@ -815,6 +885,14 @@ impl MailService {
             MailMessage::Load { pending_io } => {
                 self.loads.lock().unwrap().insert(from, pending_io);
             }
+            MailMessage::Retire { user, uids } => {
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.retire(&user, uids).await {
+                        tracing::debug!(user, "retiring tombstones failed: {e}");
+                    }
+                });
+            }
             MailMessage::Request { .. } => {
                 unreachable!("requests are dispatched, not handled here")
             }
@@ -908,6 +986,10 @@ impl MailService {
                     Ok(removed) => {
                         if owe {
                             self.push_now.notify_one();
+                            // A copy no other replica holds is ripe at once.
+                            for &uid in &removed {
+                                self.ripen(&user, uid);
+                            }
                         }
                         Response::Removed(removed)
                     }

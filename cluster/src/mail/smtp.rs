@@ -397,6 +397,11 @@ impl Session {
                 conn.write(format!("250 2.0.0 Ok: queued as {queue_id}\r\n").as_bytes())
                     .await?
             }
+            // The disk holding the mail is full (here, or on the node that was to store it).
+            Err(e) if e.to_string().contains(crate::mail::store::DISK_FULL) => {
+                tracing::warn!("delivery refused: {e}");
+                conn.write(NO_ROOM.as_bytes()).await?
+            }
             Err(e) => {
                 tracing::error!("delivery failed: {e}");
                 self.reply_error(

@@ -34,6 +34,11 @@ pub enum MailMessage {
     Load {
         pending_io: u64,
     },
+    /// Every replica has these expunges of `user`: their tombstones may go.
+    Retire {
+        user: String,
+        uids: Vec<u32>,
+    },
 }
 
 /// A message body to store, new or as a replica.

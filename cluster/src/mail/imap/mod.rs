@@ -109,6 +109,9 @@ impl Reply {
     }
     fn store_failed(e: StoreError) -> Reply {
         tracing::warn!("IMAP command failed in the store: {e}");
+        if e.to_string().contains(crate::mail::store::DISK_FULL) {
+            return Reply::no("[UNAVAILABLE] The server's disk is full; try again later");
+        }
         Reply::no("[UNAVAILABLE] The mail store failed; try again later")
     }
 }

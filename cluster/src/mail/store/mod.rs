@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::mail::config::DiskConfig;
+use crate::mail::config::{DiskConfig, StoreConfig};
 use crate::mail::metrics::Metrics;
 
 pub use writer::FlagMode;
@@ -267,6 +267,8 @@ pub struct StoreStats {
     pub segments: u64,
     /// Changes queued for the writer and not yet durable.
     pub pending_ops: u64,
+    /// Expunge tombstones kept (until every replica has the expunge).
+    pub tombstones: u64,
 }
 
 /// Why a store operation failed.
@@ -285,6 +287,10 @@ pub enum StoreError {
     #[error("invalid change refused: {0}")]
     Invalid(String),
 }
+
+/// The text of the temporary failure a change gets when the disk holding the log is full (the
+/// front ends answer it with SMTP `452 4.3.1` and IMAP `NO`).
+pub const DISK_FULL: &str = "the node's disk is full";
 
 /// Longest user name a change may carry (the log allows 64 KiB; nothing real comes near).
 pub const USER_BYTES_MAX: usize = 1024;
@@ -371,12 +377,16 @@ struct Index {
     owed: BTreeMap<(String, u32), BTreeSet<u32>>,
     /// User profiles: user → (password, ts_ms). The newest setting wins.
     profiles: HashMap<String, (String, i64)>,
+    /// Segment → bytes of the message bodies stored there that are still live (what
+    /// compaction would have to copy).
+    segment_live: HashMap<u32, u64>,
 }
 
 struct Shared {
     dir: PathBuf,
     /// This node's id: the low bits of every UID it assigns.
     node_id: u32,
+    options: StoreConfig,
     uid_validity: u32,
     index: Mutex<Index>,
     /// Open segment files for reading message bodies.
@@ -429,6 +439,7 @@ impl Store {
         dir: &Path,
         node_id: u32,
         disk: DiskConfig,
+        options: StoreConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Store, StoreError> {
         assert!(
@@ -455,6 +466,7 @@ impl Store {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             node_id,
+            options,
             uid_validity,
             index: Mutex::new(index),
             segments: RwLock::new(files),
@@ -585,6 +597,25 @@ impl Store {
             .mailboxes
             .get(user)
             .is_some_and(|mb| mb.expunged.contains(&uid))
+    }
+
+    /// Forgets the tombstones of `uids` (those this node has): every replica has the expunges,
+    /// so no copy can come back. Returns once durable.
+    pub async fn retire(&self, user: &str, uids: Vec<u32>) -> Result<(), StoreError> {
+        check_user(user)?;
+        check_uids(&uids)?;
+        self.submit_done(|reply| writer::Op::Retire {
+            user: user.to_string(),
+            uids,
+            reply,
+        })
+        .await
+    }
+
+    /// Whether this node still owes anyone the state of `uid`.
+    pub fn owes(&self, user: &str, uid: u32) -> bool {
+        let index = self.shared.index.lock().unwrap();
+        index.owed.contains_key(&(user.to_string(), uid))
     }
 
     /// Records that `node` has the state of `uid` this node owed it.
@@ -841,6 +872,11 @@ impl Store {
             messages: index.messages,
             bytes: index.bytes,
             segments: self.shared.segments.read().unwrap().len() as u64,
+            tombstones: index
+                .mailboxes
+                .values()
+                .map(|mb| mb.expunged.len() as u64)
+                .sum(),
             pending_ops: self
                 .shared
                 .pending_ops
@@ -896,9 +932,20 @@ fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) 
                     offset: body_offset,
                 }),
             };
-            if mb.messages.insert(*uid, meta).is_none() {
-                index.messages += 1;
-                index.bytes += body.len() as u64;
+            *index.segment_live.entry(segment).or_default() += body.len() as u64;
+            match mb.messages.insert(*uid, meta) {
+                None => {
+                    index.messages += 1;
+                    index.bytes += body.len() as u64;
+                }
+                // Copied forward by compaction: it lives in the new place now.
+                Some(old) => {
+                    if let Some(at) = old.location {
+                        if let Some(live) = index.segment_live.get_mut(&at.segment) {
+                            *live = live.saturating_sub(old.size);
+                        }
+                    }
+                }
             }
             if !targets.is_empty() {
                 index.pending.insert((user.clone(), *uid), targets.clone());
@@ -926,6 +973,11 @@ fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) 
                 if let Some(m) = mb.messages.remove(uid) {
                     index.messages -= 1;
                     index.bytes -= m.size;
+                    if let Some(at) = m.location {
+                        if let Some(live) = index.segment_live.get_mut(&at.segment) {
+                            *live = live.saturating_sub(m.size);
+                        }
+                    }
                 }
                 index.pending.remove(&(user.clone(), *uid));
             }
@@ -960,6 +1012,17 @@ fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) 
                     index.owed.remove(&key);
                 }
             }
+        }
+        Record::Retire { user, uids } => {
+            if let Some(mb) = index.mailboxes.get_mut(user) {
+                for uid in uids {
+                    mb.expunged.remove(uid);
+                }
+            }
+        }
+        Record::Seq { user, max_seq } => {
+            let mb = index.mailboxes.entry(user.clone()).or_default();
+            mb.max_seq = mb.max_seq.max(*max_seq);
         }
         Record::Profile {
             user,

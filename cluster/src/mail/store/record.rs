@@ -26,6 +26,8 @@ const KIND_PROFILE: u8 = 7;
 /// log written before keywords reads the same).
 const KIND_DELIVER_KEYWORDS: u8 = 8;
 const KIND_FLAGS_KEYWORDS: u8 = 9;
+const KIND_SEQ: u8 = 10;
+const KIND_RETIRE: u8 = 11;
 
 /// One durable change to a mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +55,8 @@ pub enum Record {
     },
     /// These messages are gone (and must not come back from a late replica push).
     Expunge { user: String, uids: Vec<u32> },
+    /// Every replica has these expunges: their tombstones are no longer needed.
+    Retire { user: String, uids: Vec<u32> },
     /// Replica `node` has acknowledged `uid`: one fewer target to push it to.
     Acked { user: String, uid: u32, node: u32 },
     /// `targets` must learn the current state (flags, or expunged) of these messages: a client
@@ -65,6 +69,9 @@ pub enum Record {
     },
     /// `node` has acknowledged the state of `uid` this node owed it.
     Settled { user: String, uid: u32, node: u32 },
+    /// `user`'s UIDs have used sequence numbers up to `max_seq` (written by compaction, so the
+    /// highest UID survives the records that showed it being dropped).
+    Seq { user: String, max_seq: u32 },
     /// A user profile (hard state): the password, as of `ts_ms` (the newest wins). `targets`
     /// are the nodes this node still has to push it to (acknowledged with `Acked` for
     /// [`super::PROFILE_UID`]).
@@ -163,8 +170,12 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
                 put_keywords(out, flags);
             }
         }
-        Record::Expunge { user, uids } => {
-            out.push(KIND_EXPUNGE);
+        Record::Expunge { user, uids } | Record::Retire { user, uids } => {
+            out.push(if matches!(record, Record::Expunge { .. }) {
+                KIND_EXPUNGE
+            } else {
+                KIND_RETIRE
+            });
             put_str(out, user);
             out.extend_from_slice(&(uids.len() as u32).to_le_bytes());
             for uid in uids {
@@ -199,6 +210,11 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             put_str(out, user);
             out.extend_from_slice(&uid.to_le_bytes());
             out.extend_from_slice(&node.to_le_bytes());
+        }
+        Record::Seq { user, max_seq } => {
+            out.push(KIND_SEQ);
+            put_str(out, user);
+            out.extend_from_slice(&max_seq.to_le_bytes());
         }
         Record::Profile {
             user,
@@ -275,7 +291,7 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
                 ts_ms,
             }
         }
-        KIND_EXPUNGE => {
+        KIND_EXPUNGE | KIND_RETIRE => {
             let n = r.u32()? as usize;
             if n > payload.len() / 4 {
                 return Err(FrameError::Corrupt("expunge count exceeds payload"));
@@ -284,7 +300,11 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
             for _ in 0..n {
                 uids.push(r.u32()?);
             }
-            Record::Expunge { user, uids }
+            if kind == KIND_EXPUNGE {
+                Record::Expunge { user, uids }
+            } else {
+                Record::Retire { user, uids }
+            }
         }
         KIND_ACKED => {
             let uid = r.u32()?;
@@ -316,6 +336,10 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, FrameError> {
             let node = r.u32()?;
             Record::Settled { user, uid, node }
         }
+        KIND_SEQ => Record::Seq {
+            user,
+            max_seq: r.u32()?,
+        },
         KIND_PROFILE => {
             let password = r.string()?;
             let ts_ms = r.i64()?;
@@ -477,6 +501,14 @@ mod tests {
                 password: "s3cret".into(),
                 ts_ms: 77,
                 targets: vec![2, 3],
+            },
+            Record::Seq {
+                user: "user1\u{0}folders".into(),
+                max_seq: 12,
+            },
+            Record::Retire {
+                user: "user1".into(),
+                uids: vec![7],
             },
         ]
     }

@@ -8,9 +8,6 @@ use std::sync::Arc;
 
 use super::record::{self, FrameError, Record, FRAME_HEADER_BYTES};
 
-/// A segment is closed and a new one started once it grows past this size.
-pub const SEGMENT_BYTES_TARGET: u64 = 64 * 1024 * 1024;
-
 /// The segment new records are appended to.
 pub struct Head {
     pub id: u32,
@@ -145,6 +142,34 @@ pub fn recover(dir: &Path, mut apply: impl FnMut(u32, u64, &Record)) -> io::Resu
         readers,
         truncated_bytes,
     })
+}
+
+/// Every good record of a closed segment, with its frame offset.
+pub fn read_all(file: &File, id: u32) -> io::Result<Vec<(u64, Record)>> {
+    let len = file.metadata()?.len();
+    let mut records = Vec::new();
+    replay_segment(file, len, id, &mut |_, offset, r: &Record| {
+        records.push((offset, r.clone()))
+    })?;
+    Ok(records)
+}
+
+/// Free bytes an unprivileged writer may use on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct we pass; the path is NUL-terminated.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    Some((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
+}
+
+/// Deletes a segment durably (the directory entry).
+pub fn delete_segment(dir: &Path, id: u32) -> io::Result<()> {
+    std::fs::remove_file(segment_path(dir, id))?;
+    sync_dir(&log_dir(dir))
 }
 
 /// Returns the length of the segment's good prefix.

@@ -4,7 +4,14 @@ use std::sync::Arc;
 use super::*;
 
 fn open(dir: &Path) -> Store {
-    Store::open(dir, 1, DiskConfig::Real, Arc::new(Metrics::new())).unwrap()
+    Store::open(
+        dir,
+        1,
+        DiskConfig::Real,
+        Default::default(),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap()
 }
 
 fn body(text: &str) -> Arc<[u8]> {
@@ -167,7 +174,13 @@ async fn flag_modes_compose() {
 fn a_second_store_on_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _first = open(dir.path());
-    match Store::open(dir.path(), 1, DiskConfig::Real, Arc::new(Metrics::new())) {
+    match Store::open(
+        dir.path(),
+        1,
+        DiskConfig::Real,
+        Default::default(),
+        Arc::new(Metrics::new()),
+    ) {
         Err(StoreError::Locked(_)) => {}
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("second store opened the same directory"),
@@ -182,7 +195,14 @@ async fn modelled_disk_charges_one_sync_per_record() {
         latency_ms: 0.0,
         log: Default::default(),
     };
-    let store = Store::open(dir.path(), 1, disk, Arc::new(Metrics::new())).unwrap();
+    let store = Store::open(
+        dir.path(),
+        1,
+        disk,
+        Default::default(),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
     let start = std::time::Instant::now();
     // 20 records, one after another: at 100 syncs/s that is at least 200 ms of device time.
     for i in 0..20 {
@@ -216,7 +236,7 @@ async fn a_modelled_log_on_the_disk_charges_bookkeeping_too() {
             latency_ms: 0.0,
             log,
         };
-        let store = Store::open(dir.path(), 1, disk, metrics.clone()).unwrap();
+        let store = Store::open(dir.path(), 1, disk, Default::default(), metrics.clone()).unwrap();
         for i in 0..4 {
             // A first replica's copy that owes node 2 a push...
             let uid = store
@@ -525,4 +545,217 @@ async fn nothing_a_peer_sends_trips_the_writer() {
         .deliver(vec!["b".into()], body("after\r\n"), Flags::empty(), None)
         .await
         .unwrap();
+}
+
+fn open_with(dir: &Path, options: StoreConfig, metrics: Arc<Metrics>) -> Store {
+    Store::open(dir, 1, DiskConfig::Real, options, metrics).unwrap()
+}
+
+/// Everything a replay must give back, as text: each mailbox's messages (UID, flags, stamp,
+/// date, replicas, body), tombstones and highest sequence, pushes and owed changes, profiles.
+async fn state(store: &Store, users: &[&str]) -> String {
+    let mut out = String::new();
+    for user in users {
+        let snapshot = store.snapshot(user);
+        out += &format!(
+            "{user} next {} seq {}\n",
+            snapshot.uid_next,
+            store.max_seq(user)
+        );
+        for m in &snapshot.messages {
+            let bytes = store.read(m).await.unwrap();
+            out += &format!(
+                "  {} {:?} {} {} {:?} {}\n",
+                m.uid,
+                m.flags,
+                m.flags_ts,
+                m.internal_date,
+                m.replicas,
+                String::from_utf8_lossy(&bytes[..40])
+            );
+        }
+        let mut gone = store.expunged(user);
+        gone.sort_unstable();
+        out += &format!("  expunged {gone:?}\n  profile {:?}\n", store.profile(user));
+    }
+    out += &format!("pending {:?}\n", store.pending_pushes(usize::MAX));
+    out += &format!("owed {:?}\n", store.owed_changes(usize::MAX));
+    out
+}
+
+fn log_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// Fills the log with `rounds` of deliveries (some with pending pushes, keywords, owed
+/// changes) to users a and b, expunges most, changes flags of what stays; returns the
+/// UIDs kept per user.
+async fn churn(store: &Store, rounds: u32) {
+    let filler = "x".repeat(2000);
+    for i in 0..rounds {
+        for user in ["a", "b"] {
+            let text = format!("message {i:05} of {user} {filler}\r\n");
+            let uid = store
+                .store(NewMessage {
+                    user: user.into(),
+                    body: body(&text),
+                    flags: Flags::with_keywords(0, &["$label1"]).unwrap(),
+                    internal_date: Some(1_700_000_000 + i64::from(i)),
+                    uid: None,
+                    seq_hint: 0,
+                    ts_ms: stamp(1, 1),
+                    targets: if i % 7 == 0 { vec![2] } else { vec![] },
+                    replicas: vec![1, 2],
+                })
+                .await
+                .unwrap();
+            if i % 10 != 3 {
+                store
+                    .expunge_owing(user, vec![uid], i % 5 == 0)
+                    .await
+                    .unwrap();
+            } else if i % 20 == 3 {
+                store
+                    .set_flags_at(
+                        user,
+                        vec![uid],
+                        FlagMode::Add,
+                        Flags::SEEN,
+                        stamp(2, 1),
+                        true,
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        if i % 50 == 0 {
+            store
+                .set_profile("a", &format!("pw{i}"), i64::from(i), vec![2, 3])
+                .await
+                .unwrap();
+        }
+    }
+    // A tombstone for a message never held here, and the newest message of b expunged.
+    store.expunge("a", vec![uid_of(900_000, 2)]).await.unwrap();
+    let newest = store.snapshot("b").messages.last().unwrap().uid;
+    store.expunge("b", vec![newest]).await.unwrap();
+}
+
+/// Keeps the writer busy (compaction runs between batches) until `done` holds.
+async fn until(store: &Store, done: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "compaction never came"
+        );
+        store.acked("a", 1, 9).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn compaction_reclaims_expunged_space_and_a_replay_gives_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreConfig {
+        segment_bytes: 64 * 1024,
+        free_bytes_min: 0,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let store = open_with(dir.path(), options, metrics.clone());
+    churn(&store, 600).await;
+    let written = metrics.message_bytes_stored_total.get();
+    until(&store, || metrics.compactions_total.get() >= 10).await;
+    // Compaction catches up: the log is at most about twice what is live in it.
+    let live = store.stats().bytes;
+    until(&store, || log_bytes(dir.path()) <= 2 * live + 3 * 64 * 1024).await;
+    assert!(log_bytes(dir.path()) < written / 3, "{written}");
+    let before = state(&store, &["a", "b"]).await;
+    assert!(before.contains("pending [PendingPush") && before.contains("owed [PendingPush"));
+    println!(
+        "{} bytes of messages written, log now {} bytes after {} compactions",
+        written,
+        log_bytes(dir.path()),
+        metrics.compactions_total.get()
+    );
+    drop(store);
+    let store = open_with(dir.path(), options, Arc::new(Metrics::new()));
+    assert_eq!(state(&store, &["a", "b"]).await, before);
+    // The highest UIDs were expunged and their records compacted away: still never reused.
+    let seq_b = store.max_seq("b");
+    let uid = store
+        .deliver(vec!["b".into()], body("after\r\n"), Flags::empty(), None)
+        .await
+        .unwrap()[0];
+    assert_eq!(seq_of(uid), seq_b + 1);
+}
+
+#[tokio::test]
+async fn a_crash_between_the_copy_and_the_delete_replays_to_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    let options = StoreConfig {
+        segment_bytes: 64 * 1024,
+        free_bytes_min: 0,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let store = open_with(dir.path(), options, metrics.clone());
+    churn(&store, 300).await;
+    // Closed segments never change: keep a copy of each, to put back after compaction has
+    // copied them forward and deleted them — what a crash just before the delete leaves.
+    let log = dir.path().join("log");
+    let mut names: Vec<String> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names.pop();
+    for name in &names {
+        std::fs::copy(log.join(name), saved.path().join(name)).unwrap();
+    }
+    until(&store, || {
+        names.iter().any(|n| !log.join(n).exists()) && metrics.compactions_total.get() >= 1
+    })
+    .await;
+    let state_after = state(&store, &["a", "b"]).await;
+    drop(store);
+    for name in &names {
+        if !log.join(name).exists() {
+            std::fs::copy(saved.path().join(name), log.join(name)).unwrap();
+        }
+    }
+    let store = open_with(dir.path(), options, Arc::new(Metrics::new()));
+    assert_eq!(state(&store, &["a", "b"]).await, state_after);
+}
+
+#[tokio::test]
+async fn retired_tombstones_stay_retired_after_a_restart_and_a_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreConfig {
+        segment_bytes: 64 * 1024,
+        free_bytes_min: 0,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let store = open_with(dir.path(), options, metrics.clone());
+    churn(&store, 200).await;
+    let tombstones = store.stats().tombstones;
+    assert!(tombstones > 100, "{tombstones}");
+    let mut gone = store.expunged("a");
+    gone.sort_unstable();
+    let (retired, kept) = gone.split_at(gone.len() / 2);
+    store.retire("a", retired.to_vec()).await.unwrap();
+    assert_eq!(store.expunged("a").len(), kept.len());
+    // Compaction carries forward only the tombstones still kept.
+    let compactions = metrics.compactions_total.get();
+    until(&store, || metrics.compactions_total.get() > compactions + 3).await;
+    let before = state(&store, &["a", "b"]).await;
+    drop(store);
+    let store = open_with(dir.path(), options, Arc::new(Metrics::new()));
+    assert_eq!(state(&store, &["a", "b"]).await, before);
+    let mut now = store.expunged("a");
+    now.sort_unstable();
+    assert_eq!(now, kept);
 }

@@ -4,16 +4,25 @@
 //! Because one thread assigns UIDs and applies batches in log order, UIDs become visible in
 //! ascending order and a reader never sees a change that is not yet durable. After a write or
 //! fsync failure the writer stops accepting changes (the state of the file is unknown; retrying
-//! an fsync can silently drop data), and every later change gets an error.
+//! an fsync can silently drop data), and every later change gets an error — except for want of
+//! space: a batch that would cut into the free space the log must leave, or whose write fails
+//! with `ENOSPC` (cut off again, durably), is refused with a temporary failure and the writer
+//! carries on, taking changes again once space returns.
+//!
+//! Between batches the writer compacts: when the log is more than twice what is live in it, the
+//! oldest closed segment's live state (messages still present, with their current flags and
+//! pending pushes; expunge tombstones; owed changes; profiles; each user's highest UID sequence)
+//! is appended to the head and fsynced, and only then is the segment deleted. A crash between the
+//! two replays both, which gives the same index; so compaction is crash-safe without a rename.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::{self, Record};
-use super::segment::{self, Head, SEGMENT_BYTES_TARGET};
+use super::segment::{self, Head};
 use super::{apply, seq_of, uid_of, Flags, Index, NewMessage, Shared, UID_SEQ_MAX};
 use crate::mail::config::DiskConfig;
 
@@ -21,6 +30,11 @@ use crate::mail::config::DiskConfig;
 const BATCH_OPS_MAX: usize = 512;
 /// Bytes written in one batch at most, so a burst of large messages does not build one huge buffer.
 const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// How often, at most, the writer looks at whether to compact.
+const COMPACTION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a compacted segment stays open for readers that looked its messages up before the
+/// copy (its file is already deleted; the space returns when it is closed).
+const RETIRED_SEGMENT_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How a flags change combines with the flags a message has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +62,11 @@ pub enum Op {
         user: String,
         uids: Vec<u32>,
         owe: bool,
+        reply: oneshot::Sender<Reply>,
+    },
+    Retire {
+        user: String,
+        uids: Vec<u32>,
         reply: oneshot::Sender<Reply>,
     },
     Settled {
@@ -91,6 +110,8 @@ pub fn spawn(
                 head,
                 disk,
                 failed: None,
+                retired: Vec::new(),
+                last_compaction_check: std::time::Instant::now(),
             }
             .run(ops)
         })
@@ -101,6 +122,9 @@ struct Writer {
     head: Head,
     disk: DiskConfig,
     failed: Option<String>,
+    /// Compacted segments still open for readers: (id, when deleted).
+    retired: Vec<(u32, std::time::Instant)>,
+    last_compaction_check: std::time::Instant,
 }
 
 /// What one op of the batch wrote, to be applied once the batch is durable.
@@ -123,6 +147,7 @@ impl Writer {
                 }
             }
             self.process(batch);
+            self.maybe_compact();
         }
     }
 
@@ -133,7 +158,7 @@ impl Writer {
             }
             return;
         }
-        if self.head.len >= SEGMENT_BYTES_TARGET {
+        if self.head.len >= self.shared.options.segment_bytes {
             if let Err(e) = self.roll() {
                 self.fail(format!("cannot start a new log segment: {e}"));
                 return self.process(batch);
@@ -170,6 +195,13 @@ impl Writer {
             }
         }
         if !buf.is_empty() {
+            // Room first: a batch that would cut into the space the log leaves free is
+            // refused, for now.
+            let needed = buf.len() as u64 + self.shared.options.free_bytes_min;
+            if segment::free_bytes(&self.shared.dir).is_some_and(|free| free < needed) {
+                self.refuse_full(pending);
+                return self.process(carry);
+            }
             // The modelled device charges a sync per message copy written; the bookkeeping
             // records (flags, expunges, acknowledgements, owed changes) ride along in the same
             // batch on an NVRAM-like log, and cost a sync each on a log on the disk.
@@ -185,11 +217,35 @@ impl Writer {
                 .flat_map(|p| &p.records)
                 .filter(|(_, r)| every_record || matches!(r, Record::Deliver { .. }))
                 .count();
-            let result = self
-                .head
-                .file
-                .write_all_at(&buf, self.head.len)
-                .and_then(|()| self.sync(records));
+            let written = self.head.file.write_all_at(&buf, self.head.len);
+            if written
+                .as_ref()
+                .is_err_and(|e| e.raw_os_error() == Some(libc::ENOSPC))
+            {
+                // Nothing of it may survive a crash: cut it off, durably, and refuse the batch
+                // for now. If even that fails, the file's state is unknown: stop.
+                match self
+                    .head
+                    .file
+                    .set_len(self.head.len)
+                    .and_then(|()| self.head.file.sync_all())
+                {
+                    Ok(()) => {
+                        self.refuse_full(pending);
+                        return self.process(carry);
+                    }
+                    Err(e) => {
+                        self.fail(format!("cannot cut off a write the full disk refused: {e}"));
+                        for p in pending {
+                            let _ = p
+                                .reply
+                                .send(Reply::Failed(self.failed.clone().unwrap_or_default()));
+                        }
+                        return self.process(carry);
+                    }
+                }
+            }
+            let result = written.and_then(|()| self.sync(records));
             if let Err(e) = result {
                 self.shared.metrics.store_errors_total.inc();
                 // Cut off whatever part of the batch reached the file, so a restart does not
@@ -419,6 +475,19 @@ impl Writer {
                 }
                 (reply, Reply::Uids(removed), records)
             }
+            Op::Retire { user, uids, reply } => {
+                let kept: Vec<u32> = index.mailboxes.get(&user).map_or_else(Vec::new, |mb| {
+                    uids.into_iter()
+                        .filter(|u| mb.expunged.contains(u))
+                        .collect()
+                });
+                let records = if kept.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![Record::Retire { user, uids: kept }]
+                };
+                (reply, Reply::Uids(Vec::new()), records)
+            }
             Op::Profile {
                 user,
                 password,
@@ -502,6 +571,149 @@ impl Writer {
             .collect()
     }
 
+    /// Answers a batch that found no room with a temporary failure.
+    fn refuse_full(&self, pending: Vec<Pending>) {
+        self.shared.metrics.disk_full_refusals_total.inc();
+        tracing::warn!(
+            dir = %self.shared.dir.display(),
+            "refusing changes: the disk holding the mail log is full"
+        );
+        for p in pending {
+            let _ = p.reply.send(Reply::Failed(format!(
+                "{}; try again later",
+                super::DISK_FULL
+            )));
+        }
+    }
+
+    /// Compacts the oldest closed segment if the log is more than twice what is live in it (and
+    /// holds at least two segments' worth of garbage); closes compacted segments whose grace
+    /// has passed.
+    fn maybe_compact(&mut self) {
+        if self.failed.is_some() || self.last_compaction_check.elapsed() < COMPACTION_CHECK_INTERVAL
+        {
+            return;
+        }
+        self.last_compaction_check = std::time::Instant::now();
+        let expired: Vec<u32> = self
+            .retired
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= RETIRED_SEGMENT_GRACE)
+            .map(|(id, _)| *id)
+            .collect();
+        if !expired.is_empty() {
+            let mut segments = self.shared.segments.write().unwrap();
+            for id in &expired {
+                segments.remove(id);
+            }
+            self.retired.retain(|(id, _)| !expired.contains(id));
+        }
+        let segment_bytes = self.shared.options.segment_bytes;
+        let (oldest, log_bytes) = {
+            let segments = self.shared.segments.read().unwrap();
+            let live: Vec<(u32, &Arc<std::fs::File>)> = segments
+                .iter()
+                .filter(|(id, _)| !self.retired.iter().any(|(r, _)| r == *id))
+                .map(|(id, f)| (*id, f))
+                .collect();
+            let log_bytes: u64 = live
+                .iter()
+                .map(|(id, f)| {
+                    if *id == self.head.id {
+                        self.head.len
+                    } else {
+                        f.metadata().map_or(0, |m| m.len())
+                    }
+                })
+                .sum();
+            let oldest = live
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|&id| id < self.head.id)
+                .min();
+            (oldest, log_bytes)
+        };
+        let live_bytes = self.shared.index.lock().unwrap().bytes;
+        let Some(oldest) = oldest else { return };
+        if log_bytes <= 2 * live_bytes + 2 * segment_bytes {
+            return;
+        }
+        if let Err(e) = self.compact(oldest) {
+            tracing::warn!(segment = oldest, "compaction stopped: {e}");
+        }
+    }
+
+    /// Appends the live state of closed segment `id` to the head, makes it durable, applies it,
+    /// then deletes the segment.
+    fn compact(&mut self, id: u32) -> std::io::Result<()> {
+        let Some(file) = self.shared.segments.read().unwrap().get(&id).cloned() else {
+            return Ok(());
+        };
+        let size = file.metadata()?.len();
+        let records = segment::read_all(&file, id)?;
+        let carried = {
+            let index = self.shared.index.lock().unwrap();
+            carry_forward(&index, id, records)
+        };
+        let mut buf = Vec::new();
+        for r in &carried {
+            record::encode(r, &mut buf);
+        }
+        let free = segment::free_bytes(&self.shared.dir).unwrap_or(u64::MAX);
+        if free < buf.len() as u64 + self.shared.options.free_bytes_min / 2 {
+            return Err(std::io::Error::other(format!(
+                "{} bytes to copy forward, {free} free",
+                buf.len()
+            )));
+        }
+        if self.head.len >= self.shared.options.segment_bytes {
+            self.roll()?;
+        }
+        let start = self.head.len;
+        if let Err(e) = self
+            .head
+            .file
+            .write_all_at(&buf, start)
+            .and_then(|()| self.head.file.sync_data())
+        {
+            // As for a batch: cut off what reached the file; if even that fails, stop.
+            if let Err(cut) = self
+                .head
+                .file
+                .set_len(start)
+                .and_then(|()| self.head.file.sync_all())
+            {
+                self.fail(format!(
+                    "compaction could not cut off a failed write: {cut}"
+                ));
+            }
+            return Err(e);
+        }
+        self.head.len += buf.len() as u64;
+        {
+            let mut index = self.shared.index.lock().unwrap();
+            let mut at = start;
+            for r in &carried {
+                apply(&mut index, self.head.id, at, r);
+                let mut frame = Vec::new();
+                record::encode(r, &mut frame);
+                at += frame.len() as u64;
+            }
+            index.segment_live.remove(&id);
+        }
+        segment::delete_segment(&self.shared.dir, id)?;
+        self.retired.push((id, std::time::Instant::now()));
+        self.shared.metrics.compactions_total.inc();
+        self.shared.metrics.compacted_bytes_total.inc_by(size);
+        tracing::debug!(
+            segment = id,
+            size,
+            carried = buf.len(),
+            "compacted a mail log segment"
+        );
+        Ok(())
+    }
+
     fn roll(&mut self) -> std::io::Result<()> {
         let next = segment::create_segment(&self.shared.dir, self.head.id + 1)?;
         self.shared
@@ -524,6 +736,7 @@ fn reply_of(op: Op) -> oneshot::Sender<Reply> {
         Op::Deliver { reply, .. }
         | Op::Flags { reply, .. }
         | Op::Expunge { reply, .. }
+        | Op::Retire { reply, .. }
         | Op::Acked { reply, .. }
         | Op::Settled { reply, .. }
         | Op::Profile { reply, .. } => reply,
@@ -556,4 +769,112 @@ struct Overlay {
     gone: HashSet<(String, u32)>,
     acked: HashSet<(String, u32, u32)>,
     settled: HashSet<(String, u32, u32)>,
+}
+
+/// What of closed segment `id` (its records, in order) must be written again for a replay
+/// without it to give the same index: the messages it holds that are still live (with their
+/// current flags and pending pushes), tombstones still kept, owed changes still owed, current
+/// profiles, and each user's highest UID sequence. Flags, acknowledgements and settlements in
+/// it are folded into the records carried (it is the oldest segment: what they changed lives
+/// in it, or was carried forward already, later in the log).
+pub(super) fn carry_forward(index: &Index, id: u32, records: Vec<(u64, Record)>) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut users = BTreeSet::new();
+    let mut owed_done: HashSet<(String, u32)> = HashSet::new();
+    let mut profiles_done: HashSet<String> = HashSet::new();
+    let owe = |out: &mut Vec<Record>, done: &mut HashSet<(String, u32)>, user: &str, uid: u32| {
+        if !done.insert((user.to_string(), uid)) {
+            return;
+        }
+        if let Some(targets) = index.owed.get(&(user.to_string(), uid)) {
+            out.push(Record::Owe {
+                user: user.to_string(),
+                uids: vec![uid],
+                targets: targets.iter().copied().collect(),
+            });
+        }
+    };
+    for (_, record) in records {
+        match record {
+            Record::Deliver {
+                user, uid, body, ..
+            } => {
+                let meta = index
+                    .mailboxes
+                    .get(&user)
+                    .and_then(|mb| mb.messages.get(&uid))
+                    .filter(|m| m.location.is_some_and(|l| l.segment == id));
+                if let Some(m) = meta {
+                    out.push(Record::Deliver {
+                        user: user.clone(),
+                        uid,
+                        internal_date: m.internal_date,
+                        flags: m.flags.clone(),
+                        ts_ms: m.flags_ts,
+                        targets: index
+                            .pending
+                            .get(&(user.clone(), uid))
+                            .cloned()
+                            .unwrap_or_default(),
+                        replicas: m.replicas.clone(),
+                        body,
+                    });
+                    owe(&mut out, &mut owed_done, &user, uid);
+                }
+                users.insert(user);
+            }
+            Record::Expunge { user, uids } => {
+                let kept: Vec<u32> = index.mailboxes.get(&user).map_or_else(Vec::new, |mb| {
+                    uids.iter()
+                        .copied()
+                        .filter(|u| mb.expunged.contains(u))
+                        .collect()
+                });
+                if !kept.is_empty() {
+                    out.push(Record::Expunge {
+                        user: user.clone(),
+                        uids: kept,
+                    });
+                }
+                for uid in uids {
+                    owe(&mut out, &mut owed_done, &user, uid);
+                }
+                users.insert(user);
+            }
+            Record::Owe { user, uids, .. } => {
+                for uid in uids {
+                    owe(&mut out, &mut owed_done, &user, uid);
+                }
+            }
+            Record::Profile { user, .. } => {
+                if profiles_done.insert(user.clone()) {
+                    if let Some((password, ts_ms)) = index.profiles.get(&user) {
+                        out.push(Record::Profile {
+                            user: user.clone(),
+                            password: password.clone(),
+                            ts_ms: *ts_ms,
+                            targets: index
+                                .pending
+                                .get(&(user.clone(), super::PROFILE_UID))
+                                .cloned()
+                                .unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+            Record::Flags { user, .. } | Record::Seq { user, .. } => {
+                users.insert(user);
+            }
+            Record::Acked { .. } | Record::Settled { .. } | Record::Retire { .. } => {}
+        }
+    }
+    for user in users {
+        if let Some(mb) = index.mailboxes.get(&user).filter(|mb| mb.max_seq > 0) {
+            out.push(Record::Seq {
+                user,
+                max_seq: mb.max_seq,
+            });
+        }
+    }
+    out
 }
