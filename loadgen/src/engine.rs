@@ -33,6 +33,9 @@ pub struct ClientConfig {
     /// latency still counts from the intended start.
     pub in_flight_max: u32,
     pub smtp: SmtpClient,
+    /// IMAP sessions MOVE what they read to this folder instead of expunging it.
+    #[serde(default)]
+    pub imap_archive: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -40,6 +43,7 @@ impl Default for ClientConfig {
         ClientConfig {
             in_flight_max: 2_048,
             smtp: SmtpClient::default(),
+            imap_archive: None,
         }
     }
 }
@@ -50,6 +54,7 @@ impl ClientConfig {
         ClientConfig {
             in_flight_max: self.in_flight_max.div_ceil(count.max(1)),
             smtp: self.smtp.share(count),
+            imap_archive: self.imap_archive.clone(),
         }
     }
 }
@@ -341,7 +346,13 @@ async fn session(shared: &Shared, kind: OpKind, user_index: u64, seq: u64) -> Re
         let _open = shared.tracker.opened();
         attempt = match kind {
             OpKind::Pop3 => pop3::session(addr, &user, &target.password, true, &mut result).await,
-            _ => imap::session(addr, &user, &target.password, true, &mut result).await,
+            _ => {
+                let after = match &shared.config.client.imap_archive {
+                    Some(folder) => imap::AfterRead::MoveTo(folder),
+                    None => imap::AfterRead::Expunge,
+                };
+                imap::session(addr, &user, &target.password, after, &mut result).await
+            }
         };
         if !matches!(attempt, Err(OpError::Connect(_))) {
             break;

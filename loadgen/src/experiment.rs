@@ -233,6 +233,18 @@ pub struct LoadgenSection {
     pub smtp: SmtpClient,
     /// `[loadgen.http]`: how HTTP connections are made, and what is checked.
     pub http: crate::web::client::HttpClient,
+    /// `[loadgen.imap]`: what IMAP sessions do with what they read.
+    pub imap: ImapClient,
+}
+
+/// `[loadgen.imap]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImapClient {
+    /// MOVE the messages a session read to this folder (created on first use) instead of
+    /// flagging them `\Deleted` and expunging them. Either way they leave INBOX, and the final
+    /// check (which reads INBOX over POP3) counts them as read away.
+    pub archive: Option<String>,
 }
 
 impl LoadgenSection {
@@ -241,6 +253,7 @@ impl LoadgenSection {
         ClientConfig {
             in_flight_max: self.in_flight_max,
             smtp: self.smtp.clone(),
+            imap_archive: self.imap.archive.clone(),
         }
     }
 }
@@ -255,6 +268,7 @@ impl Default for LoadgenSection {
             in_flight_max: ClientConfig::default().in_flight_max,
             smtp: SmtpClient::default(),
             http: crate::web::client::HttpClient::default(),
+            imap: ImapClient::default(),
         }
     }
 }

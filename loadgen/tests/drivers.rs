@@ -126,12 +126,28 @@ async fn imap_session(
     addr: std::net::SocketAddr,
     user: &str,
     password: &str,
-    expunge: bool,
+    after: imap::AfterRead<'_>,
 ) -> Result<loadgen::drivers::SessionResult, OpError> {
     let mut out = loadgen::drivers::SessionResult::default();
-    imap::session(addr, user, password, expunge, &mut out)
+    imap::session(addr, user, password, after, &mut out)
         .await
         .map(|()| out)
+}
+
+/// Sends `script` (pipelined commands ending in LOGOUT) and returns everything the server says.
+async fn imap_raw(addr: std::net::SocketAddr, script: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(script.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_string(&mut out),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    out
 }
 
 fn clusterbench_binary() -> Option<PathBuf> {
@@ -218,7 +234,7 @@ async fn drivers_against_a_real_cluster() {
     assert_eq!(sorted_ids(&found), sent);
 
     // IMAP fetches the five unseen messages and expunges them.
-    let session = imap_session(imap_addr, &user1, password, true)
+    let session = imap_session(imap_addr, &user1, password, imap::AfterRead::Expunge)
         .await
         .unwrap();
     assert_eq!(sorted_ids(&session.retrieved), sent);
@@ -230,6 +246,32 @@ async fn drivers_against_a_real_cluster() {
         .await
         .unwrap();
     assert!(found.is_empty(), "{found:?}");
+
+    // An IMAP session that archives: the folder is made on first use, the messages move there
+    // (out of INBOX), and a second session archives into the folder that now exists.
+    for round in 0..2u64 {
+        let m = message(&format!("drv-move-{round}"), &t.address(1), 2000, round);
+        smtp.send(0, "", &[t.address(1)], &m).await.unwrap();
+        let session = imap_session(
+            imap_addr,
+            &user1,
+            password,
+            imap::AfterRead::MoveTo("Read mail"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(session.deleted, std::slice::from_ref(&m.id));
+        assert!(pop3::retrieve_all(pop3_addr, &user1, password)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    let status = imap_raw(
+        imap_addr,
+        &format!("a LOGIN {user1} {password}\r\nb STATUS \"Read mail\" (MESSAGES)\r\nc LOGOUT\r\n"),
+    )
+    .await;
+    assert!(status.contains("(MESSAGES 2)"), "{status}");
 
     // A POP3 session that deletes: committed at QUIT, gone afterwards.
     let user2 = t.user(2);
@@ -253,13 +295,13 @@ async fn drivers_against_a_real_cluster() {
     smtp.send(0, "loadgen@client.test", &[t.address(3)], &big)
         .await
         .unwrap();
-    let session = imap_session(imap_addr, &user3, password, false)
+    let session = imap_session(imap_addr, &user3, password, imap::AfterRead::Keep)
         .await
         .unwrap();
     assert_eq!(sorted_ids(&session.retrieved), ["drv-big"]);
     assert!(session.retrieved[0].intact);
     assert!(session.deleted.is_empty());
-    let again = imap_session(imap_addr, &user3, password, true)
+    let again = imap_session(imap_addr, &user3, password, imap::AfterRead::Expunge)
         .await
         .unwrap();
     assert!(again.retrieved.is_empty(), "{again:?}");
@@ -275,7 +317,7 @@ async fn drivers_against_a_real_cluster() {
         .await
         .unwrap_err();
     assert!(matches!(e, OpError::Rejected(_)), "{e:?}");
-    let e = imap_session(imap_addr, &user1, &wrong, true)
+    let e = imap_session(imap_addr, &user1, &wrong, imap::AfterRead::Expunge)
         .await
         .unwrap_err();
     assert!(matches!(e, OpError::Rejected(_)), "{e:?}");
@@ -310,7 +352,9 @@ async fn a_closed_port_is_a_connect_error() {
     assert!(matches!(e, OpError::Connect(_)), "{e:?}");
     let e = pop3::retrieve_all(addr, "u", "p").await.unwrap_err();
     assert!(matches!(e, OpError::Connect(_)), "{e:?}");
-    let e = imap_session(addr, "u", "p", true).await.unwrap_err();
+    let e = imap_session(addr, "u", "p", imap::AfterRead::Expunge)
+        .await
+        .unwrap_err();
     assert!(matches!(e, OpError::Connect(_)), "{e:?}");
     let smtp = SmtpDriver::new(&[addr], 1);
     let m = message("closed", "user1@example.test", 1000, 1);

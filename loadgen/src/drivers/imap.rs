@@ -1,6 +1,6 @@
 //! IMAP reading sessions through async-imap over Tokio: log in, select INBOX, fetch the unseen
-//! messages (which marks them `\Seen`), verify them, optionally flag them `\Deleted` and
-//! expunge, log out.
+//! messages (which marks them `\Seen`), verify them, then keep them, flag them `\Deleted` and
+//! expunge, or MOVE them to a folder (created on first use), and log out.
 //!
 //! async-imap does the connection, response parsing, LOGIN and LOGOUT. SELECT, SEARCH, FETCH,
 //! STORE and EXPUNGE are sent with [`Session::run_command`] and their responses read here,
@@ -32,6 +32,17 @@ pub const UID_SET_BYTES_MAX: usize = 900;
 /// Most UIDs accepted from one SEARCH (the bundled cluster holds at most 100,000 per mailbox).
 pub const SEARCH_RESULTS_MAX: usize = 1_000_000;
 
+/// What a session does with the messages it has read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRead<'a> {
+    Keep,
+    /// `UID STORE +FLAGS (\Deleted)`, then `EXPUNGE`.
+    Expunge,
+    /// `UID MOVE` (RFC 6851) to this folder; when the server refuses, `CREATE` it and try once
+    /// more.
+    MoveTo(&'a str),
+}
+
 /// One IMAP session as a mail client runs it: log in as `user`, select INBOX, `UID SEARCH
 /// UNSEEN`, `UID FETCH <set> BODY[]` for at most [`SESSION_MESSAGES_MAX`] of them (lowest UIDs
 /// first), verify each; if `expunge`, `UID STORE <set> +FLAGS (\Deleted)` and `EXPUNGE` them and
@@ -47,7 +58,7 @@ pub async fn session(
     addr: SocketAddr,
     user: &str,
     password: &str,
-    expunge: bool,
+    after: AfterRead<'_>,
     out: &mut SessionResult,
 ) -> Result<(), OpError> {
     let deadline = Instant::now() + OP_TIMEOUT;
@@ -58,7 +69,7 @@ pub async fn session(
     };
     // Commands are small and each waits for its reply, so Nagle's delay would only add latency.
     let _ = stream.set_nodelay(true);
-    session_over(stream, user, password, expunge, deadline, out).await
+    session_over(stream, user, password, after, deadline, out).await
 }
 
 /// [`session`] over an open connection, finishing by `deadline`.
@@ -66,7 +77,7 @@ async fn session_over<T>(
     stream: T,
     user: &str,
     password: &str,
-    expunge: bool,
+    after: AfterRead<'_>,
     deadline: Instant,
     out: &mut SessionResult,
 ) -> Result<(), OpError>
@@ -74,7 +85,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Debug + Send,
 {
     let mut session = within(deadline, login(stream, user, password)).await?;
-    within(deadline, read_inbox(&mut session, expunge, out)).await?;
+    within(deadline, read_inbox(&mut session, after, out)).await?;
     match timeout_at(deadline, session.logout()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!("IMAP LOGOUT failed after a complete session: {e}"),
@@ -135,7 +146,7 @@ where
 /// SELECT INBOX to EXPUNGE.
 async fn read_inbox<T>(
     session: &mut Session<T>,
-    expunge: bool,
+    after: AfterRead<'_>,
     out: &mut SessionResult,
 ) -> Result<(), OpError>
 where
@@ -194,20 +205,44 @@ where
         fetch?;
     }
 
-    if expunge && !fetched.is_empty() {
-        let mut uids: Vec<u32> = fetched.iter().map(|&(uid, _)| uid).collect();
-        uids.sort_unstable();
-        for set in uid_sets(&uids, UID_SET_BYTES_MAX) {
-            command(
-                session,
-                &format!("UID STORE {set} +FLAGS (\\Deleted)"),
-                |_| Ok(()),
-            )
-            .await?;
-        }
-        command(session, "EXPUNGE", |_| Ok(())).await?;
-        out.deleted = fetched.into_iter().filter_map(|(_, v)| v.id).collect();
+    if fetched.is_empty() {
+        return Ok(());
     }
+    let mut uids: Vec<u32> = fetched.iter().map(|&(uid, _)| uid).collect();
+    uids.sort_unstable();
+    match after {
+        AfterRead::Keep => return Ok(()),
+        AfterRead::Expunge => {
+            for set in uid_sets(&uids, UID_SET_BYTES_MAX) {
+                command(
+                    session,
+                    &format!("UID STORE {set} +FLAGS (\\Deleted)"),
+                    |_| Ok(()),
+                )
+                .await?;
+            }
+            command(session, "EXPUNGE", |_| Ok(())).await?;
+        }
+        AfterRead::MoveTo(folder) => {
+            let folder = imap_string(folder);
+            let mut created = false;
+            for set in uid_sets(&uids, UID_SET_BYTES_MAX) {
+                let line = format!("UID MOVE {set} {folder}");
+                match command(session, &line, |_| Ok(())).await {
+                    Err(OpError::Rejected(_)) if !created => {
+                        // Most likely not there yet ([TRYCREATE]); a CREATE that fails
+                        // because another session made it first is fine.
+                        created = true;
+                        let _ = command(session, &format!("CREATE {folder}"), |_| Ok(())).await;
+                        command(session, &line, |_| Ok(())).await?;
+                    }
+                    other => other?,
+                }
+            }
+        }
+    }
+    // Gone from INBOX (moved or expunged).
+    out.deleted = fetched.into_iter().filter_map(|(_, v)| v.id).collect();
     Ok(())
 }
 
@@ -277,6 +312,11 @@ where
             other => on_data(other)?,
         }
     }
+}
+
+/// A folder name as an IMAP quoted string.
+fn imap_string(name: &str) -> String {
+    format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// The UID and the full body (`BODY[]`, or `RFC822` from older servers) of a FETCH response.
@@ -454,13 +494,13 @@ mod tests {
 
     async fn run_against(
         script: impl Fn(&str) -> (Vec<u8>, &'static str) + Send + 'static,
-        expunge: bool,
+        after: AfterRead<'static>,
     ) -> (Result<SessionResult, OpError>, Vec<String>) {
         let (client_end, server_end) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(serve(server_end, script));
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut out = SessionResult::default();
-        let result = session_over(client_end, "user1", "pw", expunge, deadline, &mut out)
+        let result = session_over(client_end, "user1", "pw", after, deadline, &mut out)
             .await
             .map(|()| out);
         (result, server.await.unwrap())
@@ -468,7 +508,7 @@ mod tests {
 
     #[tokio::test]
     async fn fetches_verifies_flags_and_expunges() {
-        let (result, commands) = run_against(mailbox, true).await;
+        let (result, commands) = run_against(mailbox, AfterRead::Expunge).await;
         let result = result.unwrap();
         let retrieved: Vec<_> = result
             .retrieved
@@ -500,11 +540,46 @@ mod tests {
 
     #[tokio::test]
     async fn without_expunge_nothing_is_flagged_or_deleted() {
-        let (result, commands) = run_against(mailbox, false).await;
+        let (result, commands) = run_against(mailbox, AfterRead::Keep).await;
         assert_eq!(result.unwrap().retrieved.len(), 3);
         assert!(!commands
             .iter()
             .any(|c| c.contains("STORE") || c == "EXPUNGE"));
+    }
+
+    #[tokio::test]
+    async fn moving_creates_the_folder_once_when_the_server_asks_for_it() {
+        let (result, commands) = run_against(
+            |c| match c {
+                // The folder is not there until CREATE: the first MOVE is refused.
+                "UID MOVE 5,7,9 \"Read mail\"" => {
+                    static CREATED: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if CREATED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        (
+                            b"* OK [COPYUID 9 5,7,9 1:3] moved\r\n* 1 EXPUNGE\r\n* 1 EXPUNGE\r\n* 1 EXPUNGE\r\n"
+                                .to_vec(),
+                            "OK done",
+                        )
+                    } else {
+                        (Vec::new(), "NO [TRYCREATE] no such mailbox")
+                    }
+                }
+                c => mailbox(c),
+            },
+            AfterRead::MoveTo("Read mail"),
+        )
+        .await;
+        assert_eq!(result.unwrap().deleted, ["m5", "m7", "m9"]);
+        assert_eq!(
+            commands[4..],
+            [
+                "UID MOVE 5,7,9 \"Read mail\"",
+                "CREATE \"Read mail\"",
+                "UID MOVE 5,7,9 \"Read mail\"",
+                "LOGOUT"
+            ]
+        );
     }
 
     #[tokio::test]
@@ -518,7 +593,7 @@ mod tests {
                         mailbox(c)
                     }
                 },
-                true,
+                AfterRead::Expunge,
             )
             .await;
             assert!(
@@ -531,7 +606,7 @@ mod tests {
                 c if c.starts_with("LOGIN") => (Vec::new(), "NO [AUTHENTICATIONFAILED] bad"),
                 c => mailbox(c),
             },
-            true,
+            AfterRead::Expunge,
         )
         .await;
         assert_eq!(result.unwrap_err().kind(), "rejected");
@@ -555,7 +630,7 @@ mod tests {
             client_end,
             "u",
             "p",
-            true,
+            AfterRead::Expunge,
             deadline,
             &mut SessionResult::default(),
         )
@@ -576,7 +651,7 @@ mod tests {
             client_end,
             "u",
             "p",
-            true,
+            AfterRead::Expunge,
             deadline,
             &mut SessionResult::default(),
         )
@@ -589,7 +664,7 @@ mod tests {
             client_end,
             "u",
             "p",
-            true,
+            AfterRead::Expunge,
             deadline,
             &mut SessionResult::default(),
         )

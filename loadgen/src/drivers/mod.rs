@@ -178,7 +178,13 @@ mod tests {
         let mut out = SessionResult::default();
         send(pop3::session(addr, "u", "p", true, &mut out));
         send(pop3::retrieve_all(addr, "u", "p"));
-        send(imap::session(addr, "u", "p", true, &mut out));
+        send(imap::session(
+            addr,
+            "u",
+            "p",
+            imap::AfterRead::Expunge,
+            &mut out,
+        ));
     }
 
     #[test]
