@@ -644,6 +644,17 @@ async fn churn(store: &Store, rounds: u32) {
     store.expunge("b", vec![newest]).await.unwrap();
 }
 
+/// Segments of 64 KiB and no free space kept: compaction comes early and often.
+const SMALL: StoreConfig = StoreConfig {
+    segment_bytes: 64 * 1024,
+    free_bytes_min: 0,
+};
+
+fn small_segments(dir: &Path) -> (Store, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    (open_with(dir, SMALL, metrics.clone()), metrics)
+}
+
 /// Keeps the writer busy (compaction runs between batches) until `done` holds.
 async fn until(store: &Store, done: impl Fn() -> bool) {
     let start = std::time::Instant::now();
@@ -660,12 +671,7 @@ async fn until(store: &Store, done: impl Fn() -> bool) {
 #[tokio::test]
 async fn compaction_reclaims_expunged_space_and_a_replay_gives_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StoreConfig {
-        segment_bytes: 64 * 1024,
-        free_bytes_min: 0,
-    };
-    let metrics = Arc::new(Metrics::new());
-    let store = open_with(dir.path(), options, metrics.clone());
+    let (store, metrics) = small_segments(dir.path());
     churn(&store, 600).await;
     let written = metrics.message_bytes_stored_total.get();
     until(&store, || metrics.compactions_total.get() >= 10).await;
@@ -682,7 +688,7 @@ async fn compaction_reclaims_expunged_space_and_a_replay_gives_the_same_state() 
         metrics.compactions_total.get()
     );
     drop(store);
-    let store = open_with(dir.path(), options, Arc::new(Metrics::new()));
+    let store = open_with(dir.path(), SMALL, Arc::new(Metrics::new()));
     assert_eq!(state(&store, &["a", "b"]).await, before);
     // The highest UIDs were expunged and their records compacted away: still never reused.
     let seq_b = store.max_seq("b");
@@ -697,12 +703,7 @@ async fn compaction_reclaims_expunged_space_and_a_replay_gives_the_same_state() 
 async fn a_crash_between_the_copy_and_the_delete_replays_to_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
     let saved = tempfile::tempdir().unwrap();
-    let options = StoreConfig {
-        segment_bytes: 64 * 1024,
-        free_bytes_min: 0,
-    };
-    let metrics = Arc::new(Metrics::new());
-    let store = open_with(dir.path(), options, metrics.clone());
+    let (store, metrics) = small_segments(dir.path());
     churn(&store, 300).await;
     // Closed segments never change: keep a copy of each, to put back after compaction has
     // copied them forward and deleted them — what a crash just before the delete leaves.
@@ -727,19 +728,14 @@ async fn a_crash_between_the_copy_and_the_delete_replays_to_the_same_state() {
             std::fs::copy(saved.path().join(name), log.join(name)).unwrap();
         }
     }
-    let store = open_with(dir.path(), options, Arc::new(Metrics::new()));
+    let store = open_with(dir.path(), SMALL, Arc::new(Metrics::new()));
     assert_eq!(state(&store, &["a", "b"]).await, state_after);
 }
 
 #[tokio::test]
 async fn retired_tombstones_stay_retired_after_a_restart_and_a_compaction() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StoreConfig {
-        segment_bytes: 64 * 1024,
-        free_bytes_min: 0,
-    };
-    let metrics = Arc::new(Metrics::new());
-    let store = open_with(dir.path(), options, metrics.clone());
+    let (store, metrics) = small_segments(dir.path());
     churn(&store, 200).await;
     let tombstones = store.stats().tombstones;
     assert!(tombstones > 100, "{tombstones}");
@@ -753,7 +749,7 @@ async fn retired_tombstones_stay_retired_after_a_restart_and_a_compaction() {
     until(&store, || metrics.compactions_total.get() > compactions + 3).await;
     let before = state(&store, &["a", "b"]).await;
     drop(store);
-    let store = open_with(dir.path(), options, Arc::new(Metrics::new()));
+    let store = open_with(dir.path(), SMALL, Arc::new(Metrics::new()));
     assert_eq!(state(&store, &["a", "b"]).await, before);
     let mut now = store.expunged("a");
     now.sort_unstable();

@@ -236,11 +236,7 @@ impl Writer {
                     }
                     Err(e) => {
                         self.fail(format!("cannot cut off a write the full disk refused: {e}"));
-                        for p in pending {
-                            let _ = p
-                                .reply
-                                .send(Reply::Failed(self.failed.clone().unwrap_or_default()));
-                        }
+                        self.answer_failed(pending);
                         return self.process(carry);
                     }
                 }
@@ -252,11 +248,7 @@ impl Writer {
                 // resurrect changes whose callers were told they failed.
                 let _ = self.head.file.set_len(self.head.len);
                 self.fail(format!("write or fsync of the mail log failed: {e}"));
-                for p in pending {
-                    let _ = p
-                        .reply
-                        .send(Reply::Failed(self.failed.clone().unwrap_or_default()));
-                }
+                self.answer_failed(pending);
                 return self.process(carry);
             }
             self.head.len += buf.len() as u64;
@@ -569,6 +561,15 @@ impl Writer {
                 })
             })
             .collect()
+    }
+
+    /// Answers every op of a batch with the writer's failure.
+    fn answer_failed(&self, pending: Vec<Pending>) {
+        for p in pending {
+            let _ = p
+                .reply
+                .send(Reply::Failed(self.failed.clone().unwrap_or_default()));
+        }
     }
 
     /// Answers a batch that found no room with a temporary failure.
