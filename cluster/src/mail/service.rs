@@ -723,7 +723,8 @@ impl MailService {
 
     /// Tells `target` the state of `uid` this node owes it: expunged, or its current flags.
     async fn push_state(&self, user: &str, uid: u32, target: u32) -> Result<(), MailError> {
-        let request = if self.store.is_expunged(user, uid) {
+        let expunged = self.store.is_expunged(user, uid);
+        let request = if expunged {
             Request::Expunge {
                 user: user.to_string(),
                 uids: vec![uid],
@@ -745,6 +746,11 @@ impl MailService {
         };
         match self.call(target, request).await? {
             Response::Flags(_) | Response::Removed(_) => {
+                // Expunged while its flags were on the way: what is owed now is the expunge,
+                // which the next round sends (settling now would let the tombstone go early).
+                if !expunged && self.store.is_expunged(user, uid) {
+                    return Ok(());
+                }
                 self.store.settled(user, uid, target).await?;
                 self.ripen(user, uid);
                 Ok(())
@@ -982,12 +988,23 @@ impl MailService {
                 Err(e) => Response::Failed(e.to_string()),
             },
             Request::Expunge { user, uids, owe } => {
+                // Copies this node knows no other replica holds are ripe at once; the rest ripen
+                // when the other replicas have acknowledged the expunge (a message still on its
+                // way here, not yet in the index, is not counted as single).
+                let single: HashSet<u32> = uids
+                    .iter()
+                    .copied()
+                    .filter(|&uid| {
+                        self.store
+                            .message(&user, uid)
+                            .is_some_and(|m| m.replicas.iter().all(|&r| r == self.id))
+                    })
+                    .collect();
                 match self.store.expunge_owing(&user, uids, owe).await {
                     Ok(removed) => {
                         if owe {
                             self.push_now.notify_one();
-                            // A copy no other replica holds is ripe at once.
-                            for &uid in &removed {
+                            for &uid in removed.iter().filter(|u| single.contains(u)) {
                                 self.ripen(&user, uid);
                             }
                         }

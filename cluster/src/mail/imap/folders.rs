@@ -17,6 +17,7 @@
 //! Names are UTF-8 here and modified UTF-7 on the wire ([`super::mutf7`]); `/` separates levels.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::mail::store::{Flags, StoreError};
@@ -41,9 +42,16 @@ pub enum Entry {
     Subscribed { name: String },
 }
 
-/// Folder-list entries this node has read, by (list key, UID): entries never change.
+/// Folder-list entries this node has read, by (list key, UID): entries never change. Also the
+/// last folder id this node issued.
 #[derive(Debug, Default)]
-pub struct EntryCache(Mutex<HashMap<(String, u32), Entry>>);
+pub struct EntryCache {
+    entries: Mutex<HashMap<(String, u32), Entry>>,
+    last_id: AtomicU32,
+}
+
+/// Folder ids a node issues are congruent to its id modulo this.
+const ID_NODE_MODULUS: u32 = 64;
 
 /// The mailbox key of the folder list of `user`.
 pub fn list_key(user: &str) -> String {
@@ -174,7 +182,7 @@ impl Folders<'_> {
         for meta in &snapshot.messages {
             let cached = self
                 .cache
-                .0
+                .entries
                 .lock()
                 .unwrap()
                 .get(&(key.clone(), meta.uid))
@@ -184,8 +192,17 @@ impl Folders<'_> {
                 None => {
                     let bytes = match self.mail.read(&key, meta).await {
                         Ok(b) => b,
-                        // Expunged meanwhile.
-                        Err(StoreError::NotFound) => continue,
+                        // Expunged meanwhile (a rename), or no holder could be asked: the
+                        // list would be wrong without it, so only the first is skipped.
+                        Err(StoreError::NotFound) => {
+                            let again = self.mail.snapshot(&key).await;
+                            if again.messages.iter().any(|m| m.uid == meta.uid) {
+                                return Err(StoreError::Failed(
+                                    "an entry of the folder list could not be read".into(),
+                                ));
+                            }
+                            continue;
+                        }
                         Err(e) => return Err(e),
                     };
                     let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) else {
@@ -196,7 +213,7 @@ impl Folders<'_> {
                         );
                         continue;
                     };
-                    let mut cache = self.cache.0.lock().unwrap();
+                    let mut cache = self.cache.entries.lock().unwrap();
                     if cache.len() >= CACHED_ENTRIES_MAX {
                         cache.clear();
                     }
@@ -254,19 +271,19 @@ impl Folders<'_> {
         if list.folders.len() + missing.len() > FOLDERS_PER_USER_MAX {
             return Err(FolderError::Limit("Too many mailboxes"));
         }
-        let mut id = next_id(list.max_id);
+        let mut id = 0;
         for level in &missing {
+            id = self.next_id(list.max_id);
             self.write(&Entry::Folder {
                 id,
                 name: level.clone(),
             })
             .await?;
-            id = id.saturating_add(1);
         }
         Ok(Open {
-            key: folder_key(self.user, id - 1),
+            key: folder_key(self.user, id),
             name,
-            uid_validity: id - 1,
+            uid_validity: id,
         })
     }
 
@@ -322,18 +339,23 @@ impl Folders<'_> {
         if moving.iter().any(|(n, _)| n.len() > NAME_BYTES_MAX) {
             return Err(FolderError::Limit("Mailbox name too long"));
         }
+        // A folder below that would land on a name taken by one not moving.
+        if moving
+            .iter()
+            .any(|(n, _)| list.folders.contains_key(n) && !(n == from || n.starts_with(&below)))
+        {
+            return Err(FolderError::AlreadyExists);
+        }
         // Superior levels of the new name that do not exist yet are created first.
-        let mut id = next_id(list.max_id);
         let mut at = 0;
         while let Some(i) = to[at..].find(DELIMITER) {
             let parent = &to[..at + i];
             if !list.folders.contains_key(parent) && !is_inbox(parent) {
                 self.write(&Entry::Folder {
-                    id,
+                    id: self.next_id(list.max_id),
                     name: parent.to_string(),
                 })
                 .await?;
-                id = id.saturating_add(1);
             }
             at += i + 1;
         }
@@ -382,6 +404,27 @@ impl Folders<'_> {
         Ok(())
     }
 
+    /// A new folder id (its UIDVALIDITY): the clock's seconds, above every id the list has
+    /// named (so a folder deleted and made again gets a greater UIDVALIDITY, RFC 3501 2.3.1.1)
+    /// and above every id this node has issued, rounded up to this node's residue modulo 64,
+    /// so two sessions — on one node or on two — never make two folders with one id.
+    fn next_id(&self, max_id: u32) -> u32 {
+        let node = self.mail.config().id % ID_NODE_MODULUS;
+        let now = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX / 2);
+        let next = |last: u32| {
+            let id = now
+                .max(max_id.saturating_add(1))
+                .max(last.saturating_add(1));
+            id.saturating_add((node + ID_NODE_MODULUS - id % ID_NODE_MODULUS) % ID_NODE_MODULUS)
+        };
+        let last = self
+            .cache
+            .last_id
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(next(last)))
+            .expect("the update always succeeds");
+        next(last)
+    }
+
     async fn write(&self, entry: &Entry) -> Result<(), FolderError> {
         let body = serde_json::to_vec(entry).expect("an entry serializes");
         self.mail
@@ -394,13 +437,6 @@ impl Folders<'_> {
             .await?;
         Ok(())
     }
-}
-
-/// A new folder id (its UIDVALIDITY): the clock's seconds, above every id the list has named,
-/// so a folder deleted and created again gets a greater UIDVALIDITY (RFC 3501 2.3.1.1).
-fn next_id(max_id: u32) -> u32 {
-    let now = u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX / 2);
-    now.max(max_id.saturating_add(1)).max(1)
 }
 
 /// Resolves entries (UID order) into a list: per id the newest entry's name; per name the lowest

@@ -1315,7 +1315,8 @@ impl Session {
     }
 
     /// Stores a copy of each message of mailbox `from` in `to`; returns (old UID, new UID) of
-    /// each copied (one that was expunged meanwhile is skipped).
+    /// each copied (one that was expunged meanwhile is skipped). All or nothing: when one
+    /// fails, the copies already made are expunged again (RFC 3501 6.4.7).
     async fn transfer(
         &self,
         from: &str,
@@ -1324,23 +1325,32 @@ impl Session {
     ) -> Result<Vec<(u32, u32)>, StoreError> {
         let mut pairs = Vec::with_capacity(metas.len());
         for meta in metas {
-            let bytes = match self.ctx.mail.read(from, &meta).await {
-                Ok(b) => b,
+            let copied = match self.ctx.mail.read(from, &meta).await {
+                Ok(bytes) => {
+                    self.ctx
+                        .mail
+                        .deliver(
+                            vec![to.key.clone()],
+                            Arc::from(bytes),
+                            meta.flags,
+                            Some(meta.internal_date),
+                        )
+                        .await
+                }
                 Err(StoreError::NotFound) => continue,
-                Err(e) => return Err(e),
+                Err(e) => Err(e),
             };
-            let uids = self
-                .ctx
-                .mail
-                .deliver(
-                    vec![to.key.clone()],
-                    Arc::from(bytes),
-                    meta.flags,
-                    Some(meta.internal_date),
-                )
-                .await?;
-            if let Some(&new) = uids.first() {
-                pairs.push((meta.uid, new));
+            match copied {
+                Ok(uids) => pairs.extend(uids.first().map(|&new| (meta.uid, new))),
+                Err(e) => {
+                    let made: Vec<u32> = pairs.iter().map(|(_, new)| *new).collect();
+                    if !made.is_empty() {
+                        if let Err(undo) = self.ctx.mail.expunge(&to.key, made).await {
+                            tracing::warn!("a failed COPY could not take back its copies: {undo}");
+                        }
+                    }
+                    return Err(e);
+                }
             }
         }
         Ok(pairs)

@@ -102,6 +102,17 @@ impl Flags {
             keywords: vec![name.to_string()],
         })
     }
+    /// Whether these flags are as [`Flags::with_keywords`] makes them (what a peer sends is
+    /// checked with this: the log's encoding relies on it).
+    pub fn check(&self) -> Result<(), String> {
+        let normal = Flags::with_keywords(self.bits, &self.keywords)?;
+        if normal != *self {
+            return Err(
+                "flags not in normal form (unknown bits, or keywords unsorted or repeated)".into(),
+            );
+        }
+        Ok(())
+    }
     /// The keywords, sorted ignoring case.
     pub fn keywords(&self) -> &[String] {
         &self.keywords
@@ -336,6 +347,7 @@ impl NewMessage {
     /// boundary, so nothing it says can trip the writer.
     pub fn check(&self) -> Result<(), StoreError> {
         check_user(&self.user)?;
+        self.flags.check().map_err(StoreError::Invalid)?;
         check_nodes("targets", &self.targets)?;
         check_nodes("replicas", &self.replicas)?;
         if self.body.len() > BODY_BYTES_MAX {
@@ -737,6 +749,7 @@ impl Store {
     ) -> Result<Vec<(u32, Flags)>, StoreError> {
         check_user(user)?;
         check_uids(&uids)?;
+        flags.check().map_err(StoreError::Invalid)?;
         match self
             .submit(|reply| writer::Op::Flags {
                 user: user.to_string(),

@@ -473,6 +473,43 @@ async fn nothing_a_peer_sends_trips_the_writer() {
             .await,
     );
     assert!(why.contains("targets"), "{why}");
+    // Flags straight off the wire: too many keywords (an encoder assert), an invalid one, or
+    // ones out of order (a log that would not read back the same) are refused.
+    for flags in [
+        Flags {
+            bits: 0,
+            keywords: (0..300).map(|i| format!("k{i:03}")).collect(),
+        },
+        Flags {
+            bits: 0,
+            keywords: vec!["bad word".into()],
+        },
+        Flags {
+            bits: 0,
+            keywords: vec!["b".into(), "a".into()],
+        },
+        Flags {
+            bits: 0xff,
+            keywords: Vec::new(),
+        },
+    ] {
+        let why = refused(
+            store
+                .store(NewMessage {
+                    flags: flags.clone(),
+                    ..replica("a")
+                })
+                .await,
+        );
+        assert!(
+            why.contains("keyword") || why.contains("normal form"),
+            "{why}"
+        );
+        assert!(store
+            .set_flags_at("a", vec![1], FlagMode::Replace, flags, 1, false)
+            .await
+            .is_err());
+    }
     let why = refused(
         store
             .store(NewMessage {

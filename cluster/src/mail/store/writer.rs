@@ -112,6 +112,7 @@ pub fn spawn(
                 failed: None,
                 retired: Vec::new(),
                 last_compaction_check: std::time::Instant::now(),
+                compaction_idle_below: 0,
             }
             .run(ops)
         })
@@ -125,6 +126,9 @@ struct Writer {
     /// Compacted segments still open for readers: (id, when deleted).
     retired: Vec<(u32, std::time::Instant)>,
     last_compaction_check: std::time::Instant,
+    /// After a compaction that reclaimed little (what the log holds is mostly live state), or
+    /// could not run: no more until the log has grown past this.
+    compaction_idle_below: u64,
 }
 
 /// What one op of the batch wrote, to be applied once the batch is durable.
@@ -196,8 +200,18 @@ impl Writer {
         }
         if !buf.is_empty() {
             // Room first: a batch that would cut into the space the log leaves free is
-            // refused, for now.
-            let needed = buf.len() as u64 + self.shared.options.free_bytes_min;
+            // refused, for now. A batch without new messages (deletions, flags, bookkeeping:
+            // how space is freed) may use half of that space.
+            let delivers = pending
+                .iter()
+                .flat_map(|p| &p.records)
+                .any(|(_, r)| matches!(r, Record::Deliver { .. }));
+            let reserve = if delivers {
+                self.shared.options.free_bytes_min
+            } else {
+                self.shared.options.free_bytes_min / 2
+            };
+            let needed = buf.len() as u64 + reserve;
             if segment::free_bytes(&self.shared.dir).is_some_and(|free| free < needed) {
                 self.refuse_full(pending);
                 return self.process(carry);
@@ -636,21 +650,44 @@ impl Writer {
         };
         let live_bytes = self.shared.index.lock().unwrap().bytes;
         let Some(oldest) = oldest else { return };
-        if log_bytes <= 2 * live_bytes + 2 * segment_bytes {
+        if log_bytes <= 2 * live_bytes + 2 * segment_bytes || log_bytes < self.compaction_idle_below
+        {
             return;
         }
-        if let Err(e) = self.compact(oldest) {
-            tracing::warn!(segment = oldest, "compaction stopped: {e}");
+        match self.compact(oldest) {
+            // Reclaimed at least a quarter of the segment: keep going while it pays.
+            Ok(reclaimed) if reclaimed >= segment_bytes / 4 => self.compaction_idle_below = 0,
+            Ok(_) => self.compaction_idle_below = log_bytes + segment_bytes,
+            Err(e) => {
+                tracing::warn!(segment = oldest, "compaction stopped: {e}");
+                self.compaction_idle_below = log_bytes + segment_bytes;
+            }
         }
     }
 
     /// Appends the live state of closed segment `id` to the head, makes it durable, applies it,
-    /// then deletes the segment.
-    fn compact(&mut self, id: u32) -> std::io::Result<()> {
+    /// then deletes the segment. Returns the bytes reclaimed.
+    fn compact(&mut self, id: u32) -> std::io::Result<u64> {
         let Some(file) = self.shared.segments.read().unwrap().get(&id).cloned() else {
-            return Ok(());
+            return Ok(0);
         };
         let size = file.metadata()?.len();
+        // Room for what will be copied (its message bodies; the rest is small) before reading.
+        let live = self
+            .shared
+            .index
+            .lock()
+            .unwrap()
+            .segment_live
+            .get(&id)
+            .copied()
+            .unwrap_or(0);
+        let free = segment::free_bytes(&self.shared.dir).unwrap_or(u64::MAX);
+        if free < live + self.shared.options.free_bytes_min / 2 {
+            return Err(std::io::Error::other(format!(
+                "{live} bytes of messages to copy forward, {free} free"
+            )));
+        }
         let records = segment::read_all(&file, id)?;
         let carried = {
             let index = self.shared.index.lock().unwrap();
@@ -712,7 +749,7 @@ impl Writer {
             carried = buf.len(),
             "compacted a mail log segment"
         );
-        Ok(())
+        Ok(size.saturating_sub(buf.len() as u64))
     }
 
     fn roll(&mut self) -> std::io::Result<()> {
