@@ -694,7 +694,10 @@ impl Writer {
             carry_forward(&index, id, records)
         };
         let mut buf = Vec::new();
+        // Where each carried record's frame starts within what is appended.
+        let mut frames = Vec::with_capacity(carried.len());
         for r in &carried {
+            frames.push(buf.len() as u64);
             record::encode(r, &mut buf);
         }
         let free = segment::free_bytes(&self.shared.dir).unwrap_or(u64::MAX);
@@ -730,12 +733,8 @@ impl Writer {
         self.head.len += buf.len() as u64;
         {
             let mut index = self.shared.index.lock().unwrap();
-            let mut at = start;
-            for r in &carried {
-                apply(&mut index, self.head.id, at, r);
-                let mut frame = Vec::new();
-                record::encode(r, &mut frame);
-                at += frame.len() as u64;
+            for (r, frame) in carried.iter().zip(&frames) {
+                apply(&mut index, self.head.id, start + frame, r);
             }
             index.segment_live.remove(&id);
         }
