@@ -298,6 +298,46 @@ pub enum SimCommand {
     /// Soak the Wombat membership protocol: many seeded runs of drops, delays, partitions and
     /// crashes; every failure prints the seed that replays it. Exits non-zero on any failure.
     Membership(SimMembershipArgs),
+    /// Simulate the whole mail cluster (membership, replication, placement, the mail map, the
+    /// store on a simulated disk) under seeded crashes, partitions, loss, duplication, delay
+    /// and clock skew, with clients delivering, reading, flagging and expunging; check that no
+    /// acknowledged message is lost or duplicated and that replicas converge. Every failure
+    /// prints its seed and the events that led to it. Exits non-zero on any failure.
+    Mail(SimMailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimMailArgs {
+    /// Number of seeds to run.
+    #[arg(long, default_value_t = 1_000)]
+    pub seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    pub start: u64,
+    /// Run this one seed and print its events (replays a failure exactly).
+    #[arg(long, conflicts_with_all = ["seeds", "start"])]
+    pub seed: Option<u64>,
+    /// Nodes in each simulated cluster.
+    #[arg(long, default_value_t = 4)]
+    pub nodes: u32,
+    /// Copies of each message.
+    #[arg(long, default_value_t = 2)]
+    pub replication: usize,
+    /// Mailboxes the clients use.
+    #[arg(long, default_value_t = 3)]
+    pub users: u32,
+    /// Simulated milliseconds of faults and client load per seed.
+    #[arg(long, default_value_t = 6_000)]
+    pub chaos_ms: u64,
+    /// Probability that a message is lost during the chaos.
+    #[arg(long)]
+    pub drop_probability: Option<f64>,
+    /// Probability that a message is delivered twice during the chaos.
+    #[arg(long)]
+    pub duplicate_probability: Option<f64>,
+    /// Threads running seeds (default: the machine's cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -40,6 +40,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim {
             command: SimCommand::Membership(args),
         } => sim_cmd::membership(args),
+        Command::Sim {
+            command: SimCommand::Mail(args),
+        } => sim_cmd::mail(args),
         Command::Trace {
             command: TraceCommand::Synth(args),
         } => trace_cmd::synth(args),

@@ -27,32 +27,29 @@ use crate::core::peering::{PeerMessage, ViewInfo};
 pub type MailView = ViewInfo<UserMap>;
 /// What mail nodes say to each other.
 pub type MailPeerMessage = PeerMessage<MailMessage>;
+use super::machine::{
+    self, merge_flag_answers, merge_listings, push_state_request, PUSHES_IN_FLIGHT_MAX,
+    REPORT_CHUNK_USERS, REQUESTS_IN_FLIGHT_MAX, RIPE_TOMBSTONES_MAX,
+};
+pub use super::machine::{MailConfig, MailError};
 use super::mailmap::MailMap;
+use super::placement::Inputs;
 pub use super::placement::Placement;
-use super::placement::{Inputs, PlacementError};
 use super::wire::{MailMessage, Request, Response, StoreMessage};
 use crate::core::transport::Transport;
 use crate::mail::store::{
-    FlagMode, Flags, MailboxSnapshot, MessageMeta, NewMessage, Store, StoreError, PROFILE_UID,
+    FlagMode, Flags, MailboxSnapshot, MessageMeta, NewMessage, SentState, Store, StoreError,
+    PROFILE_UID,
 };
 use crate::mail::usermap::UserMap;
 
 /// How long a request to another node may take before it counts as failed.
-pub const RPC_TIMEOUT: Duration = Duration::from_secs(2);
-/// Requests that wait for the other node's disk (store, flags, expunge, profile) may queue
-/// behind it when it is saturated; they get longer.
-pub const WRITE_RPC_TIMEOUT: Duration = Duration::from_secs(20);
-/// Requests from other nodes handled at once, at most.
-pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
-/// Replica pushes in flight at once, at most.
-pub const PUSHES_IN_FLIGHT_MAX: usize = 32;
+pub const RPC_TIMEOUT: Duration = Duration::from_millis(machine::RPC_TIMEOUT_MS);
+/// Requests that wait for the other node's disk may queue behind it; they get longer.
+pub const WRITE_RPC_TIMEOUT: Duration = Duration::from_millis(machine::WRITE_RPC_TIMEOUT_MS);
 /// How often the pusher looks for pushes to retry, and the load beacon is sent.
-pub const PUSH_RETRY_INTERVAL: Duration = Duration::from_millis(250);
-pub const LOAD_BEACON_INTERVAL: Duration = Duration::from_millis(200);
-/// Users per mail-map report message.
-pub const REPORT_CHUNK_USERS: usize = 5_000;
-/// Expunges waiting out their grace (`MailConfig::tombstone_grace`) at most (past it, tombstones are simply kept).
-pub const RIPE_TOMBSTONES_MAX: usize = 1_000_000;
+pub const PUSH_RETRY_INTERVAL: Duration = Duration::from_millis(machine::PUSH_RETRY_INTERVAL_MS);
+pub const LOAD_BEACON_INTERVAL: Duration = Duration::from_millis(machine::LOAD_BEACON_INTERVAL_MS);
 /// UIDs per Retire message.
 const RETIRE_CHUNK_UIDS: usize = 10_000;
 
@@ -64,21 +61,6 @@ type PushKey = (String, u32, u32, Owed);
 enum Owed {
     Message,
     State,
-}
-
-/// The cluster settings the mail service follows.
-#[derive(Debug, Clone)]
-pub struct MailConfig {
-    /// This node's id.
-    pub id: u32,
-    pub replication: usize,
-    pub spread: usize,
-    pub placement: Placement,
-    /// Every configured node id.
-    pub all: BTreeSet<u32>,
-    pub uid_validity: u32,
-    /// How long after every replica has an expunge its tombstones are retired.
-    pub tombstone_grace: Duration,
 }
 
 pub struct MailService {
@@ -96,31 +78,9 @@ pub struct MailService {
     push_now: Notify,
     /// Expunges every replica has (user, uid, since when), waiting out their grace.
     ripe: Mutex<std::collections::VecDeque<(String, u32, std::time::Instant)>>,
-}
-
-/// Why a mail operation failed, as the front ends report it.
-#[derive(Debug, thiserror::Error)]
-pub enum MailError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Placement(#[from] PlacementError),
-    #[error("node {0} cannot be reached")]
-    Unreachable(u32),
-    /// The request was sent but no answer came in time: it may or may not have been carried out.
-    #[error("node {0} did not answer in time")]
-    NoAnswer(u32),
-    #[error("node {0} failed: {1}")]
-    Remote(u32, String),
-}
-
-impl From<MailError> for StoreError {
-    fn from(e: MailError) -> StoreError {
-        match e {
-            MailError::Store(e) => e,
-            other => StoreError::Failed(other.to_string()),
-        }
-    }
+    /// Expunges a client's request made here (so this node owes them to every other replica):
+    /// only such a node may find one ripe, as only it knows when every replica has it.
+    originated: Mutex<HashSet<(String, u32)>>,
 }
 
 impl MailService {
@@ -150,6 +110,7 @@ impl MailService {
             loads: Mutex::new(HashMap::new()),
             push_now: Notify::new(),
             ripe: Mutex::new(std::collections::VecDeque::new()),
+            originated: Mutex::new(HashSet::new()),
         });
         tokio::spawn(service.clone().dispatch(inbound, shutdown.clone()));
         tokio::spawn(service.clone().report_on_view_change(shutdown.clone()));
@@ -312,46 +273,19 @@ impl MailService {
                 },
             ));
         }
-        let mut merged: BTreeMap<u32, MessageMeta> = BTreeMap::new();
-        let mut expunged: HashSet<u32> = HashSet::new();
-        let mut max_seq = 0;
         // Every holder at once: a silent one costs one timeout, not one each.
-        for answer in futures_util::future::join_all(calls).await {
-            if let Ok(Response::Listing {
-                messages,
-                expunged: gone,
-                max_seq: seq,
-            }) = answer
-            {
-                max_seq = max_seq.max(seq);
-                expunged.extend(gone);
-                for m in messages {
-                    match merged.get(&m.uid) {
-                        Some(have)
-                            if have.flags_ts > m.flags_ts
-                                || (have.flags_ts == m.flags_ts && have.is_local()) => {}
-                        _ => {
-                            merged.insert(m.uid, m);
-                        }
-                    }
-                }
-            }
-        }
-        let messages: Vec<MessageMeta> = merged
-            .into_values()
-            .filter(|m| !expunged.contains(&m.uid))
-            .collect();
-        // Above every UID seen, and where the next sequence number starts.
-        let seq_next = max_seq.min(crate::mail::store::UID_SEQ_MAX - 1) + 1;
-        let uid_next = messages
-            .last()
-            .map_or(0, |m| m.uid.saturating_add(1))
-            .max(crate::mail::store::uid_of(seq_next, 0));
-        MailboxSnapshot {
-            uid_validity: self.config.uid_validity,
-            uid_next,
-            messages,
-        }
+        let listings = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter_map(|answer| match answer {
+                Ok(Response::Listing {
+                    messages,
+                    expunged,
+                    max_seq,
+                }) => Some((messages, expunged, max_seq)),
+                _ => None,
+            });
+        merge_listings(self.config.uid_validity, listings)
     }
 
     /// A message's bytes, from this node if it holds them, else from any holder.
@@ -397,22 +331,8 @@ impl MailService {
             ts_ms,
             owe: true,
         };
-        let mut result: BTreeMap<u32, (Flags, bool)> = BTreeMap::new();
-        for (node, response) in self.to_holders(user, request).await? {
-            if let Response::Flags(changed) = response {
-                // This node's answer, if it holds the message, is the one to report.
-                for (uid, f) in changed {
-                    let mine = node == self.id;
-                    match result.get(&uid) {
-                        Some((_, true)) if !mine => {}
-                        _ => {
-                            result.insert(uid, (f, mine));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(result.into_iter().map(|(uid, (f, _))| (uid, f)).collect())
+        let answers = self.to_holders(user, request).await?;
+        Ok(merge_flag_answers(self.id, answers))
     }
 
     /// Expunges on every holder (each owes it to the other replicas); returns the UIDs removed
@@ -610,7 +530,11 @@ impl MailService {
     /// Notes that every replica has the expunge of `uid`, if so: it is expunged here and owed to
     /// no one.
     fn ripen(&self, user: &str, uid: u32) {
-        if !self.store.is_expunged(user, uid) || self.store.owes(user, uid) {
+        let key = (user.to_string(), uid);
+        if !self.store.is_expunged(user, uid)
+            || self.store.owes(user, uid)
+            || !self.originated.lock().unwrap().remove(&key)
+        {
             return;
         }
         let mut ripe = self.ripe.lock().unwrap();
@@ -723,35 +647,31 @@ impl MailService {
 
     /// Tells `target` the state of `uid` this node owes it: expunged, or its current flags.
     async fn push_state(&self, user: &str, uid: u32, target: u32) -> Result<(), MailError> {
-        let expunged = self.store.is_expunged(user, uid);
-        let request = if expunged {
-            Request::Expunge {
-                user: user.to_string(),
-                uids: vec![uid],
-                owe: false,
-            }
-        } else if let Some(meta) = self.store.message(user, uid) {
-            Request::SetFlags {
-                user: user.to_string(),
-                uids: vec![uid],
-                mode: FlagMode::Replace,
-                flags: meta.flags,
-                ts_ms: meta.flags_ts,
-                owe: false,
-            }
-        } else {
+        let state = self
+            .store
+            .with_index(|index| push_state_request(index, user, uid));
+        let Some((request, sent)) = state else {
             // Nothing left to tell.
-            self.store.settled(user, uid, target).await?;
+            self.store
+                .settled(user, uid, target, SentState::Nothing)
+                .await?;
             return Ok(());
         };
         match self.call(target, request).await? {
+            // Flags for a message the target does not hold yet (its copy is still on the way
+            // from the first replica, which pushes the flags it has then): owed still.
+            r if !machine::state_taken(&r, uid) => Ok(()),
             Response::Flags(_) | Response::Removed(_) => {
-                // Expunged while its flags were on the way: what is owed now is the expunge,
-                // which the next round sends (settling now would let the tombstone go early).
-                if !expunged && self.store.is_expunged(user, uid) {
+                // Changed while the state was on its way (new flags, or expunged): what is owed
+                // now is the new state, which the next round sends (settling now would leave the
+                // target with the old flags, or let the tombstone go early).
+                if self
+                    .store
+                    .with_index(|index| sent.is_stale(index, user, uid))
+                {
                     return Ok(());
                 }
-                self.store.settled(user, uid, target).await?;
+                self.store.settled(user, uid, target, sent).await?;
                 self.ripen(user, uid);
                 Ok(())
             }
@@ -1004,6 +924,14 @@ impl MailService {
                     Ok(removed) => {
                         if owe {
                             self.push_now.notify_one();
+                            {
+                                let mut originated = self.originated.lock().unwrap();
+                                for &uid in &removed {
+                                    if originated.len() < RIPE_TOMBSTONES_MAX {
+                                        originated.insert((user.clone(), uid));
+                                    }
+                                }
+                            }
                             for &uid in removed.iter().filter(|u| single.contains(u)) {
                                 self.ripen(&user, uid);
                             }

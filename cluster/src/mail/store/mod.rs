@@ -12,6 +12,7 @@
 
 pub mod record;
 mod segment;
+pub mod state;
 mod writer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -24,6 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::mail::config::{DiskConfig, StoreConfig};
 use crate::mail::metrics::Metrics;
 
+use state::apply;
+pub use state::{Change, Reply, SentState};
 pub use writer::FlagMode;
 
 /// Pending changes the writer will queue before callers wait (backpressure instead of memory).
@@ -56,6 +59,12 @@ impl Flags {
         (8, "\\Deleted"),
         (16, "\\Draft"),
     ];
+
+    /// A total order on flag sets, the same on every node: which of two settings with one
+    /// stamp wins.
+    pub fn precedes(&self, other: &Flags) -> bool {
+        (self.bits, &self.keywords) < (other.bits, &other.keywords)
+    }
 
     const fn system(bits: u8) -> Flags {
         Flags {
@@ -378,8 +387,9 @@ struct Mailbox {
     expunged: HashSet<u32>,
 }
 
+/// The in-memory index of every mailbox on a node: what replaying its log gives.
 #[derive(Default)]
-struct Index {
+pub struct Index {
     mailboxes: HashMap<String, Mailbox>,
     messages: u64,
     bytes: u64,
@@ -538,46 +548,34 @@ impl Store {
             .internal_date
             .unwrap_or_else(|| chrono::Utc::now().timestamp());
         match self
-            .submit(|reply| writer::Op::Deliver {
+            .submit(Change::Deliver {
                 message: NewMessage {
                     internal_date: Some(internal_date),
                     ..message
                 },
-                reply,
             })
             .await?
         {
-            writer::Reply::Uids(uids) => Ok(uids[0]),
-            writer::Reply::Failed(e) => Err(StoreError::Failed(e)),
-            writer::Reply::Flags(_) => unreachable!("deliver op answered with flags"),
+            Reply::Uids(uids) => Ok(uids[0]),
+            Reply::Failed(e) => Err(StoreError::Failed(e)),
+            Reply::Flags(_) => unreachable!("deliver op answered with flags"),
         }
     }
 
     /// Records that replica `node` has `uid`, so it is not pushed there again.
     pub async fn acked(&self, user: &str, uid: u32, node: u32) -> Result<(), StoreError> {
         check_user(user)?;
-        self.submit_done(|reply| writer::Op::Acked {
+        self.submit_done(Change::Acked {
             user: user.to_string(),
             uid,
             node,
-            reply,
         })
         .await
     }
 
     /// Up to `limit` messages still to be pushed to replicas, oldest first.
     pub fn pending_pushes(&self, limit: usize) -> Vec<PendingPush> {
-        let index = self.shared.index.lock().unwrap();
-        index
-            .pending
-            .iter()
-            .take(limit)
-            .map(|((user, uid), targets)| PendingPush {
-                user: user.clone(),
-                uid: *uid,
-                targets: targets.clone(),
-            })
-            .collect()
+        self.shared.index.lock().unwrap().pending_pushes(limit)
     }
 
     /// Replica pushes and owed state changes not yet acknowledged (one per message and target).
@@ -589,26 +587,12 @@ impl Store {
 
     /// Up to `limit` state changes (flags or expunges) still owed to other holders.
     pub fn owed_changes(&self, limit: usize) -> Vec<PendingPush> {
-        let index = self.shared.index.lock().unwrap();
-        index
-            .owed
-            .iter()
-            .take(limit)
-            .map(|((user, uid), targets)| PendingPush {
-                user: user.clone(),
-                uid: *uid,
-                targets: targets.iter().copied().collect(),
-            })
-            .collect()
+        self.shared.index.lock().unwrap().owed_changes(limit)
     }
 
     /// Whether `uid` of `user` is known here to be expunged.
     pub fn is_expunged(&self, user: &str, uid: u32) -> bool {
-        let index = self.shared.index.lock().unwrap();
-        index
-            .mailboxes
-            .get(user)
-            .is_some_and(|mb| mb.expunged.contains(&uid))
+        self.shared.index.lock().unwrap().is_expunged(user, uid)
     }
 
     /// Forgets the tombstones of `uids` (those this node has): every replica has the expunges,
@@ -616,43 +600,40 @@ impl Store {
     pub async fn retire(&self, user: &str, uids: Vec<u32>) -> Result<(), StoreError> {
         check_user(user)?;
         check_uids(&uids)?;
-        self.submit_done(|reply| writer::Op::Retire {
+        self.submit_done(Change::Retire {
             user: user.to_string(),
             uids,
-            reply,
         })
         .await
     }
 
     /// Whether this node still owes anyone the state of `uid`.
     pub fn owes(&self, user: &str, uid: u32) -> bool {
-        let index = self.shared.index.lock().unwrap();
-        index.owed.contains_key(&(user.to_string(), uid))
+        self.shared.index.lock().unwrap().owes(user, uid)
     }
 
-    /// Records that `node` has the state of `uid` this node owed it.
-    pub async fn settled(&self, user: &str, uid: u32, node: u32) -> Result<(), StoreError> {
+    /// Records that `node` has the state of `uid` this node owed it, as `sent` (not if the
+    /// message changed since: then the new state stays owed).
+    pub async fn settled(
+        &self,
+        user: &str,
+        uid: u32,
+        node: u32,
+        sent: SentState,
+    ) -> Result<(), StoreError> {
         check_user(user)?;
-        self.submit_done(|reply| writer::Op::Settled {
+        self.submit_done(Change::Settled {
             user: user.to_string(),
             uid,
             node,
-            reply,
+            sent,
         })
         .await
     }
 
     /// Every user with a mailbox fragment on this node.
     pub fn users(&self) -> Vec<String> {
-        let index = self.shared.index.lock().unwrap();
-        let mut users: Vec<String> = index
-            .mailboxes
-            .iter()
-            .filter(|(_, mb)| !mb.messages.is_empty())
-            .map(|(u, _)| u.clone())
-            .collect();
-        users.sort();
-        users
+        self.shared.index.lock().unwrap().users()
     }
 
     /// Stores a user profile (creating the user, or changing the password) as of `ts_ms`, owed
@@ -672,12 +653,11 @@ impl Store {
                 password.len()
             )));
         }
-        self.submit_done(|reply| writer::Op::Profile {
+        self.submit_done(Change::Profile {
             user: user.to_string(),
             password: password.to_string(),
             ts_ms,
             targets,
-            reply,
         })
         .await
     }
@@ -693,33 +673,28 @@ impl Store {
             .cloned()
     }
 
+    /// Runs `f` on the index (locked meanwhile: keep it short).
+    pub fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> T {
+        f(&self.shared.index.lock().unwrap())
+    }
+
     pub fn profiles(&self) -> usize {
         self.shared.index.lock().unwrap().profiles.len()
     }
 
     /// UIDs of `user` this node knows were expunged.
     pub fn expunged(&self, user: &str) -> Vec<u32> {
-        let index = self.shared.index.lock().unwrap();
-        index
-            .mailboxes
-            .get(user)
-            .map_or_else(Vec::new, |mb| mb.expunged.iter().copied().collect())
+        self.shared.index.lock().unwrap().expunged(user)
     }
 
     /// The highest UID sequence number this node has seen for `user`.
     pub fn max_seq(&self, user: &str) -> u32 {
-        let index = self.shared.index.lock().unwrap();
-        index.mailboxes.get(user).map_or(0, |mb| mb.max_seq)
+        self.shared.index.lock().unwrap().max_seq(user)
     }
 
     /// This node's copy of one message's metadata, if it holds it.
     pub fn message(&self, user: &str, uid: u32) -> Option<MessageMeta> {
-        let index = self.shared.index.lock().unwrap();
-        index
-            .mailboxes
-            .get(user)
-            .and_then(|mb| mb.messages.get(&uid))
-            .cloned()
+        self.shared.index.lock().unwrap().message(user, uid)
     }
 
     /// Changes flags of `uids` (those still present) and returns their new flags.
@@ -751,20 +726,19 @@ impl Store {
         check_uids(&uids)?;
         flags.check().map_err(StoreError::Invalid)?;
         match self
-            .submit(|reply| writer::Op::Flags {
+            .submit(Change::Flags {
                 user: user.to_string(),
                 uids,
                 mode,
                 flags,
                 ts_ms,
                 owe,
-                reply,
             })
             .await?
         {
-            writer::Reply::Flags(v) => Ok(v),
-            writer::Reply::Failed(e) => Err(StoreError::Failed(e)),
-            writer::Reply::Uids(_) => unreachable!("flags op answered with uids"),
+            Reply::Flags(v) => Ok(v),
+            Reply::Failed(e) => Err(StoreError::Failed(e)),
+            Reply::Uids(_) => unreachable!("flags op answered with uids"),
         }
     }
 
@@ -785,35 +759,28 @@ impl Store {
         check_user(user)?;
         check_uids(&uids)?;
         match self
-            .submit(|reply| writer::Op::Expunge {
+            .submit(Change::Expunge {
                 user: user.to_string(),
                 uids,
                 owe,
-                reply,
             })
             .await?
         {
-            writer::Reply::Uids(uids) => Ok(uids),
-            writer::Reply::Failed(e) => Err(StoreError::Failed(e)),
-            writer::Reply::Flags(_) => unreachable!("expunge op answered with flags"),
+            Reply::Uids(uids) => Ok(uids),
+            Reply::Failed(e) => Err(StoreError::Failed(e)),
+            Reply::Flags(_) => unreachable!("expunge op answered with flags"),
         }
     }
 
     /// Submits an op whose only answer is done or failed.
-    async fn submit_done(
-        &self,
-        make: impl FnOnce(oneshot::Sender<writer::Reply>) -> writer::Op,
-    ) -> Result<(), StoreError> {
-        match self.submit(make).await? {
-            writer::Reply::Failed(e) => Err(StoreError::Failed(e)),
+    async fn submit_done(&self, change: Change) -> Result<(), StoreError> {
+        match self.submit(change).await? {
+            Reply::Failed(e) => Err(StoreError::Failed(e)),
             _ => Ok(()),
         }
     }
 
-    async fn submit(
-        &self,
-        make: impl FnOnce(oneshot::Sender<writer::Reply>) -> writer::Op,
-    ) -> Result<writer::Reply, StoreError> {
+    async fn submit(&self, change: Change) -> Result<Reply, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.shared
             .pending_ops
@@ -823,7 +790,7 @@ impl Store {
             .ops
             .as_ref()
             .expect("the channel lives as long as a handle");
-        let sent = ops.send(make(tx)).await;
+        let sent = ops.send(writer::Op { change, reply: tx }).await;
         let result = match sent {
             Ok(()) => rx
                 .await
@@ -838,19 +805,11 @@ impl Store {
 
     /// A consistent copy of `user`'s mailbox index (empty if the user has no mail yet).
     pub fn snapshot(&self, user: &str) -> MailboxSnapshot {
-        let index = self.shared.index.lock().unwrap();
-        match index.mailboxes.get(user) {
-            Some(mb) => MailboxSnapshot {
-                uid_validity: self.shared.uid_validity,
-                uid_next: uid_of(mb.max_seq.min(UID_SEQ_MAX - 1) + 1, 0),
-                messages: mb.messages.values().cloned().collect(),
-            },
-            None => MailboxSnapshot {
-                uid_validity: self.shared.uid_validity,
-                uid_next: uid_of(1, 0),
-                messages: Vec::new(),
-            },
-        }
+        self.shared
+            .index
+            .lock()
+            .unwrap()
+            .snapshot(user, self.shared.uid_validity)
     }
 
     /// Reads a stored message's bytes.
@@ -907,157 +866,6 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.shared.dir
-    }
-}
-
-/// Applies one durable record to the index. `offset` is where the record's frame starts.
-fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) {
-    use record::Record;
-    match record {
-        Record::Deliver {
-            user,
-            uid,
-            internal_date,
-            flags,
-            ts_ms,
-            targets,
-            replicas,
-            body,
-        } => {
-            let body_offset = offset
-                + (record::FRAME_HEADER_BYTES
-                    + record::deliver_body_offset(user, flags, targets.len(), replicas.len()))
-                    as u64;
-            let mb = index.mailboxes.entry(user.clone()).or_default();
-            mb.max_seq = mb.max_seq.max(seq_of(*uid));
-            if mb.expunged.contains(uid) {
-                return;
-            }
-            let meta = MessageMeta {
-                uid: *uid,
-                size: body.len() as u64,
-                internal_date: *internal_date,
-                flags: flags.clone(),
-                flags_ts: *ts_ms,
-                replicas: replicas.clone(),
-                location: Some(Location {
-                    segment,
-                    offset: body_offset,
-                }),
-            };
-            *index.segment_live.entry(segment).or_default() += body.len() as u64;
-            match mb.messages.insert(*uid, meta) {
-                None => {
-                    index.messages += 1;
-                    index.bytes += body.len() as u64;
-                }
-                // Copied forward by compaction: it lives in the new place now.
-                Some(old) => {
-                    if let Some(at) = old.location {
-                        if let Some(live) = index.segment_live.get_mut(&at.segment) {
-                            *live = live.saturating_sub(old.size);
-                        }
-                    }
-                }
-            }
-            if !targets.is_empty() {
-                index.pending.insert((user.clone(), *uid), targets.clone());
-            }
-        }
-        Record::Flags {
-            user,
-            uid,
-            flags,
-            ts_ms,
-        } => {
-            if let Some(m) = index
-                .mailboxes
-                .get_mut(user)
-                .and_then(|mb| mb.messages.get_mut(uid))
-            {
-                m.flags = flags.clone();
-                m.flags_ts = *ts_ms;
-            }
-        }
-        Record::Expunge { user, uids } => {
-            let mb = index.mailboxes.entry(user.clone()).or_default();
-            for uid in uids {
-                mb.expunged.insert(*uid);
-                if let Some(m) = mb.messages.remove(uid) {
-                    index.messages -= 1;
-                    index.bytes -= m.size;
-                    if let Some(at) = m.location {
-                        if let Some(live) = index.segment_live.get_mut(&at.segment) {
-                            *live = live.saturating_sub(m.size);
-                        }
-                    }
-                }
-                index.pending.remove(&(user.clone(), *uid));
-            }
-        }
-        Record::Acked { user, uid, node } => {
-            let key = (user.clone(), *uid);
-            if let Some(targets) = index.pending.get_mut(&key) {
-                targets.retain(|t| t != node);
-                if targets.is_empty() {
-                    index.pending.remove(&key);
-                }
-            }
-        }
-        Record::Owe {
-            user,
-            uids,
-            targets,
-        } => {
-            for uid in uids {
-                index
-                    .owed
-                    .entry((user.clone(), *uid))
-                    .or_default()
-                    .extend(targets.iter().copied());
-            }
-        }
-        Record::Settled { user, uid, node } => {
-            let key = (user.clone(), *uid);
-            if let Some(targets) = index.owed.get_mut(&key) {
-                targets.remove(node);
-                if targets.is_empty() {
-                    index.owed.remove(&key);
-                }
-            }
-        }
-        Record::Retire { user, uids } => {
-            if let Some(mb) = index.mailboxes.get_mut(user) {
-                for uid in uids {
-                    mb.expunged.remove(uid);
-                }
-            }
-        }
-        Record::Seq { user, max_seq } => {
-            let mb = index.mailboxes.entry(user.clone()).or_default();
-            mb.max_seq = mb.max_seq.max(*max_seq);
-        }
-        Record::Profile {
-            user,
-            password,
-            ts_ms,
-            targets,
-        } => {
-            let newer = index
-                .profiles
-                .get(user)
-                .is_none_or(|(p, ts)| (*ts_ms, password) > (*ts, p));
-            if newer {
-                index
-                    .profiles
-                    .insert(user.clone(), (password.clone(), *ts_ms));
-            }
-            if !targets.is_empty() {
-                index
-                    .pending
-                    .insert((user.clone(), PROFILE_UID), targets.clone());
-            }
-        }
     }
 }
 

@@ -380,7 +380,10 @@ async fn owed_state_changes_are_logged_with_the_change_and_settled_by_acks() {
         .is_empty());
     assert!(store.is_expunged("a", never_held));
     assert_eq!(store.push_backlog(), 3);
-    store.settled("a", uid, 2).await.unwrap();
+    store
+        .settled("a", uid, 2, SentState::Nothing)
+        .await
+        .unwrap();
     drop(store);
     let store = open(dir.path());
     assert_eq!(
@@ -398,8 +401,14 @@ async fn owed_state_changes_are_logged_with_the_change_and_settled_by_acks() {
             }
         ]
     );
-    store.settled("a", uid, 3).await.unwrap();
-    store.settled("a", other, 2).await.unwrap();
+    store
+        .settled("a", uid, 3, SentState::Nothing)
+        .await
+        .unwrap();
+    store
+        .settled("a", other, 2, SentState::Nothing)
+        .await
+        .unwrap();
     assert_eq!(store.push_backlog(), 0);
 }
 

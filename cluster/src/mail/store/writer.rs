@@ -15,7 +15,7 @@
 //! is appended to the head and fsynced, and only then is the segment deleted. A crash between the
 //! two replays both, which gives the same index; so compaction is crash-safe without a rename.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -23,7 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::record::{self, Record};
 use super::segment::{self, Head};
-use super::{apply, seq_of, uid_of, Flags, Index, NewMessage, Shared, UID_SEQ_MAX};
+use super::state::{self, apply, Change, Overlay, Reply};
+use super::{Index, Shared};
 use crate::mail::config::DiskConfig;
 
 /// Changes taken into one batch at most (one fsync covers them all).
@@ -44,56 +45,10 @@ pub enum FlagMode {
     Remove,
 }
 
-pub enum Op {
-    Deliver {
-        message: NewMessage,
-        reply: oneshot::Sender<Reply>,
-    },
-    Flags {
-        user: String,
-        uids: Vec<u32>,
-        mode: FlagMode,
-        flags: Flags,
-        ts_ms: i64,
-        owe: bool,
-        reply: oneshot::Sender<Reply>,
-    },
-    Expunge {
-        user: String,
-        uids: Vec<u32>,
-        owe: bool,
-        reply: oneshot::Sender<Reply>,
-    },
-    Retire {
-        user: String,
-        uids: Vec<u32>,
-        reply: oneshot::Sender<Reply>,
-    },
-    Settled {
-        user: String,
-        uid: u32,
-        node: u32,
-        reply: oneshot::Sender<Reply>,
-    },
-    Profile {
-        user: String,
-        password: String,
-        ts_ms: i64,
-        targets: Vec<u32>,
-        reply: oneshot::Sender<Reply>,
-    },
-    Acked {
-        user: String,
-        uid: u32,
-        node: u32,
-        reply: oneshot::Sender<Reply>,
-    },
-}
-
-pub enum Reply {
-    Uids(Vec<u32>),
-    Flags(Vec<(u32, Flags)>),
-    Failed(String),
+/// One change and where its answer goes.
+pub struct Op {
+    pub change: Change,
+    pub reply: oneshot::Sender<Reply>,
 }
 
 pub fn spawn(
@@ -158,7 +113,7 @@ impl Writer {
     fn process(&mut self, batch: Vec<Op>) {
         if let Some(why) = &self.failed {
             for op in batch {
-                let _ = reply_of(op).send(Reply::Failed(why.clone()));
+                let _ = op.reply.send(Reply::Failed(why.clone()));
             }
             return;
         }
@@ -182,7 +137,9 @@ impl Writer {
                     continue;
                 }
                 let base = self.head.len + buf.len() as u64;
-                let (reply, answer, records) = self.sequence(&index, &mut overlay, op);
+                let reply = op.reply;
+                let (answer, records) =
+                    state::sequence(&index, &mut overlay, self.shared.node_id, op.change);
                 let mut at = base;
                 let mut placed = Vec::with_capacity(records.len());
                 for r in records {
@@ -327,254 +284,6 @@ impl Writer {
                 Ok(())
             }
         }
-    }
-
-    /// Decides what one op writes, given the index and what earlier ops of the batch did.
-    fn sequence(
-        &self,
-        index: &Index,
-        overlay: &mut Overlay,
-        op: Op,
-    ) -> (oneshot::Sender<Reply>, Reply, Vec<Record>) {
-        match op {
-            Op::Deliver { message, reply } => {
-                let mb = index.mailboxes.get(&message.user);
-                let key = |uid| (message.user.clone(), uid);
-                let uid = match message.uid {
-                    Some(uid) => {
-                        // A replica: store it once, and never after an expunge.
-                        let present = mb.is_some_and(|m| {
-                            m.messages.contains_key(&uid) || m.expunged.contains(&uid)
-                        }) || overlay.delivered.contains(&key(uid))
-                            || overlay.gone.contains(&key(uid));
-                        if present {
-                            return (reply, Reply::Uids(vec![uid]), Vec::new());
-                        }
-                        uid
-                    }
-                    None => {
-                        let seen = overlay
-                            .max_seq
-                            .get(&message.user)
-                            .copied()
-                            .unwrap_or_else(|| mb.map_or(0, |m| m.max_seq));
-                        // Checked: a hint is validated at the boundary, but the writer never
-                        // trusts arithmetic on what a peer said.
-                        let seq = seen.max(message.seq_hint).saturating_add(1);
-                        if seq > UID_SEQ_MAX {
-                            return (
-                                reply,
-                                Reply::Failed(format!(
-                                    "mailbox {} has used every UID",
-                                    message.user
-                                )),
-                                Vec::new(),
-                            );
-                        }
-                        uid_of(seq, self.shared.node_id)
-                    }
-                };
-                let max_seq = overlay
-                    .max_seq
-                    .entry(message.user.clone())
-                    .or_insert_with(|| mb.map_or(0, |m| m.max_seq));
-                *max_seq = (*max_seq).max(seq_of(uid));
-                overlay.delivered.insert(key(uid));
-                let record = Record::Deliver {
-                    user: message.user,
-                    uid,
-                    internal_date: message.internal_date.unwrap_or(0),
-                    flags: message.flags,
-                    ts_ms: message.ts_ms,
-                    targets: message.targets,
-                    replicas: message.replicas,
-                    body: message.body,
-                };
-                (reply, Reply::Uids(vec![uid]), vec![record])
-            }
-            Op::Flags {
-                user,
-                uids,
-                mode,
-                flags,
-                ts_ms,
-                owe,
-                reply,
-            } => {
-                let mut changed = Vec::new();
-                let mut records = Vec::new();
-                for uid in uids {
-                    let key = (user.clone(), uid);
-                    if overlay.gone.contains(&key) {
-                        continue;
-                    }
-                    let (current, current_ts) = match overlay.flags.get(&key) {
-                        Some(f) => f.clone(),
-                        None => match index
-                            .mailboxes
-                            .get(&user)
-                            .and_then(|m| m.messages.get(&uid))
-                        {
-                            Some(m) => (m.flags.clone(), m.flags_ts),
-                            None => continue,
-                        },
-                    };
-                    let new = match mode {
-                        // An older replace (a late replica push) loses to a newer setting.
-                        FlagMode::Replace if ts_ms < current_ts => current.clone(),
-                        FlagMode::Replace => flags.clone(),
-                        FlagMode::Add => current.union(&flags),
-                        FlagMode::Remove => current.difference(&flags),
-                    };
-                    changed.push((uid, new.clone()));
-                    if new != current {
-                        let ts_ms = ts_ms.max(current_ts);
-                        records.push(Record::Flags {
-                            user: user.clone(),
-                            uid,
-                            flags: new.clone(),
-                            ts_ms,
-                        });
-                        overlay.flags.insert(key, (new, ts_ms));
-                    }
-                }
-                if owe {
-                    let uids: Vec<u32> = changed.iter().map(|(uid, _)| *uid).collect();
-                    records.extend(self.owe_records(index, &user, &uids));
-                }
-                (reply, Reply::Flags(changed), records)
-            }
-            Op::Expunge {
-                user,
-                uids,
-                owe,
-                reply,
-            } => {
-                let mut removed = Vec::new();
-                let mut tombstones = Vec::new();
-                let mb = index.mailboxes.get(&user);
-                for uid in uids {
-                    let key = (user.clone(), uid);
-                    let present = mb.is_some_and(|m| m.messages.contains_key(&uid))
-                        || overlay.delivered.contains(&key);
-                    let known_gone = mb.is_some_and(|m| m.expunged.contains(&uid));
-                    if overlay.gone.insert(key) {
-                        if present {
-                            removed.push(uid);
-                        }
-                        // Remembered even if not held here: a replica still on its way must
-                        // not bring it back.
-                        if !known_gone {
-                            tombstones.push(uid);
-                        }
-                    }
-                }
-                let mut records = Vec::new();
-                if !tombstones.is_empty() {
-                    records.push(Record::Expunge {
-                        user: user.clone(),
-                        uids: tombstones.clone(),
-                    });
-                }
-                if owe {
-                    records.extend(self.owe_records(index, &user, &removed));
-                }
-                (reply, Reply::Uids(removed), records)
-            }
-            Op::Retire { user, uids, reply } => {
-                let kept: Vec<u32> = index.mailboxes.get(&user).map_or_else(Vec::new, |mb| {
-                    uids.into_iter()
-                        .filter(|u| mb.expunged.contains(u))
-                        .collect()
-                });
-                let records = if kept.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![Record::Retire { user, uids: kept }]
-                };
-                (reply, Reply::Uids(Vec::new()), records)
-            }
-            Op::Profile {
-                user,
-                password,
-                ts_ms,
-                targets,
-                reply,
-            } => {
-                let record = Record::Profile {
-                    user,
-                    password,
-                    ts_ms,
-                    targets,
-                };
-                (reply, Reply::Uids(Vec::new()), vec![record])
-            }
-            Op::Settled {
-                user,
-                uid,
-                node,
-                reply,
-            } => {
-                let waiting = index
-                    .owed
-                    .get(&(user.clone(), uid))
-                    .is_some_and(|t| t.contains(&node));
-                let records = retire_once(
-                    waiting,
-                    &mut overlay.settled,
-                    user,
-                    uid,
-                    node,
-                    |user, uid, node| Record::Settled { user, uid, node },
-                );
-                (reply, Reply::Uids(Vec::new()), records)
-            }
-            Op::Acked {
-                user,
-                uid,
-                node,
-                reply,
-            } => {
-                let waiting = index
-                    .pending
-                    .get(&(user.clone(), uid))
-                    .is_some_and(|t| t.contains(&node));
-                let records = retire_once(
-                    waiting,
-                    &mut overlay.acked,
-                    user,
-                    uid,
-                    node,
-                    |user, uid, node| Record::Acked { user, uid, node },
-                );
-                (reply, Reply::Uids(Vec::new()), records)
-            }
-        }
-    }
-
-    /// One `Owe` record per message of `uids` held here: its new state is owed to its other
-    /// replicas.
-    fn owe_records(&self, index: &Index, user: &str, uids: &[u32]) -> Vec<Record> {
-        let Some(mb) = index.mailboxes.get(user) else {
-            return Vec::new();
-        };
-        uids.iter()
-            .filter_map(|uid| {
-                let targets: Vec<u32> = mb
-                    .messages
-                    .get(uid)?
-                    .replicas
-                    .iter()
-                    .copied()
-                    .filter(|&r| r != self.shared.node_id)
-                    .collect();
-                (!targets.is_empty()).then(|| Record::Owe {
-                    user: user.to_string(),
-                    uids: vec![*uid],
-                    targets,
-                })
-            })
-            .collect()
     }
 
     /// Answers every op of a batch with the writer's failure.
@@ -766,46 +475,6 @@ impl Writer {
         tracing::error!("{why}; the node will refuse further changes");
         self.failed = Some(why);
     }
-}
-
-fn reply_of(op: Op) -> oneshot::Sender<Reply> {
-    match op {
-        Op::Deliver { reply, .. }
-        | Op::Flags { reply, .. }
-        | Op::Expunge { reply, .. }
-        | Op::Retire { reply, .. }
-        | Op::Acked { reply, .. }
-        | Op::Settled { reply, .. }
-        | Op::Profile { reply, .. } => reply,
-    }
-}
-
-/// The record retiring `node` from what `uid` is owed, if it is still owed and not already
-/// retired earlier in this batch.
-fn retire_once(
-    waiting: bool,
-    retired: &mut HashSet<(String, u32, u32)>,
-    user: String,
-    uid: u32,
-    node: u32,
-    record: impl FnOnce(String, u32, u32) -> Record,
-) -> Vec<Record> {
-    if waiting && retired.insert((user.clone(), uid, node)) {
-        vec![record(user, uid, node)]
-    } else {
-        Vec::new()
-    }
-}
-
-/// What earlier ops of the batch being sequenced did, before the index shows it.
-#[derive(Default)]
-struct Overlay {
-    max_seq: HashMap<String, u32>,
-    delivered: HashSet<(String, u32)>,
-    flags: HashMap<(String, u32), (Flags, i64)>,
-    gone: HashSet<(String, u32)>,
-    acked: HashSet<(String, u32, u32)>,
-    settled: HashSet<(String, u32, u32)>,
 }
 
 /// What of closed segment `id` (its records, in order) must be written again for a replay

@@ -1,0 +1,721 @@
+//! The store's state machine, without I/O: how a change becomes log records ([`sequence`]) and
+//! how a durable record changes the index ([`apply`]). The writer thread runs it against the
+//! real log (sequence a batch, write it, fsync, then apply and answer); the mail simulation
+//! runs the same functions against a simulated disk, so what it checks is this code.
+
+use std::collections::{HashMap, HashSet};
+
+use super::record::{self, Record};
+use super::{
+    seq_of, uid_of, FlagMode, Flags, Index, Location, MailboxSnapshot, MessageMeta, NewMessage,
+    PendingPush, PROFILE_UID, UID_SEQ_MAX,
+};
+
+/// A change to the store, as the writer takes it (the answer goes back separately).
+#[derive(Debug, Clone)]
+pub enum Change {
+    Deliver {
+        message: NewMessage,
+    },
+    Flags {
+        user: String,
+        uids: Vec<u32>,
+        mode: FlagMode,
+        flags: Flags,
+        ts_ms: i64,
+        owe: bool,
+    },
+    Expunge {
+        user: String,
+        uids: Vec<u32>,
+        owe: bool,
+    },
+    Retire {
+        user: String,
+        uids: Vec<u32>,
+    },
+    /// `node` has the state of `uid` this node owed it, as `sent`: settled unless the message
+    /// changed since (checked here, against every change made durable before, so a change that
+    /// raced the push stays owed).
+    Settled {
+        user: String,
+        uid: u32,
+        node: u32,
+        sent: SentState,
+    },
+    Profile {
+        user: String,
+        password: String,
+        ts_ms: i64,
+        targets: Vec<u32>,
+    },
+    Acked {
+        user: String,
+        uid: u32,
+        node: u32,
+    },
+}
+
+/// What a state push told another holder: the expunge, flags as of a stamp, or nothing (the
+/// message is gone and no expunge is known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentState {
+    Expunged,
+    Flags { ts_ms: i64 },
+    Nothing,
+}
+
+impl SentState {
+    /// Whether the message changed here since this was sent (so settling on its answer would
+    /// leave the target behind).
+    pub fn is_stale(&self, index: &Index, user: &str, uid: u32) -> bool {
+        match self {
+            SentState::Expunged | SentState::Nothing => false,
+            SentState::Flags { ts_ms } => {
+                index.is_expunged(user, uid)
+                    || index
+                        .message(user, uid)
+                        .is_some_and(|m| m.flags_ts != *ts_ms)
+            }
+        }
+    }
+}
+
+/// The answer to a change, once its records are durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Uids(Vec<u32>),
+    Flags(Vec<(u32, Flags)>),
+    Failed(String),
+}
+
+/// Decides what one change writes, given the index and what earlier changes of the batch
+/// did: its answer (given once the records are durable), and the records.
+pub fn sequence(
+    index: &Index,
+    overlay: &mut Overlay,
+    node_id: u32,
+    change: Change,
+) -> (Reply, Vec<Record>) {
+    match change {
+        Change::Deliver { message } => {
+            let mb = index.mailboxes.get(&message.user);
+            let key = |uid| (message.user.clone(), uid);
+            let uid = match message.uid {
+                Some(uid) => {
+                    // A replica: store it once, and never after an expunge.
+                    let present = mb.is_some_and(|m| {
+                        m.messages.contains_key(&uid) || m.expunged.contains(&uid)
+                    }) || overlay.delivered.contains_key(&key(uid))
+                        || overlay.gone.contains(&key(uid));
+                    if !present {
+                        uid
+                    } else {
+                        // Expunged here before its copy came (a client expunged a UID this node
+                        // did not hold yet): the other replicas must learn the expunge too, or
+                        // they would keep copies this node's tombstone only hides.
+                        let expunged = mb.is_some_and(|m| m.expunged.contains(&uid))
+                            || overlay.gone.contains(&key(uid));
+                        let owed = index.owed.get(&key(uid));
+                        let targets: Vec<u32> = message
+                            .replicas
+                            .iter()
+                            .copied()
+                            .filter(|&r| r != node_id && !owed.is_some_and(|o| o.contains(&r)))
+                            .collect();
+                        let records = if expunged && !targets.is_empty() {
+                            vec![Record::Owe {
+                                user: message.user.clone(),
+                                uids: vec![uid],
+                                targets,
+                            }]
+                        } else {
+                            Vec::new()
+                        };
+                        return (Reply::Uids(vec![uid]), records);
+                    }
+                }
+                None => {
+                    let seen = overlay
+                        .max_seq
+                        .get(&message.user)
+                        .copied()
+                        .unwrap_or_else(|| mb.map_or(0, |m| m.max_seq));
+                    // Checked: a hint is validated at the boundary, but the writer never
+                    // trusts arithmetic on what a peer said.
+                    let seq = seen.max(message.seq_hint).saturating_add(1);
+                    if seq > UID_SEQ_MAX {
+                        return (
+                            Reply::Failed(format!("mailbox {} has used every UID", message.user)),
+                            Vec::new(),
+                        );
+                    }
+                    uid_of(seq, node_id)
+                }
+            };
+            let max_seq = overlay
+                .max_seq
+                .entry(message.user.clone())
+                .or_insert_with(|| mb.map_or(0, |m| m.max_seq));
+            *max_seq = (*max_seq).max(seq_of(uid));
+            overlay.delivered.insert(key(uid), message.replicas.clone());
+            let record = Record::Deliver {
+                user: message.user,
+                uid,
+                internal_date: message.internal_date.unwrap_or(0),
+                flags: message.flags,
+                ts_ms: message.ts_ms,
+                targets: message.targets,
+                replicas: message.replicas,
+                body: message.body,
+            };
+            (Reply::Uids(vec![uid]), vec![record])
+        }
+        Change::Flags {
+            user,
+            uids,
+            mode,
+            flags,
+            ts_ms,
+            owe,
+        } => {
+            let mut changed = Vec::new();
+            let mut records = Vec::new();
+            for uid in uids {
+                let key = (user.clone(), uid);
+                if overlay.gone.contains(&key) {
+                    continue;
+                }
+                let (current, current_ts) = match overlay.flags.get(&key) {
+                    Some(f) => f.clone(),
+                    None => match index
+                        .mailboxes
+                        .get(&user)
+                        .and_then(|m| m.messages.get(&uid))
+                    {
+                        Some(m) => (m.flags.clone(), m.flags_ts),
+                        None => continue,
+                    },
+                };
+                let new = match mode {
+                    // An older replace (a late replica push) loses to a newer setting.
+                    FlagMode::Replace if ts_ms < current_ts => current.clone(),
+                    // The same stamp with other flags (holders that applied one change to
+                    // different states, telling each other): one order on every node, so they
+                    // settle on the same flags instead of swapping.
+                    FlagMode::Replace if ts_ms == current_ts => {
+                        if flags.precedes(&current) {
+                            current.clone()
+                        } else {
+                            flags.clone()
+                        }
+                    }
+                    FlagMode::Replace => flags.clone(),
+                    FlagMode::Add => current.union(&flags),
+                    FlagMode::Remove => current.difference(&flags),
+                };
+                changed.push((uid, new.clone()));
+                // A newer stamp is kept even when the flags stay: every holder then compares
+                // later changes against the same stamp.
+                if new != current || ts_ms > current_ts {
+                    // An add or remove older than the flags it changes makes a new state: it
+                    // gets a newer stamp than theirs, or two holders would have one stamp for
+                    // two different sets (and keep them).
+                    let ts_ms = match mode {
+                        FlagMode::Add | FlagMode::Remove
+                            if new != current && ts_ms <= current_ts =>
+                        {
+                            current_ts.saturating_add(1)
+                        }
+                        _ => ts_ms.max(current_ts),
+                    };
+                    records.push(Record::Flags {
+                        user: user.clone(),
+                        uid,
+                        flags: new.clone(),
+                        ts_ms,
+                    });
+                    overlay.flags.insert(key, (new, ts_ms));
+                }
+            }
+            if owe {
+                // What is owed goes first: if a crash keeps only part of an unsynced batch, a
+                // change never survives without its debt (a debt without the change only sends
+                // the flags as they are).
+                let uids: Vec<u32> = changed.iter().map(|(uid, _)| *uid).collect();
+                let mut owed = owe_records(index, overlay, node_id, &user, &uids);
+                owed.append(&mut records);
+                records = owed;
+            }
+            (Reply::Flags(changed), records)
+        }
+        Change::Expunge { user, uids, owe } => {
+            let mut removed = Vec::new();
+            let mut tombstones = Vec::new();
+            let mb = index.mailboxes.get(&user);
+            for uid in uids {
+                let key = (user.clone(), uid);
+                let present = mb.is_some_and(|m| m.messages.contains_key(&uid))
+                    || overlay.delivered.contains_key(&key);
+                let known_gone = mb.is_some_and(|m| m.expunged.contains(&uid));
+                if overlay.gone.insert(key) {
+                    if present {
+                        removed.push(uid);
+                    }
+                    // Remembered even if not held here: a replica still on its way must
+                    // not bring it back.
+                    if !known_gone {
+                        tombstones.push(uid);
+                    }
+                }
+            }
+            // What is owed goes first (as for flags).
+            let mut records = if owe {
+                owe_records(index, overlay, node_id, &user, &removed)
+            } else {
+                Vec::new()
+            };
+            if !tombstones.is_empty() {
+                records.push(Record::Expunge {
+                    user: user.clone(),
+                    uids: tombstones.clone(),
+                });
+            }
+            (Reply::Uids(removed), records)
+        }
+        Change::Retire { user, uids } => {
+            let kept: Vec<u32> = index.mailboxes.get(&user).map_or_else(Vec::new, |mb| {
+                uids.into_iter()
+                    .filter(|u| mb.expunged.contains(u))
+                    .collect()
+            });
+            let records = if kept.is_empty() {
+                Vec::new()
+            } else {
+                vec![Record::Retire { user, uids: kept }]
+            };
+            (Reply::Uids(Vec::new()), records)
+        }
+        Change::Profile {
+            user,
+            password,
+            ts_ms,
+            targets,
+        } => {
+            let record = Record::Profile {
+                user,
+                password,
+                ts_ms,
+                targets,
+            };
+            (Reply::Uids(Vec::new()), vec![record])
+        }
+        Change::Settled {
+            user,
+            uid,
+            node,
+            sent,
+        } => {
+            let key = (user.clone(), uid);
+            let stale = match sent {
+                SentState::Expunged | SentState::Nothing => false,
+                SentState::Flags { ts_ms } => {
+                    let now_ts = match overlay.flags.get(&key) {
+                        Some((_, ts)) => Some(*ts),
+                        None => index.message(&user, uid).map(|m| m.flags_ts),
+                    };
+                    overlay.gone.contains(&key)
+                        || index.is_expunged(&user, uid)
+                        || now_ts != Some(ts_ms)
+                }
+            };
+            let waiting = !stale
+                && index
+                    .owed
+                    .get(&(user.clone(), uid))
+                    .is_some_and(|t| t.contains(&node));
+            let records = retire_once(
+                waiting,
+                &mut overlay.settled,
+                user,
+                uid,
+                node,
+                |user, uid, node| Record::Settled { user, uid, node },
+            );
+            (Reply::Uids(Vec::new()), records)
+        }
+        Change::Acked { user, uid, node } => {
+            let waiting = index
+                .pending
+                .get(&(user.clone(), uid))
+                .is_some_and(|t| t.contains(&node));
+            let records = retire_once(
+                waiting,
+                &mut overlay.acked,
+                user,
+                uid,
+                node,
+                |user, uid, node| Record::Acked { user, uid, node },
+            );
+            (Reply::Uids(Vec::new()), records)
+        }
+    }
+}
+
+/// One `Owe` record per message of `uids` held here: its new state is owed to its other
+/// replicas.
+fn owe_records(
+    index: &Index,
+    overlay: &Overlay,
+    node_id: u32,
+    user: &str,
+    uids: &[u32],
+) -> Vec<Record> {
+    let mb = index.mailboxes.get(user);
+    uids.iter()
+        .filter_map(|uid| {
+            // Held before this batch, or delivered earlier in it.
+            let replicas = match mb.and_then(|mb| mb.messages.get(uid)) {
+                Some(m) => &m.replicas,
+                None => overlay.delivered.get(&(user.to_string(), *uid))?,
+            };
+            let targets: Vec<u32> = replicas.iter().copied().filter(|&r| r != node_id).collect();
+            (!targets.is_empty()).then(|| Record::Owe {
+                user: user.to_string(),
+                uids: vec![*uid],
+                targets,
+            })
+        })
+        .collect()
+}
+
+/// The record retiring `node` from what `uid` is owed, if it is still owed and not already
+/// retired earlier in this batch.
+fn retire_once(
+    waiting: bool,
+    retired: &mut HashSet<(String, u32, u32)>,
+    user: String,
+    uid: u32,
+    node: u32,
+    record: impl FnOnce(String, u32, u32) -> Record,
+) -> Vec<Record> {
+    if waiting && retired.insert((user.clone(), uid, node)) {
+        vec![record(user, uid, node)]
+    } else {
+        Vec::new()
+    }
+}
+
+/// What earlier ops of the batch being sequenced did, before the index shows it.
+#[derive(Default)]
+pub struct Overlay {
+    max_seq: HashMap<String, u32>,
+    /// Messages delivered earlier in the batch, with their replicas.
+    delivered: HashMap<(String, u32), Vec<u32>>,
+    flags: HashMap<(String, u32), (Flags, i64)>,
+    gone: HashSet<(String, u32)>,
+    acked: HashSet<(String, u32, u32)>,
+    settled: HashSet<(String, u32, u32)>,
+}
+
+/// Applies one durable record to the index. `offset` is where the record's frame starts.
+pub fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Record) {
+    use record::Record;
+    match record {
+        Record::Deliver {
+            user,
+            uid,
+            internal_date,
+            flags,
+            ts_ms,
+            targets,
+            replicas,
+            body,
+        } => {
+            let body_offset = offset
+                + (record::FRAME_HEADER_BYTES
+                    + record::deliver_body_offset(user, flags, targets.len(), replicas.len()))
+                    as u64;
+            let mb = index.mailboxes.entry(user.clone()).or_default();
+            mb.max_seq = mb.max_seq.max(seq_of(*uid));
+            if mb.expunged.contains(uid) {
+                return;
+            }
+            let meta = MessageMeta {
+                uid: *uid,
+                size: body.len() as u64,
+                internal_date: *internal_date,
+                flags: flags.clone(),
+                flags_ts: *ts_ms,
+                replicas: replicas.clone(),
+                location: Some(Location {
+                    segment,
+                    offset: body_offset,
+                }),
+            };
+            *index.segment_live.entry(segment).or_default() += body.len() as u64;
+            match mb.messages.insert(*uid, meta) {
+                None => {
+                    index.messages += 1;
+                    index.bytes += body.len() as u64;
+                }
+                // Copied forward by compaction: it lives in the new place now.
+                Some(old) => {
+                    if let Some(at) = old.location {
+                        if let Some(live) = index.segment_live.get_mut(&at.segment) {
+                            *live = live.saturating_sub(old.size);
+                        }
+                    }
+                }
+            }
+            if !targets.is_empty() {
+                index.pending.insert((user.clone(), *uid), targets.clone());
+            }
+        }
+        Record::Flags {
+            user,
+            uid,
+            flags,
+            ts_ms,
+        } => {
+            if let Some(m) = index
+                .mailboxes
+                .get_mut(user)
+                .and_then(|mb| mb.messages.get_mut(uid))
+            {
+                m.flags = flags.clone();
+                m.flags_ts = *ts_ms;
+            }
+        }
+        Record::Expunge { user, uids } => {
+            let mb = index.mailboxes.entry(user.clone()).or_default();
+            for uid in uids {
+                mb.expunged.insert(*uid);
+                if let Some(m) = mb.messages.remove(uid) {
+                    index.messages -= 1;
+                    index.bytes -= m.size;
+                    if let Some(at) = m.location {
+                        if let Some(live) = index.segment_live.get_mut(&at.segment) {
+                            *live = live.saturating_sub(m.size);
+                        }
+                    }
+                }
+                index.pending.remove(&(user.clone(), *uid));
+            }
+        }
+        Record::Acked { user, uid, node } => {
+            let key = (user.clone(), *uid);
+            if let Some(targets) = index.pending.get_mut(&key) {
+                targets.retain(|t| t != node);
+                if targets.is_empty() {
+                    index.pending.remove(&key);
+                }
+            }
+        }
+        Record::Owe {
+            user,
+            uids,
+            targets,
+        } => {
+            for uid in uids {
+                index
+                    .owed
+                    .entry((user.clone(), *uid))
+                    .or_default()
+                    .extend(targets.iter().copied());
+            }
+        }
+        Record::Settled { user, uid, node } => {
+            let key = (user.clone(), *uid);
+            if let Some(targets) = index.owed.get_mut(&key) {
+                targets.remove(node);
+                if targets.is_empty() {
+                    index.owed.remove(&key);
+                }
+            }
+        }
+        Record::Retire { user, uids } => {
+            if let Some(mb) = index.mailboxes.get_mut(user) {
+                for uid in uids {
+                    mb.expunged.remove(uid);
+                }
+            }
+        }
+        Record::Seq { user, max_seq } => {
+            let mb = index.mailboxes.entry(user.clone()).or_default();
+            mb.max_seq = mb.max_seq.max(*max_seq);
+        }
+        Record::Profile {
+            user,
+            password,
+            ts_ms,
+            targets,
+        } => {
+            let newer = index
+                .profiles
+                .get(user)
+                .is_none_or(|(p, ts)| (*ts_ms, password) > (*ts, p));
+            if newer {
+                index
+                    .profiles
+                    .insert(user.clone(), (password.clone(), *ts_ms));
+            }
+            if !targets.is_empty() {
+                index
+                    .pending
+                    .insert((user.clone(), PROFILE_UID), targets.clone());
+            }
+        }
+    }
+}
+
+/// What the rest of the node reads from the index (the store's handle locks it for each call).
+impl Index {
+    /// A consistent copy of `user`'s mailbox index (empty if the user has no mail yet).
+    pub fn snapshot(&self, user: &str, uid_validity: u32) -> MailboxSnapshot {
+        match self.mailboxes.get(user) {
+            Some(mb) => MailboxSnapshot {
+                uid_validity,
+                uid_next: uid_of(mb.max_seq.min(UID_SEQ_MAX - 1) + 1, 0),
+                messages: mb.messages.values().cloned().collect(),
+            },
+            None => MailboxSnapshot {
+                uid_validity,
+                uid_next: uid_of(1, 0),
+                messages: Vec::new(),
+            },
+        }
+    }
+
+    /// Up to `limit` messages still to be pushed to replicas, oldest first.
+    pub fn pending_pushes(&self, limit: usize) -> Vec<PendingPush> {
+        self.pending
+            .iter()
+            .take(limit)
+            .map(|((user, uid), targets)| PendingPush {
+                user: user.clone(),
+                uid: *uid,
+                targets: targets.clone(),
+            })
+            .collect()
+    }
+
+    /// Up to `limit` state changes (flags or expunges) still owed to other holders.
+    pub fn owed_changes(&self, limit: usize) -> Vec<PendingPush> {
+        self.owed
+            .iter()
+            .take(limit)
+            .map(|((user, uid), targets)| PendingPush {
+                user: user.clone(),
+                uid: *uid,
+                targets: targets.iter().copied().collect(),
+            })
+            .collect()
+    }
+
+    /// Whether `uid` of `user` is known here to be expunged.
+    pub fn is_expunged(&self, user: &str, uid: u32) -> bool {
+        self.mailboxes
+            .get(user)
+            .is_some_and(|mb| mb.expunged.contains(&uid))
+    }
+
+    /// Whether this node still owes anyone the state of `uid`.
+    pub fn owes(&self, user: &str, uid: u32) -> bool {
+        self.owed.contains_key(&(user.to_string(), uid))
+    }
+
+    /// Every user with a message on this node, sorted.
+    pub fn users(&self) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .mailboxes
+            .iter()
+            .filter(|(_, mb)| !mb.messages.is_empty())
+            .map(|(u, _)| u.clone())
+            .collect();
+        users.sort();
+        users
+    }
+
+    /// UIDs of `user` this node knows were expunged.
+    pub fn expunged(&self, user: &str) -> Vec<u32> {
+        let mut uids: Vec<u32> = self
+            .mailboxes
+            .get(user)
+            .map_or_else(Vec::new, |mb| mb.expunged.iter().copied().collect());
+        uids.sort_unstable();
+        uids
+    }
+
+    /// The highest UID sequence number this node has seen for `user`.
+    pub fn max_seq(&self, user: &str) -> u32 {
+        self.mailboxes.get(user).map_or(0, |mb| mb.max_seq)
+    }
+
+    /// This node's copy of one message's metadata, if it holds it.
+    pub fn message(&self, user: &str, uid: u32) -> Option<MessageMeta> {
+        self.mailboxes
+            .get(user)
+            .and_then(|mb| mb.messages.get(&uid))
+            .cloned()
+    }
+
+    /// Expunge tombstones kept, over all mailboxes.
+    pub fn tombstones(&self) -> u64 {
+        self.mailboxes
+            .values()
+            .map(|mb| mb.expunged.len() as u64)
+            .sum()
+    }
+
+    /// Where a held message's body is: (segment, offset of its first byte).
+    pub fn body_location(meta: &MessageMeta) -> Option<(u32, u64)> {
+        meta.location.map(|l| (l.segment, l.offset))
+    }
+}
+
+impl Change {
+    /// Whether the writer can log this change: what a peer sends is checked here, at the
+    /// boundary, so nothing it says can trip the writer.
+    pub fn check(&self) -> Result<(), super::StoreError> {
+        use super::{check_nodes, check_uids, check_user, StoreError, PASSWORD_BYTES_MAX};
+        match self {
+            Change::Deliver { message } => message.check(),
+            Change::Flags {
+                user, uids, flags, ..
+            } => {
+                check_user(user)?;
+                check_uids(uids)?;
+                flags.check().map_err(StoreError::Invalid)
+            }
+            Change::Expunge { user, uids, .. } | Change::Retire { user, uids } => {
+                check_user(user)?;
+                check_uids(uids)
+            }
+            Change::Settled { user, .. } | Change::Acked { user, .. } => check_user(user),
+            Change::Profile {
+                user,
+                password,
+                targets,
+                ..
+            } => {
+                check_user(user)?;
+                check_nodes("targets", targets)?;
+                if password.len() > PASSWORD_BYTES_MAX {
+                    return Err(StoreError::Invalid(format!(
+                        "a password of {} bytes (at most {PASSWORD_BYTES_MAX})",
+                        password.len()
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Index {
+    /// A user's profile: (password, ts_ms), if one was ever set.
+    pub fn profile(&self, user: &str) -> Option<(String, i64)> {
+        self.profiles.get(user).cloned()
+    }
+}
