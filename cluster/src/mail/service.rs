@@ -81,7 +81,24 @@ pub struct MailService {
     /// Expunges a client's request made here (so this node owes them to every other replica):
     /// only such a node may find one ripe, as only it knows when every replica has it.
     originated: Mutex<HashSet<(String, u32)>>,
+    /// What this node has told users' managers in the current view (see [`FragmentReports`]).
+    fragments: Mutex<FragmentReports>,
 }
+
+/// The users a node has told their managers it holds, in the view of `epoch`: its report at the
+/// view change, and one-user reports for users first stored here since. Those are sent again
+/// every [`machine::REPORT_REFRESH_MS`] for [`machine::REPORT_REFRESH_WINDOW_MS`], as one may be
+/// lost (a brief partition, a full queue) without a view change to repair it.
+#[derive(Default)]
+struct FragmentReports {
+    epoch: u64,
+    reported: HashSet<String>,
+    fresh: std::collections::VecDeque<(String, u32, std::time::Instant)>,
+    last_refresh: Option<std::time::Instant>,
+}
+
+/// One-user reports kept for sending again, at most.
+const FRESH_USERS_MAX: usize = 10_000;
 
 impl MailService {
     /// Starts the service's background tasks: the inbound dispatcher, the mail-map reporter,
@@ -111,6 +128,7 @@ impl MailService {
             push_now: Notify::new(),
             ripe: Mutex::new(std::collections::VecDeque::new()),
             originated: Mutex::new(HashSet::new()),
+            fragments: Mutex::new(FragmentReports::default()),
         });
         tokio::spawn(service.clone().dispatch(inbound, shutdown.clone()));
         tokio::spawn(service.clone().report_on_view_change(shutdown.clone()));
@@ -436,7 +454,19 @@ impl MailService {
                 .install(info.view.epoch, info.view.members.clone());
             let mut by_manager: BTreeMap<u32, Vec<(String, u32)>> =
                 info.view.members.iter().map(|&m| (m, Vec::new())).collect();
-            for user in self.store.users() {
+            // Held while the users are listed: a message stored meanwhile is either listed or
+            // reported after, for this view.
+            let users = {
+                let mut fragments = self.fragments.lock().unwrap();
+                let users = self.store.users();
+                *fragments = FragmentReports {
+                    epoch: info.view.epoch,
+                    reported: users.iter().cloned().collect(),
+                    ..FragmentReports::default()
+                };
+                users
+            };
+            for user in users {
                 if let Some(m) = info.derived.manager_of(&user) {
                     let seq = self.store.max_seq(&user);
                     by_manager.entry(m).or_default().push((user, seq));
@@ -519,11 +549,76 @@ impl MailService {
                 }
             }
             self.retire_ripe().await;
+            self.refresh_reports();
             tokio::select! {
                 _ = self.push_now.notified() => {},
                 _ = tokio::time::sleep(PUSH_RETRY_INTERVAL) => {},
                 _ = shutdown.wait_for(|s| *s) => return,
             }
+        }
+    }
+
+    /// A message of `user` is now held here: if this node has not told the user's manager it
+    /// holds the user's messages in this view, it does now (a part of its report for the view,
+    /// so a manager already in a newer view ignores it: the report for that one, made after
+    /// this store, names the user).
+    fn report_fragment(&self, user: &str, uid: u32) {
+        let epoch = {
+            let mut f = self.fragments.lock().unwrap();
+            if f.reported.contains(user) || f.reported.len() >= RIPE_TOMBSTONES_MAX {
+                return;
+            }
+            f.reported.insert(user.to_string());
+            if f.fresh.len() < FRESH_USERS_MAX {
+                f.fresh.push_back((
+                    user.to_string(),
+                    crate::mail::store::seq_of(uid),
+                    std::time::Instant::now(),
+                ));
+            }
+            f.epoch
+        };
+        self.send_fragment(epoch, user, crate::mail::store::seq_of(uid));
+    }
+
+    fn send_fragment(&self, epoch: u64, user: &str, seq: u32) {
+        let view = self.current_view();
+        let report = MailMessage::Fragments {
+            epoch,
+            node: self.id,
+            users: vec![(user.to_string(), seq)],
+            last: false,
+        };
+        self.tell_manager(user, &view.derived, report);
+    }
+
+    /// Sends the recent one-user reports again, once a [`machine::REPORT_REFRESH_MS`].
+    fn refresh_reports(&self) {
+        let (epoch, due) = {
+            let mut f = self.fragments.lock().unwrap();
+            if f.last_refresh
+                .is_some_and(|at| at.elapsed() < Duration::from_millis(machine::REPORT_REFRESH_MS))
+            {
+                return;
+            }
+            f.last_refresh = Some(std::time::Instant::now());
+            let window = Duration::from_millis(machine::REPORT_REFRESH_WINDOW_MS);
+            while f
+                .fresh
+                .front()
+                .is_some_and(|(_, _, at)| at.elapsed() >= window)
+            {
+                f.fresh.pop_front();
+            }
+            let due: Vec<(String, u32)> = f
+                .fresh
+                .iter()
+                .map(|(u, seq, _)| (u.clone(), *seq))
+                .collect();
+            (f.epoch, due)
+        };
+        for (user, seq) in due {
+            self.send_fragment(epoch, &user, seq);
         }
     }
 
@@ -834,6 +929,7 @@ impl MailService {
             }
             Request::Store(m) => {
                 let has_targets = !m.targets.is_empty();
+                let user = m.user.clone();
                 let result = self
                     .store
                     .store(NewMessage {
@@ -853,6 +949,7 @@ impl MailService {
                         if has_targets {
                             self.push_now.notify_one();
                         }
+                        self.report_fragment(&user, uid);
                         Response::Stored { uid }
                     }
                     Err(e) => Response::Failed(e.to_string()),
