@@ -1,5 +1,6 @@
-//! The membership simulation through its command-line door: 1,000 seeded runs of drops, delays,
-//! partitions and crashes, all converging; bad settings are refused with a clear error.
+//! The simulations through their command-line door. Membership: 1,000 seeded runs of drops, delays,
+//! partitions and crashes, all converging. Mail: seeds of the whole cluster pass and replay. Bad
+//! settings are refused with a clear error.
 
 mod common;
 
@@ -35,4 +36,42 @@ fn bad_simulation_settings_are_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("drop_probability"));
+}
+
+/// The mail simulation through the binary: seeds run on every core and pass, one seed replays
+/// with the same figures, and bad settings name themselves.
+#[test]
+fn mail_simulation_seeds_pass_and_one_replays() {
+    let out = Command::new(BIN)
+        .args([
+            "sim", "mail", "--seeds", "40", "--start", "7", "--jobs", "2",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("40 seeds passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("events/s"), "{stdout}");
+    println!("{}", stdout.trim());
+
+    let replay = |seed: &str| {
+        let out = Command::new(BIN)
+            .args(["sim", "mail", "--seed", seed])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        // Everything but the wall-clock time.
+        text.split(" events in ").next().unwrap().to_string()
+            + text.split(" simulated ms;").nth(1).unwrap_or("")
+    };
+    assert_eq!(replay("11"), replay("11"));
+
+    let out = Command::new(BIN)
+        .args(["sim", "mail", "--seeds", "1", "--replication", "9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replication"));
 }

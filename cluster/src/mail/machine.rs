@@ -16,9 +16,10 @@
 //! - tombstones: ripe once no replica is owed the expunge, retired after a grace;
 //! - the mail map: rebuilt on the user's manager from every node's report after a view change.
 //!
-//! The seeded simulation (`mail::sim`) runs this machine, with the store's own state machine
-//! (`store::state`) on a simulated disk, under crashes, partitions, loss, duplication, delay and
-//! clock skew.
+//! Every node runs it: the tokio service (`service.rs`) is a thin shell that feeds it and carries
+//! out what it asks. The seeded simulation (`mail::sim`) runs the same machine, with the store's
+//! own state machine (`store::state`) on a simulated disk, under crashes, partitions, loss,
+//! duplication, delay and clock skew.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -673,6 +673,24 @@ impl Store {
             .cloned()
     }
 
+    /// Changes queued for the writer and not yet durable.
+    pub fn pending_ops(&self) -> u64 {
+        self.shared
+            .pending_ops
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Makes one change durable (checked first, as anything a peer sends); its answer.
+    pub async fn change(&self, change: Change) -> Reply {
+        if let Err(e) = change.check() {
+            return Reply::Failed(e.to_string());
+        }
+        match self.submit(change).await {
+            Ok(reply) => reply,
+            Err(e) => Reply::Failed(e.to_string()),
+        }
+    }
+
     /// Runs `f` on the index (locked meanwhile: keep it short).
     pub fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> T {
         f(&self.shared.index.lock().unwrap())
