@@ -33,6 +33,7 @@ use super::store::{
 use super::usermap::UserMap;
 use super::wire::{MailMessage, Request, Response, StoreMessage};
 use crate::core::membership::View;
+pub use crate::core::sim::SplitMix64;
 
 /// How long a read from another node (locate, list, fetch) may take before it counts as failed.
 pub const RPC_TIMEOUT_MS: u64 = 2_000;
@@ -335,58 +336,10 @@ pub struct MachineStats {
     pub requests_in_flight: usize,
 }
 
-/// A small seeded generator (SplitMix64): placement's random choices, request ids.
-#[derive(Debug, Clone)]
-pub struct SeededRng(u64);
-
-impl SeededRng {
-    pub fn new(seed: u64) -> SeededRng {
-        SeededRng(seed)
-    }
-
-    pub fn u64(&mut self) -> u64 {
-        rand::RngCore::next_u64(self)
-    }
-
-    /// Uniform in `0..n`; `n` must be positive.
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.u64()) * u128::from(n.max(1))) >> 64) as u64
-    }
-
-    pub fn range_inclusive(&mut self, low: u64, high: u64) -> u64 {
-        low + self.below(high.saturating_sub(low) + 1)
-    }
-
-    pub fn chance(&mut self, probability: f64) -> bool {
-        probability > 0.0 && ((self.u64() >> 11) as f64 / (1u64 << 53) as f64) < probability
-    }
-}
-
-impl rand::RngCore for SeededRng {
-    fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for chunk in dest.chunks_mut(8) {
-            let bytes = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
-}
-
 /// The mail service of one node.
 pub struct Machine {
     config: MailConfig,
-    rng: SeededRng,
+    rng: SplitMix64,
     view: View,
     usermap: Arc<UserMap>,
     mailmap: MailMap,
@@ -425,7 +378,7 @@ pub struct Machine {
 impl Machine {
     /// A node's machine at start-up, in the view it starts in.
     pub fn new(config: MailConfig, seed: u64, view: View, usermap: Arc<UserMap>) -> Machine {
-        let mut rng = SeededRng::new(seed);
+        let mut rng = SplitMix64::new(seed);
         // Random, so that a late answer meant for this node's previous life (before a restart)
         // cannot be taken for an answer to a new request.
         let next_id = rand::RngCore::next_u64(&mut rng) >> 1;

@@ -29,7 +29,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::machine::{
-    Answer, ClientOp, Ctx, Machine, MachineStats, MailConfig, Output, SeededRng,
+    Answer, ClientOp, Ctx, Machine, MachineStats, MailConfig, Output, SplitMix64,
     PUSHES_IN_FLIGHT_MAX, REQUESTS_IN_FLIGHT_MAX, WAITING_MAX,
 };
 use super::placement::Placement;
@@ -39,6 +39,7 @@ use super::store::{FlagMode, Flags, Index, MessageMeta, QUEUE_OPS_MAX};
 use super::usermap::UserMap;
 use super::wire::{MailMessage, Request, Response};
 use crate::core::membership::{Config as MembershipConfig, Membership, Message as MemberMessage};
+use crate::core::sim::Scheduled;
 
 /// User-map buckets in the simulated cluster.
 const BUCKETS: u32 = 16;
@@ -372,29 +373,6 @@ enum Event {
     Fault,
 }
 
-struct Scheduled {
-    at: u64,
-    sequence: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.sequence) == (other.at, other.sequence)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.sequence).cmp(&(other.at, other.sequence))
-    }
-}
-
 /// A node's disk: its log (one segment) and how much of it is durable.
 #[derive(Default)]
 struct Disk {
@@ -475,10 +453,10 @@ struct Sim {
     config: MailSimConfig,
     seed: u64,
     now: u64,
-    rng: SeededRng,
-    net_rng: SeededRng,
+    rng: SplitMix64,
+    net_rng: SplitMix64,
     nodes: BTreeMap<u32, SimNode>,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: BinaryHeap<Reverse<Scheduled<Event>>>,
     sequence: u64,
     events: u64,
     groups: Option<BTreeMap<u32, usize>>,
@@ -499,8 +477,8 @@ impl Sim {
         let mut sim = Sim {
             seed,
             now: 0,
-            rng: SeededRng::new(seed ^ 0x3A11_5EED_0000_0001),
-            net_rng: SeededRng::new(seed ^ 0x0E70_0000_0000_0002),
+            rng: SplitMix64::new(seed ^ 0x3A11_5EED_0000_0001),
+            net_rng: SplitMix64::new(seed ^ 0x0E70_0000_0000_0002),
             nodes: BTreeMap::new(),
             queue: BinaryHeap::new(),
             sequence: 0,

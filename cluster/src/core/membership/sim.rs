@@ -23,6 +23,7 @@ use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 
 use super::{Config, Membership, Message, Role, View};
+use crate::core::sim::{Scheduled, SplitMix64};
 
 /// View changes kept for failure reports; older ones are forgotten.
 const HISTORY_MAX: usize = 64;
@@ -363,7 +364,7 @@ pub struct Sim {
     /// Randomness of the fault schedule.
     fault_rng: SplitMix64,
     nodes: BTreeMap<u32, SimNode>,
-    queue: BinaryHeap<Reverse<Scheduled>>,
+    queue: BinaryHeap<Reverse<Scheduled<Event>>>,
     sequence: u64,
     events: u64,
     /// Group of every node while partitioned; messages between groups are lost.
@@ -407,30 +408,6 @@ enum Event {
     ChaosFault,
     /// Forces a liveness check at the convergence deadline.
     Check,
-}
-
-#[derive(Debug)]
-struct Scheduled {
-    at: u64,
-    sequence: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.sequence) == (other.at, other.sequence)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.sequence).cmp(&(other.at, other.sequence))
-    }
 }
 
 impl Sim {
@@ -972,43 +949,6 @@ impl Sim {
         if self.live().len() > 1 {
             self.crash(id);
         }
-    }
-}
-
-/// SplitMix64: a tiny, well-mixed PRNG whose output depends on the seed alone, on every
-/// platform and in every version of every crate, so a seed replays forever.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n`; `n` must be positive.
-    fn below(&mut self, n: u64) -> u64 {
-        debug_assert!(n > 0);
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
-    }
-
-    fn range_inclusive(&mut self, low: u64, high: u64) -> u64 {
-        debug_assert!(low <= high);
-        low + self.below(high - low + 1)
-    }
-
-    fn chance(&mut self, probability: f64) -> bool {
-        if probability <= 0.0 {
-            return false;
-        }
-        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < probability
     }
 }
 
