@@ -456,6 +456,16 @@ impl Machine {
         self.mailmap.users()
     }
 
+    /// The other members of the current view.
+    fn others(&self) -> Vec<u32> {
+        self.view
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| m != self.config.id)
+            .collect()
+    }
+
     fn next(&mut self) -> u64 {
         self.next_id = self.next_id.wrapping_add(1);
         self.next_id
@@ -810,14 +820,7 @@ impl Machine {
         }
         if now >= self.next_beacon_ms {
             self.next_beacon_ms = now + LOAD_BEACON_INTERVAL_MS;
-            let members: Vec<u32> = self
-                .view
-                .members
-                .iter()
-                .copied()
-                .filter(|&m| m != self.config.id)
-                .collect();
-            for m in members {
+            for m in self.others() {
                 self.send(
                     m,
                     MailMessage::Load {
@@ -1532,13 +1535,7 @@ impl Machine {
             let (user, uid, _) = self.ripe.pop_front().expect("checked");
             due.entry(user).or_default().push(uid);
         }
-        let others: Vec<u32> = self
-            .view
-            .members
-            .iter()
-            .copied()
-            .filter(|&m| m != self.config.id)
-            .collect();
+        let others = self.others();
         for (user, uids) in due {
             for chunk in uids.chunks(RETIRE_CHUNK_UIDS) {
                 let change = Change::Retire {
