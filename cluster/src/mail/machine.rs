@@ -414,14 +414,6 @@ impl Machine {
         machine
     }
 
-    pub fn id(&self) -> u32 {
-        self.config.id
-    }
-
-    pub fn config(&self) -> &MailConfig {
-        &self.config
-    }
-
     pub fn view(&self) -> &View {
         &self.view
     }
@@ -445,11 +437,6 @@ impl Machine {
     /// The mail map's answer for `user` on this node (meaningful on the user's manager).
     pub fn locate_here(&self, user: &str) -> (Vec<u32>, u32) {
         self.mailmap.locate(user)
-    }
-
-    /// Whether this node's mail map has every member's report for its view.
-    pub fn mailmap_complete(&self) -> bool {
-        self.mailmap.complete()
     }
 
     pub fn mailmap_users(&self) -> usize {
@@ -831,17 +818,6 @@ impl Machine {
         }
     }
 
-    /// When the machine next needs a tick (it also wants one after every input that queued
-    /// pushes, which [`Machine::poll`]'s caller cannot see: ticking every few milliseconds
-    /// while anything waits is simplest).
-    pub fn next_deadline(&self) -> u64 {
-        let mut at = self.next_push_ms.min(self.next_beacon_ms);
-        if let Some(w) = self.waiting.values().map(|w| w.deadline).min() {
-            at = at.min(w);
-        }
-        at
-    }
-
     // ----- Requests to other nodes -----
 
     fn call(&mut self, ctx: &Ctx, to: u32, request: Request, cont: Cont) {
@@ -930,17 +906,13 @@ impl Machine {
                     self.pushes.remove(&key);
                 }
                 Ok(Response::Flags(_) | Response::Removed(_)) => {
-                    // Changed while the state was on its way (new flags, or expunged): what is
-                    // owed now is the new state, which the next round sends (settling now would
-                    // leave the target with the old flags, or let the tombstone go early).
+                    // Settled as sent: the writer skips it if the message changed while the
+                    // state was on its way (new flags, or expunged), and the next round sends
+                    // the new state.
                     #[cfg(test)]
                     let stale_ok = self.bugs.settle_stale_state;
                     #[cfg(not(test))]
                     let stale_ok = false;
-                    if sent.is_stale(ctx.index, &key.0, key.1) && !stale_ok {
-                        self.pushes.remove(&key);
-                        return;
-                    }
                     let change = Change::Settled {
                         user: key.0.clone(),
                         uid: key.1,

@@ -65,22 +65,6 @@ pub enum SentState {
     Nothing,
 }
 
-impl SentState {
-    /// Whether the message changed here since this was sent (so settling on its answer would
-    /// leave the target behind).
-    pub fn is_stale(&self, index: &Index, user: &str, uid: u32) -> bool {
-        match self {
-            SentState::Expunged | SentState::Nothing => false,
-            SentState::Flags { ts_ms } => {
-                index.is_expunged(user, uid)
-                    || index
-                        .message(user, uid)
-                        .is_some_and(|m| m.flags_ts != *ts_ms)
-            }
-        }
-    }
-}
-
 /// The answer to a change, once its records are durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
