@@ -703,13 +703,37 @@ fn small_segments(dir: &Path) -> (Store, Arc<Metrics>) {
 
 /// Keeps the writer busy (compaction runs between batches) until `done` holds.
 async fn until(store: &Store, done: impl Fn() -> bool) {
+    wait(store, false, done).await;
+}
+
+/// As `until`, and each round also writes a message of user "z" and expunges it: garbage, so
+/// compaction keeps coming however much of the log it already reclaimed while `churn` ran (on a
+/// slow machine churn takes long and compaction keeps up with it).
+async fn until_with_garbage(store: &Store, done: impl Fn() -> bool) {
+    wait(store, true, done).await;
+}
+
+async fn wait(store: &Store, garbage: bool, done: impl Fn() -> bool) {
     let start = std::time::Instant::now();
+    let filler = "g".repeat(8000);
     while !done() {
         assert!(
-            start.elapsed() < std::time::Duration::from_secs(60),
+            start.elapsed() < std::time::Duration::from_secs(120),
             "compaction never came"
         );
         store.acked("a", 1, 9).await.unwrap();
+        if garbage {
+            let uids = store
+                .deliver(
+                    vec!["z".into()],
+                    body(&format!("{filler}\r\n")),
+                    Flags::empty(),
+                    None,
+                )
+                .await
+                .unwrap();
+            store.expunge("z", uids).await.unwrap();
+        }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -720,7 +744,7 @@ async fn compaction_reclaims_expunged_space_and_a_replay_gives_the_same_state() 
     let (store, metrics) = small_segments(dir.path());
     churn(&store, 600).await;
     let written = metrics.message_bytes_stored_total.get();
-    until(&store, || metrics.compactions_total.get() >= 10).await;
+    until_with_garbage(&store, || metrics.compactions_total.get() >= 10).await;
     // Compaction catches up: the log is at most about twice what is live in it.
     let live = store.stats().bytes;
     until(&store, || log_bytes(dir.path()) <= 2 * live + 3 * 64 * 1024).await;
@@ -763,7 +787,7 @@ async fn a_crash_between_the_copy_and_the_delete_replays_to_the_same_state() {
     for name in &names {
         std::fs::copy(log.join(name), saved.path().join(name)).unwrap();
     }
-    until(&store, || {
+    until_with_garbage(&store, || {
         names.iter().any(|n| !log.join(n).exists()) && metrics.compactions_total.get() >= 1
     })
     .await;
@@ -792,7 +816,7 @@ async fn retired_tombstones_stay_retired_after_a_restart_and_a_compaction() {
     assert_eq!(store.expunged("a").len(), kept.len());
     // Compaction carries forward only the tombstones still kept.
     let compactions = metrics.compactions_total.get();
-    until(&store, || metrics.compactions_total.get() > compactions + 3).await;
+    until_with_garbage(&store, || metrics.compactions_total.get() > compactions + 3).await;
     let before = state(&store, &["a", "b"]).await;
     drop(store);
     let store = open_with(dir.path(), SMALL, Arc::new(Metrics::new()));
