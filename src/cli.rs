@@ -335,6 +335,9 @@ pub struct SimMailArgs {
     /// Probability that a message is delivered twice during the chaos.
     #[arg(long)]
     pub duplicate_probability: Option<f64>,
+    /// Log segment size in bytes (small, so that compaction comes often).
+    #[arg(long, default_value_t = 4096)]
+    pub segment_bytes: u64,
     /// Threads running seeds (default: the machine's cores).
     #[arg(long)]
     pub jobs: Option<usize>,

@@ -66,6 +66,7 @@ pub fn mail(args: SimMailArgs) -> anyhow::Result<()> {
         replication: args.replication,
         users: args.users,
         chaos_ms: args.chaos_ms,
+        segment_bytes: args.segment_bytes,
         ..MailSimConfig::default()
     };
     if let Some(p) = args.drop_probability {

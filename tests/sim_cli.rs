@@ -53,6 +53,14 @@ fn mail_simulation_seeds_pass_and_one_replays() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("40 seeds passed, 0 failed"), "{stdout}");
     assert!(stdout.contains("events/s"), "{stdout}");
+    // Compaction runs in the simulated stores (forty seeds compact hundreds of segments).
+    let compactions: u64 = stdout
+        .split(" compactions (")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no compaction count: {stdout}"));
+    assert!(compactions > 0, "{stdout}");
     println!("{}", stdout.trim());
 
     let replay = |seed: &str| {
@@ -74,4 +82,10 @@ fn mail_simulation_seeds_pass_and_one_replays() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("replication"));
+    let out = Command::new(BIN)
+        .args(["sim", "mail", "--seeds", "1", "--segment-bytes", "100"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("segment_bytes"));
 }

@@ -6,11 +6,15 @@
 //! becomes log records, and how a durable record changes the index), over a simulated disk and
 //! network:
 //!
-//! - the disk is each node's log as bytes: a batch of changes is sequenced, its records encoded
-//!   and appended, and only after a simulated fsync applied and answered (as the writer thread
-//!   does); a crash keeps what was synced plus, at random, part of what was not (a torn or a
-//!   complete unsynced tail), and a restart replays the log with the real decoder, cutting off a
-//!   torn tail as recovery does;
+//! - the disk is each node's log as segments of bytes: a batch of changes is sequenced, its
+//!   records encoded and appended to the head segment, and only after a simulated fsync applied
+//!   and answered (as the writer thread does); a crash keeps what was synced plus, at random,
+//!   part of what was not (a torn or a complete unsynced tail), and a restart replays the log
+//!   with the real decoder, cutting off a torn tail as recovery does;
+//! - between batches the writer compacts as the real one decides to: the oldest closed
+//!   segment's live state is appended and synced, applied, and only then is the segment deleted
+//!   (a crash in between leaves both); after each step a replay of the disk must give exactly
+//!   the index the node runs on;
 //! - the network delivers each message after a random delay (so messages overtake each other),
 //!   loses some, duplicates some, and loses everything between the sides of a partition;
 //! - faults come from a seeded schedule: crashes and restarts, partitions and heals, clock skew.
@@ -34,7 +38,7 @@ use super::machine::{
 };
 use super::placement::Placement;
 use super::store::record::{self, Record};
-use super::store::state::{self, Change, Overlay, Reply};
+use super::store::state::{self, Change, CompactionPolicy, Overlay, Reply};
 use super::store::{FlagMode, Flags, Index, MessageMeta, QUEUE_OPS_MAX};
 use super::usermap::UserMap;
 use super::wire::{MailMessage, Request, Response};
@@ -53,6 +57,8 @@ const CLIENT_OPS_PER_NODE_MAX: usize = 16;
 const TRACE_MAX: usize = 20_000;
 /// Lines of trace a failure prints at most.
 const TRACE_PRINT_MAX: usize = 80;
+/// How often, at most, a simulated writer looks at whether to compact (as the real one).
+const COMPACTION_CHECK_MS: u64 = 200;
 /// Unix ms the simulated clocks start at (2026-01-01).
 const WALL_BASE_MS: i64 = 1_767_225_600_000;
 
@@ -84,6 +90,8 @@ pub struct MailSimConfig {
     pub skew_ms_max: u64,
     /// `cluster.tombstone_grace_ms`.
     pub tombstone_grace_ms: u64,
+    /// Log segments roll at this size (small, so that compaction comes often).
+    pub segment_bytes: u64,
     pub placement: Placement,
     /// A run that processes more events than this fails (a message storm or a timer loop).
     pub events_max: u64,
@@ -108,6 +116,7 @@ impl Default for MailSimConfig {
             fsync_ms_max: 8,
             skew_ms_max: 3_000,
             tombstone_grace_ms: 1_000,
+            segment_bytes: 4 * 1024,
             placement: Placement::Dynamic,
             events_max: 2_000_000,
         }
@@ -125,6 +134,9 @@ impl MailSimConfig {
         }
         if self.users == 0 || self.users > 1_000 {
             return Err("sim mail: `users` must be 1..=1000".into());
+        }
+        if !(1_024..=1 << 30).contains(&self.segment_bytes) {
+            return Err("sim mail: `segment_bytes` must be 1024..=1073741824".into());
         }
         for (name, p) in [
             ("drop_probability", self.drop_probability),
@@ -152,6 +164,10 @@ impl MailSimConfig {
 pub struct SimBugs {
     /// The writer answers a change before its fsync.
     pub ack_before_durable: bool,
+    /// Compaction deletes the segment it copies before the copy is durable.
+    pub compaction_deletes_before_the_copy_is_durable: bool,
+    /// Compaction leaves the segment's expunge tombstones behind.
+    pub compaction_forgets_tombstones: bool,
     pub machine: super::machine::Bugs,
 }
 
@@ -170,6 +186,10 @@ pub struct MailSimReport {
     pub partitions: u64,
     pub skews: u64,
     pub torn_tails: u64,
+    /// Segments compacted (copied forward, then deleted).
+    pub compactions: u64,
+    /// Crashes of a node between a compaction's copy and its delete.
+    pub compaction_crashes: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub messages_duplicated: u64,
@@ -239,8 +259,8 @@ impl fmt::Display for MailSoak {
             f,
             "{} seeds passed, {} failed; {} events, {:.2} simulated hours; {} deliveries acknowledged \
              ({} uncertain), {} expunges, {} flag changes, {} reads checked; {} crashes, {} \
-             partitions, {} clock skews, {} torn tails; {} messages ({} lost, {} duplicated); fault \
-             combinations covered: {combos} of {of}",
+             partitions, {} clock skews, {} torn tails; {} compactions ({} crashed mid-way); {} \
+             messages ({} lost, {} duplicated); fault combinations covered: {combos} of {of}",
             self.reports.len(),
             self.failures.len(),
             self.events(),
@@ -254,6 +274,8 @@ impl fmt::Display for MailSoak {
             sum(|r| r.partitions),
             sum(|r| r.skews),
             sum(|r| r.torn_tails),
+            sum(|r| r.compactions),
+            sum(|r| r.compaction_crashes),
             sum(|r| r.messages_sent),
             sum(|r| r.messages_dropped),
             sum(|r| r.messages_duplicated),
@@ -276,7 +298,9 @@ pub fn soak(start: u64, count: u64, config: &MailSimConfig) -> MailSoak {
 /// One run: chaos with client load, then heal, restart everything, settle, and check.
 ///
 /// Checked throughout: a read returns exactly the bytes delivered under that UID; a UID is never
-/// given to two messages; UIDVALIDITY never changes; queues stay within their bounds. After the
+/// given to two messages; UIDVALIDITY never changes; queues stay within their bounds; once a
+/// compaction's copy is durable, and again once the old segment is deleted, replaying the node's
+/// log gives exactly the index it runs on. After the
 /// run settles (every node up, one view, nothing owed or pending anywhere):
 /// - every acknowledged delivery not expunged is listed exactly once, under its UID, and reads
 ///   back intact through another node;
@@ -329,7 +353,7 @@ pub(crate) fn run_seed_with(
     }
 }
 
-const FAULT_KINDS: [&str; 7] = [
+const FAULT_KINDS: [&str; 8] = [
     "crash",
     "restart",
     "partition",
@@ -337,6 +361,7 @@ const FAULT_KINDS: [&str; 7] = [
     "skew",
     "crash_all",
     "torn_tail",
+    "crash_mid_compaction",
 ];
 
 // ----- The simulated cluster -----
@@ -365,6 +390,21 @@ enum Event {
         node: u32,
         incarnation: u64,
     },
+    /// The node dies while its compaction's copy is not yet durable.
+    CrashMidCompaction {
+        node: u32,
+        incarnation: u64,
+    },
+    /// A compaction's copy is durable.
+    CompactSynced {
+        node: u32,
+        incarnation: u64,
+    },
+    /// A compaction deletes the segment it copied.
+    CompactDeleted {
+        node: u32,
+        incarnation: u64,
+    },
     Fsync {
         node: u32,
         incarnation: u64,
@@ -373,11 +413,93 @@ enum Event {
     Fault,
 }
 
-/// A node's disk: its log (one segment) and how much of it is durable.
-#[derive(Default)]
+/// A node's disk: its log segments (id → bytes; the last is the head) and how much of the head
+/// is durable (closed segments are, whole).
 struct Disk {
-    log: Vec<u8>,
+    segments: BTreeMap<u32, Vec<u8>>,
     synced: usize,
+}
+
+impl Default for Disk {
+    fn default() -> Self {
+        Disk {
+            segments: BTreeMap::from([(1, Vec::new())]),
+            synced: 0,
+        }
+    }
+}
+
+impl Disk {
+    fn head_id(&self) -> u32 {
+        *self.segments.keys().next_back().expect("a head segment")
+    }
+
+    fn head(&mut self) -> &mut Vec<u8> {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a head segment")
+    }
+
+    fn bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.len() as u64).sum()
+    }
+
+    /// A new, empty head (only when the old one is wholly synced).
+    fn roll(&mut self) {
+        let next = self.head_id() + 1;
+        self.segments.insert(next, Vec::new());
+        self.synced = 0;
+    }
+
+    /// Every good record of segment `id` with its frame offset; how long the good prefix is.
+    fn records(&self, id: u32) -> (Vec<(u64, Record)>, usize) {
+        let bytes = &self.segments[&id];
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        while at < bytes.len() {
+            match record::decode(&bytes[at..]) {
+                Ok((r, used)) => {
+                    out.push((at as u64, r));
+                    at += used;
+                }
+                Err(_) => break,
+            }
+        }
+        (out, at)
+    }
+
+    /// Replays the log with the real decoder, as recovery does: returns the index and the length
+    /// of the head's good prefix (a torn tail after it is cut off). Damage in a closed segment
+    /// is an error: nothing here damages one.
+    fn replay(&self) -> Result<(Index, usize), String> {
+        let mut index = Index::default();
+        let head = self.head_id();
+        let mut good = 0;
+        for &id in self.segments.keys() {
+            let (records, len) = self.records(id);
+            if id != head && len < self.segments[&id].len() {
+                return Err(format!("closed segment {id} is damaged at {len}"));
+            }
+            for (at, r) in &records {
+                state::apply(&mut index, id, *at, r);
+            }
+            good = len;
+        }
+        Ok((index, good))
+    }
+}
+
+/// A compaction under way on a node.
+struct Compacting {
+    /// The segment copied forward.
+    segment: u32,
+    /// Where its copy starts in the head, and what it carries (frame offsets within the copy).
+    start: u64,
+    carried: Vec<(u64, Record)>,
+    /// The log's size when it began, and what it reclaims (for the policy).
+    log_bytes: u64,
+    reclaimed: u64,
 }
 
 /// One copy of a message on a node: (node, flags, their stamp, the replicas it names).
@@ -394,6 +516,9 @@ struct Up {
     /// Changes waiting for the writer.
     queue: VecDeque<(u64, Change)>,
     batch: Option<Batch>,
+    compaction: CompactionPolicy,
+    next_compaction_check: u64,
+    compacting: Option<Compacting>,
     member_tick_at: Option<u64>,
     /// Client operations in flight: op id → what it was.
     ops: BTreeMap<u64, PendingOp>,
@@ -470,6 +595,9 @@ struct Sim {
     focus_uid: Option<u32>,
     #[cfg_attr(not(test), allow(dead_code))]
     bugs: BugSwitches,
+    /// Half the seeds churn: larger messages, and as many expunges (of messages still there) as
+    /// deliveries, so that most of the log becomes garbage and compaction runs often.
+    churn: bool,
 }
 
 impl Sim {
@@ -493,7 +621,9 @@ impl Sim {
             focus_uid: None,
             bugs,
             config,
+            churn: false,
         };
+        sim.churn = sim.rng.chance(0.5);
         for id in 1..=sim.config.nodes {
             sim.nodes.insert(
                 id,
@@ -632,19 +762,12 @@ impl Sim {
         let node = self.nodes.get_mut(&id).expect("configured node");
         node.incarnation += 1;
         // Recovery: replay the log with the real decoder; a torn tail is cut off.
-        let mut index = Index::default();
-        let mut at = 0usize;
-        while at < node.disk.log.len() {
-            match record::decode(&node.disk.log[at..]) {
-                Ok((r, used)) => {
-                    state::apply(&mut index, 0, at as u64, &r);
-                    at += used;
-                }
-                Err(_) => break,
-            }
-        }
-        let torn = node.disk.log.len() - at;
-        node.disk.log.truncate(at);
+        let (index, at) = node
+            .disk
+            .replay()
+            .map_err(|e| format!("n{id} cannot recover: {e}"))?;
+        let torn = node.disk.head().len() - at;
+        node.disk.head().truncate(at);
         node.disk.synced = at;
         let membership = Membership::new(id, all, MembershipConfig::default(), self.now);
         let view = membership.view().clone();
@@ -661,6 +784,9 @@ impl Sim {
             index,
             queue: VecDeque::new(),
             batch: None,
+            compaction: CompactionPolicy::default(),
+            next_compaction_check: self.now + COMPACTION_CHECK_MS,
+            compacting: None,
             member_tick_at: None,
             ops: BTreeMap::new(),
         });
@@ -688,6 +814,10 @@ impl Sim {
         let Some(up) = node.up.take() else {
             return;
         };
+        if up.compacting.is_some() {
+            self.report.compaction_crashes += 1;
+            self.report.fault_kinds |= 1 << 7;
+        }
         // The clients of operations in flight there never hear back: their outcome is unknown.
         for (_, pending) in up.ops {
             match pending {
@@ -705,13 +835,14 @@ impl Sim {
         }
         let node = self.nodes.get_mut(&id).expect("configured node");
         // What was not synced may or may not have reached the disk, in part.
-        let unsynced = node.disk.log.len() - node.disk.synced;
+        let unsynced = node.disk.head().len() - node.disk.synced;
         let kept = if tear && unsynced > 0 {
             (unsynced as u64 * keep_frac / 1_000) as usize
         } else {
             0
         };
-        node.disk.log.truncate(node.disk.synced + kept);
+        let keep = node.disk.synced + kept;
+        node.disk.head().truncate(keep);
         if kept > 0 {
             self.report.torn_tails += 1;
             self.report.fault_kinds |= 1 << 6;
@@ -804,11 +935,13 @@ impl Sim {
 
     fn read_body(&self, id: u32, meta: &MessageMeta) -> Result<Vec<u8>, String> {
         let node = &self.nodes[&id];
-        let (_, offset) = Index::body_location(meta).ok_or("not held here")?;
+        let (segment, offset) = Index::body_location(meta).ok_or("not held here")?;
         let start = offset as usize;
         let end = start + meta.size as usize;
         node.disk
-            .log
+            .segments
+            .get(&segment)
+            .ok_or_else(|| format!("segment {segment} is gone"))?
             .get(start..end)
             .map(|b| b.to_vec())
             .ok_or_else(|| "beyond the end of the log".to_string())
@@ -844,9 +977,23 @@ impl Sim {
         let Some(up) = node.up.as_mut() else {
             return Ok(());
         };
-        if up.batch.is_some() || up.queue.is_empty() {
+        if up.batch.is_some() || up.compacting.is_some() {
             return Ok(());
         }
+        // Between batches, as the real writer.
+        if self.maybe_compact(id)? {
+            return Ok(());
+        }
+        let segment_bytes = self.config.segment_bytes;
+        let node = self.nodes.get_mut(&id).expect("configured node");
+        let up = node.up.as_mut().expect("node is up");
+        if up.queue.is_empty() {
+            return Ok(());
+        }
+        if node.disk.head().len() as u64 >= segment_bytes {
+            node.disk.roll();
+        }
+        let head = node.disk.head_id();
         let mut batch: Batch = Vec::new();
         let mut overlay = Overlay::default();
         let take = up.queue.len().min(BATCH_OPS_MAX);
@@ -854,8 +1001,9 @@ impl Sim {
             let (reply, records) = state::sequence(&up.index, &mut overlay, id, change);
             let mut placed = Vec::with_capacity(records.len());
             for r in records {
-                let at = node.disk.log.len() as u64;
-                record::encode(&r, &mut node.disk.log);
+                let log = node.disk.head();
+                let at = log.len() as u64;
+                record::encode(&r, log);
                 placed.push((at, r));
             }
             batch.push((token, reply, placed));
@@ -864,7 +1012,7 @@ impl Sim {
             // The bug: answered (and visible) before the fsync.
             for (_, _, records) in &batch {
                 for (at, r) in records {
-                    state::apply(&mut up.index, 0, *at, r);
+                    state::apply(&mut up.index, head, *at, r);
                 }
             }
             up.batch = Some(Vec::new());
@@ -893,20 +1041,163 @@ impl Sim {
 
     fn fsynced(&mut self, id: u32) -> Result<(), String> {
         let node = self.nodes.get_mut(&id).expect("configured node");
-        node.disk.synced = node.disk.log.len();
+        node.disk.synced = node.disk.head().len();
+        let head = node.disk.head_id();
         let Some(up) = node.up.as_mut() else {
             return Ok(());
         };
         let batch = up.batch.take().unwrap_or_default();
         for (_, _, records) in &batch {
             for (at, r) in records {
-                state::apply(&mut up.index, 0, *at, r);
+                state::apply(&mut up.index, head, *at, r);
             }
         }
         for (token, reply, _) in batch {
             self.with_machine(id, |m, ctx| m.stored(ctx, token, reply))?;
         }
         self.kick_writer(id)
+    }
+
+    /// Starts compacting the oldest closed segment if the writer's policy says so (looked at
+    /// every `COMPACTION_CHECK_MS` at most): appends its live state to the head and fsyncs it
+    /// (an event later). Returns whether it started.
+    fn maybe_compact(&mut self, id: u32) -> Result<bool, String> {
+        let now = self.now;
+        let segment_bytes = self.config.segment_bytes;
+        let fsync_ms = 1 + self.rng.below(self.config.fsync_ms_max.max(1));
+        let node = self.nodes.get_mut(&id).expect("configured node");
+        let incarnation = node.incarnation;
+        let up = node.up.as_mut().expect("node is up");
+        if now < up.next_compaction_check {
+            return Ok(false);
+        }
+        up.next_compaction_check = now + COMPACTION_CHECK_MS;
+        let head = node.disk.head_id();
+        let Some(oldest) = node.disk.segments.keys().copied().find(|&s| s != head) else {
+            return Ok(false);
+        };
+        let log_bytes = node.disk.bytes();
+        if !up
+            .compaction
+            .due(log_bytes, up.index.live_bytes(), segment_bytes)
+        {
+            return Ok(false);
+        }
+        #[allow(unused_mut)]
+        let (mut records, _) = node.disk.records(oldest);
+        #[cfg(test)]
+        if self.bugs.compaction_forgets_tombstones {
+            records.retain(|(_, r)| !matches!(r, Record::Expunge { .. }));
+        }
+        let (copy, carried) = state::compaction_copy(&up.index, oldest, records);
+        if node.disk.head().len() as u64 >= segment_bytes {
+            node.disk.roll();
+        }
+        let size = node.disk.segments[&oldest].len() as u64;
+        let head = node.disk.head();
+        let start = head.len() as u64;
+        head.extend_from_slice(&copy);
+        #[cfg(test)]
+        if self.bugs.compaction_deletes_before_the_copy_is_durable {
+            node.disk.segments.remove(&oldest);
+        }
+        up.compacting = Some(Compacting {
+            segment: oldest,
+            start,
+            carried,
+            log_bytes,
+            reclaimed: size.saturating_sub(copy.len() as u64),
+        });
+        self.note(format!(
+            "n{id} compacts segment {oldest} ({size} bytes, {} carried)",
+            copy.len()
+        ));
+        self.schedule(
+            self.now + fsync_ms,
+            Event::CompactSynced {
+                node: id,
+                incarnation,
+            },
+        );
+        // Now and then the node dies before the copy is durable (part of it may survive); as
+        // an event, not from inside the writer.
+        if self.chaos && self.rng.chance(0.03) {
+            self.schedule(
+                self.now,
+                Event::CrashMidCompaction {
+                    node: id,
+                    incarnation,
+                },
+            );
+        }
+        Ok(true)
+    }
+
+    /// A compaction's copy is durable: the index finds the carried state in the head; the
+    /// old segment is deleted a moment later (a crash in between leaves both on disk).
+    fn compact_synced(&mut self, id: u32) -> Result<(), String> {
+        let delay = 1 + self.rng.below(self.config.fsync_ms_max.max(1));
+        let node = self.nodes.get_mut(&id).expect("configured node");
+        let incarnation = node.incarnation;
+        node.disk.synced = node.disk.head().len();
+        let head = node.disk.head_id();
+        let up = node.up.as_mut().expect("node is up");
+        let c = up.compacting.as_ref().expect("a compaction under way");
+        state::compaction_applied(&mut up.index, c.segment, head, c.start, &c.carried);
+        self.check_replay(id, "after a compaction's copy, before its delete")?;
+        // Now and then the node dies right here: its restart replays both copies.
+        if self.chaos && self.live().len() > 1 && self.rng.chance(0.05) {
+            self.note(format!(
+                "fault: n{id} crashes between a compaction's copy and delete"
+            ));
+            self.crash(id);
+            return Ok(());
+        }
+        self.schedule(
+            self.now + delay,
+            Event::CompactDeleted {
+                node: id,
+                incarnation,
+            },
+        );
+        Ok(())
+    }
+
+    fn compact_deleted(&mut self, id: u32) -> Result<(), String> {
+        let segment_bytes = self.config.segment_bytes;
+        let node = self.nodes.get_mut(&id).expect("configured node");
+        let up = node.up.as_mut().expect("node is up");
+        let c = up.compacting.take().expect("a compaction under way");
+        node.disk.segments.remove(&c.segment);
+        up.compaction
+            .after(c.log_bytes, Some(c.reclaimed), segment_bytes);
+        self.report.compactions += 1;
+        self.check_replay(id, "after a compaction")?;
+        self.kick_writer(id)
+    }
+
+    /// Replaying node `id`'s disk now must give exactly the index it runs on (called when no
+    /// batch is in flight: everything applied is durable, and nothing durable is unapplied).
+    fn check_replay(&self, id: u32, when: &str) -> Result<(), String> {
+        let node = &self.nodes[&id];
+        let up = node.up.as_ref().expect("node is up");
+        let (index, good) = node
+            .disk
+            .replay()
+            .map_err(|e| format!("n{id}: {e} {when}"))?;
+        let head = &node.disk.segments[&node.disk.head_id()];
+        if good != head.len() {
+            return Err(format!(
+                "n{id}: the head's records end at {good} of {} {when}",
+                head.len()
+            ));
+        }
+        match index.differs_from(&up.index) {
+            Some(d) => Err(format!(
+                "n{id}: replaying its log {when} gives another index: {d}"
+            )),
+            None => Ok(()),
+        }
     }
 
     // ----- The network -----
@@ -1037,6 +1328,28 @@ impl Sim {
                     return Ok(());
                 }
                 self.fsynced(node)
+            }
+            Event::CrashMidCompaction { node, incarnation } => {
+                let n = &self.nodes[&node];
+                if n.incarnation == incarnation && n.up.is_some() && self.live().len() > 1 {
+                    self.note(format!("fault: n{node} crashes during a compaction's copy"));
+                    self.crash(node);
+                }
+                Ok(())
+            }
+            Event::CompactSynced { node, incarnation } => {
+                let n = &self.nodes[&node];
+                if n.incarnation != incarnation || n.up.is_none() {
+                    return Ok(());
+                }
+                self.compact_synced(node)
+            }
+            Event::CompactDeleted { node, incarnation } => {
+                let n = &self.nodes[&node];
+                if n.incarnation != incarnation || n.up.is_none() {
+                    return Ok(());
+                }
+                self.compact_deleted(node)
             }
             Event::ClientOp => {
                 if !self.chaos {
@@ -1215,7 +1528,7 @@ impl Sim {
                     p.user, p.uid, p.targets
                 ));
             }
-            if !up.queue.is_empty() || up.batch.is_some() {
+            if !up.queue.is_empty() || up.batch.is_some() || up.compacting.is_some() {
                 return Err(format!("n{id}'s writer is busy"));
             }
             if let Some(op) = up.ops.keys().next() {
@@ -1269,11 +1582,17 @@ impl Sim {
             .map(|(_, uid)| *uid)
             .collect();
         let roll = self.rng.below(100);
+        // Deliveries, listings and flag changes below these; expunges above.
+        let (deliver, snapshot, flag) = if self.churn {
+            (35, 50, 65)
+        } else {
+            (45, 65, 85)
+        };
         let (pending, op) = match roll {
-            0..=44 => {
+            r if r < deliver => {
                 self.model.next_serial += 1;
                 let serial = self.model.next_serial;
-                let filler = self.rng.below(200) as usize;
+                let filler = self.rng.below(if self.churn { 1_500 } else { 200 }) as usize;
                 let body: Arc<[u8]> = format!(
                     "From: sim@example.org\r\nSubject: {serial}\r\n\r\nseed {} serial {serial} {}\r\n",
                     self.seed,
@@ -1297,14 +1616,14 @@ impl Sim {
                     },
                 )
             }
-            45..=64 => (
+            r if r < snapshot => (
                 PendingOp::Snapshot {
                     user: user.clone(),
                     verify: false,
                 },
                 ClientOp::Snapshot { user },
             ),
-            65..=84 if !known.is_empty() => {
+            r if r < flag && !known.is_empty() => {
                 let uids = self.pick_uids(&known);
                 let mode = match self.rng.below(3) {
                     0 => FlagMode::Add,
@@ -1327,8 +1646,17 @@ impl Sim {
                     },
                 )
             }
-            85..=99 if !known.is_empty() => {
-                let uids = self.pick_uids(&known);
+            r if r >= flag && !known.is_empty() => {
+                let present: Vec<u32> = known
+                    .iter()
+                    .copied()
+                    .filter(|&uid| !self.model.expunged.contains(&(user.clone(), uid)))
+                    .collect();
+                let uids = if self.churn && !present.is_empty() {
+                    self.pick_uids(&present)
+                } else {
+                    self.pick_uids(&known)
+                };
                 (
                     PendingOp::Expunge {
                         user: user.clone(),

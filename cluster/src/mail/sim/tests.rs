@@ -101,6 +101,28 @@ fn mail_sim_catches_acknowledging_before_the_fsync() {
 }
 
 #[test]
+fn mail_sim_catches_compaction_deleting_before_its_copy_is_durable() {
+    assert_caught(
+        "compaction_deletes_before_the_copy_is_durable",
+        SimBugs {
+            compaction_deletes_before_the_copy_is_durable: true,
+            ..SimBugs::default()
+        },
+    );
+}
+
+#[test]
+fn mail_sim_catches_compaction_forgetting_tombstones() {
+    assert_caught(
+        "compaction_forgets_tombstones",
+        SimBugs {
+            compaction_forgets_tombstones: true,
+            ..SimBugs::default()
+        },
+    );
+}
+
+#[test]
 fn mail_sim_catches_retiring_a_tombstone_a_replica_still_needs() {
     // With two copies a holder owes one other replica, so its tombstone can only ripen early
     // with three.

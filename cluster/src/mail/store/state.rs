@@ -3,7 +3,7 @@
 //! real log (sequence a batch, write it, fsync, then apply and answer); the mail simulation
 //! runs the same functions against a simulated disk, so what it checks is this code.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::record::{self, Record};
 use super::{
@@ -652,9 +652,68 @@ impl Index {
             .sum()
     }
 
+    /// Bytes of the message bodies held (what compaction weighs the log against).
+    pub fn live_bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Where a held message's body is: (segment, offset of its first byte).
     pub fn body_location(meta: &MessageMeta) -> Option<(u32, u64)> {
         meta.location.map(|l| (l.segment, l.offset))
+    }
+
+    /// The first way `other` differs from this index, if any: every mailbox (highest sequence,
+    /// messages with their flags, stamps, replicas and where their bodies are, tombstones),
+    /// pending pushes, owed changes, profiles, and the live bytes per segment. The simulation
+    /// checks with it that replaying a node's log gives the index the node runs on.
+    pub fn differs_from(&self, other: &Index) -> Option<String> {
+        let users: BTreeSet<&String> = self
+            .mailboxes
+            .keys()
+            .chain(other.mailboxes.keys())
+            .collect();
+        let empty = super::Mailbox::default();
+        for user in users {
+            // No mailbox and an empty one (nothing held, no tombstone, no UID yet) are the same.
+            let a = self.mailboxes.get(user).unwrap_or(&empty);
+            let b = other.mailboxes.get(user).unwrap_or(&empty);
+            if a.max_seq != b.max_seq {
+                return Some(format!("{user}: max_seq {} vs {}", a.max_seq, b.max_seq));
+            }
+            if a.expunged != b.expunged {
+                return Some(format!("{user}: tombstones differ"));
+            }
+            for uid in a.messages.keys().chain(b.messages.keys()) {
+                let (x, y) = (a.messages.get(uid), b.messages.get(uid));
+                if x != y {
+                    return Some(format!("{user} {uid}: {x:?} vs {y:?}"));
+                }
+            }
+        }
+        let live = |i: &Index| -> BTreeMap<u32, u64> {
+            i.segment_live
+                .iter()
+                .filter(|(_, &b)| b > 0)
+                .map(|(&s, &b)| (s, b))
+                .collect()
+        };
+        let profiles = |i: &Index| -> BTreeMap<String, (String, i64)> {
+            i.profiles
+                .iter()
+                .map(|(u, p)| (u.clone(), p.clone()))
+                .collect()
+        };
+        [
+            ("message count", self.messages != other.messages),
+            ("message bytes", self.bytes != other.bytes),
+            ("pending pushes", self.pending != other.pending),
+            ("owed changes", self.owed != other.owed),
+            ("profiles", profiles(self) != profiles(other)),
+            ("live bytes per segment", live(self) != live(other)),
+        ]
+        .into_iter()
+        .find(|(_, differ)| *differ)
+        .map(|(what, _)| format!("{what} differ"))
     }
 }
 
@@ -702,4 +761,169 @@ impl Index {
     pub fn profile(&self, user: &str) -> Option<(String, i64)> {
         self.profiles.get(user).cloned()
     }
+}
+
+/// When the oldest closed segment is compacted: when the log is more than twice what is live
+/// in it and holds at least two segments' worth of garbage; after a compaction that reclaimed
+/// little (what the log holds is mostly live state), or could not run, not again until the log
+/// has grown by a segment. The writer and the simulation both decide with it.
+#[derive(Debug, Default)]
+pub struct CompactionPolicy {
+    idle_below: u64,
+}
+
+impl CompactionPolicy {
+    pub fn due(&self, log_bytes: u64, live_bytes: u64, segment_bytes: u64) -> bool {
+        log_bytes > 2 * live_bytes + 2 * segment_bytes && log_bytes >= self.idle_below
+    }
+
+    /// After a compaction: the bytes it reclaimed, or `None` if it could not run.
+    pub fn after(&mut self, log_bytes: u64, reclaimed: Option<u64>, segment_bytes: u64) {
+        self.idle_below = match reclaimed {
+            // At least a quarter of the segment: keep going while it pays.
+            Some(r) if r >= segment_bytes / 4 => 0,
+            _ => log_bytes + segment_bytes,
+        };
+    }
+}
+
+/// What compacting closed segment `id` (its records, in order, with their frame offsets)
+/// appends to the head: the encoded bytes, and each carried record with the offset of its frame
+/// within them.
+pub fn compaction_copy(
+    index: &Index,
+    id: u32,
+    records: Vec<(u64, Record)>,
+) -> (Vec<u8>, Vec<(u64, Record)>) {
+    let mut buf = Vec::new();
+    let mut carried = Vec::new();
+    for r in carry_forward(index, id, records) {
+        let frame = buf.len() as u64;
+        record::encode(&r, &mut buf);
+        carried.push((frame, r));
+    }
+    (buf, carried)
+}
+
+/// Once the copy of segment `id`, appended at `start` of segment `head`, is durable: the index
+/// finds the carried state there, and nothing live in `id` (which may then be deleted).
+pub fn compaction_applied(
+    index: &mut Index,
+    id: u32,
+    head: u32,
+    start: u64,
+    carried: &[(u64, Record)],
+) {
+    for (frame, r) in carried {
+        apply(index, head, start + frame, r);
+    }
+    index.segment_live.remove(&id);
+}
+
+/// What of closed segment `id` (its records, in order) must be written again for a replay
+/// without it to give the same index: the messages it holds that are still live (with their
+/// current flags and pending pushes), tombstones still kept, owed changes still owed, current
+/// profiles, and each user's highest UID sequence. Flags, acknowledgements and settlements in
+/// it are folded into the records carried (it is the oldest segment: what they changed lives
+/// in it, or was carried forward already, later in the log).
+fn carry_forward(index: &Index, id: u32, records: Vec<(u64, Record)>) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut users = BTreeSet::new();
+    let mut owed_done: HashSet<(String, u32)> = HashSet::new();
+    let mut profiles_done: HashSet<String> = HashSet::new();
+    let owe = |out: &mut Vec<Record>, done: &mut HashSet<(String, u32)>, user: &str, uid: u32| {
+        if !done.insert((user.to_string(), uid)) {
+            return;
+        }
+        if let Some(targets) = index.owed.get(&(user.to_string(), uid)) {
+            out.push(Record::Owe {
+                user: user.to_string(),
+                uids: vec![uid],
+                targets: targets.iter().copied().collect(),
+            });
+        }
+    };
+    for (_, record) in records {
+        match record {
+            Record::Deliver {
+                user, uid, body, ..
+            } => {
+                let meta = index
+                    .mailboxes
+                    .get(&user)
+                    .and_then(|mb| mb.messages.get(&uid))
+                    .filter(|m| m.location.is_some_and(|l| l.segment == id));
+                if let Some(m) = meta {
+                    out.push(Record::Deliver {
+                        user: user.clone(),
+                        uid,
+                        internal_date: m.internal_date,
+                        flags: m.flags.clone(),
+                        ts_ms: m.flags_ts,
+                        targets: index
+                            .pending
+                            .get(&(user.clone(), uid))
+                            .cloned()
+                            .unwrap_or_default(),
+                        replicas: m.replicas.clone(),
+                        body,
+                    });
+                    owe(&mut out, &mut owed_done, &user, uid);
+                }
+                users.insert(user);
+            }
+            Record::Expunge { user, uids } => {
+                let kept: Vec<u32> = index.mailboxes.get(&user).map_or_else(Vec::new, |mb| {
+                    uids.iter()
+                        .copied()
+                        .filter(|u| mb.expunged.contains(u))
+                        .collect()
+                });
+                if !kept.is_empty() {
+                    out.push(Record::Expunge {
+                        user: user.clone(),
+                        uids: kept,
+                    });
+                }
+                for uid in uids {
+                    owe(&mut out, &mut owed_done, &user, uid);
+                }
+                users.insert(user);
+            }
+            Record::Owe { user, uids, .. } => {
+                for uid in uids {
+                    owe(&mut out, &mut owed_done, &user, uid);
+                }
+            }
+            Record::Profile { user, .. } => {
+                if profiles_done.insert(user.clone()) {
+                    if let Some((password, ts_ms)) = index.profiles.get(&user) {
+                        out.push(Record::Profile {
+                            user: user.clone(),
+                            password: password.clone(),
+                            ts_ms: *ts_ms,
+                            targets: index
+                                .pending
+                                .get(&(user.clone(), super::PROFILE_UID))
+                                .cloned()
+                                .unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+            Record::Flags { user, .. } | Record::Seq { user, .. } => {
+                users.insert(user);
+            }
+            Record::Acked { .. } | Record::Settled { .. } | Record::Retire { .. } => {}
+        }
+    }
+    for user in users {
+        if let Some(mb) = index.mailboxes.get(&user).filter(|mb| mb.max_seq > 0) {
+            out.push(Record::Seq {
+                user,
+                max_seq: mb.max_seq,
+            });
+        }
+    }
+    out
 }

@@ -15,7 +15,6 @@
 //! is appended to the head and fsynced, and only then is the segment deleted. A crash between the
 //! two replays both, which gives the same index; so compaction is crash-safe without a rename.
 
-use std::collections::{BTreeSet, HashSet};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -23,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::record::{self, Record};
 use super::segment::{self, Head};
-use super::state::{self, apply, Change, Overlay, Reply};
-use super::{Index, Shared};
+use super::state::{self, apply, Change, CompactionPolicy, Overlay, Reply};
+use super::Shared;
 use crate::mail::config::DiskConfig;
 
 /// Changes taken into one batch at most (one fsync covers them all).
@@ -67,7 +66,7 @@ pub fn spawn(
                 failed: None,
                 retired: Vec::new(),
                 last_compaction_check: std::time::Instant::now(),
-                compaction_idle_below: 0,
+                compaction: CompactionPolicy::default(),
             }
             .run(ops)
         })
@@ -81,9 +80,7 @@ struct Writer {
     /// Compacted segments still open for readers: (id, when deleted).
     retired: Vec<(u32, std::time::Instant)>,
     last_compaction_check: std::time::Instant,
-    /// After a compaction that reclaimed little (what the log holds is mostly live state), or
-    /// could not run: no more until the log has grown past this.
-    compaction_idle_below: u64,
+    compaction: CompactionPolicy,
 }
 
 /// What one op of the batch wrote, to be applied once the batch is durable.
@@ -359,19 +356,15 @@ impl Writer {
         };
         let live_bytes = self.shared.index.lock().unwrap().bytes;
         let Some(oldest) = oldest else { return };
-        if log_bytes <= 2 * live_bytes + 2 * segment_bytes || log_bytes < self.compaction_idle_below
-        {
+        if !self.compaction.due(log_bytes, live_bytes, segment_bytes) {
             return;
         }
-        match self.compact(oldest) {
-            // Reclaimed at least a quarter of the segment: keep going while it pays.
-            Ok(reclaimed) if reclaimed >= segment_bytes / 4 => self.compaction_idle_below = 0,
-            Ok(_) => self.compaction_idle_below = log_bytes + segment_bytes,
-            Err(e) => {
-                tracing::warn!(segment = oldest, "compaction stopped: {e}");
-                self.compaction_idle_below = log_bytes + segment_bytes;
-            }
+        let reclaimed = self.compact(oldest);
+        if let Err(e) = &reclaimed {
+            tracing::warn!(segment = oldest, "compaction stopped: {e}");
         }
+        self.compaction
+            .after(log_bytes, reclaimed.ok(), segment_bytes);
     }
 
     /// Appends the live state of closed segment `id` to the head, makes it durable, applies it,
@@ -398,17 +391,10 @@ impl Writer {
             )));
         }
         let records = segment::read_all(&file, id)?;
-        let carried = {
+        let (buf, carried) = {
             let index = self.shared.index.lock().unwrap();
-            carry_forward(&index, id, records)
+            state::compaction_copy(&index, id, records)
         };
-        let mut buf = Vec::new();
-        // Where each carried record's frame starts within what is appended.
-        let mut frames = Vec::with_capacity(carried.len());
-        for r in &carried {
-            frames.push(buf.len() as u64);
-            record::encode(r, &mut buf);
-        }
         let free = segment::free_bytes(&self.shared.dir).unwrap_or(u64::MAX);
         if free < buf.len() as u64 + self.shared.options.free_bytes_min / 2 {
             return Err(std::io::Error::other(format!(
@@ -440,13 +426,13 @@ impl Writer {
             return Err(e);
         }
         self.head.len += buf.len() as u64;
-        {
-            let mut index = self.shared.index.lock().unwrap();
-            for (r, frame) in carried.iter().zip(&frames) {
-                apply(&mut index, self.head.id, start + frame, r);
-            }
-            index.segment_live.remove(&id);
-        }
+        state::compaction_applied(
+            &mut self.shared.index.lock().unwrap(),
+            id,
+            self.head.id,
+            start,
+            &carried,
+        );
         segment::delete_segment(&self.shared.dir, id)?;
         self.retired.push((id, std::time::Instant::now()));
         self.shared.metrics.compactions_total.inc();
@@ -475,112 +461,4 @@ impl Writer {
         tracing::error!("{why}; the node will refuse further changes");
         self.failed = Some(why);
     }
-}
-
-/// What of closed segment `id` (its records, in order) must be written again for a replay
-/// without it to give the same index: the messages it holds that are still live (with their
-/// current flags and pending pushes), tombstones still kept, owed changes still owed, current
-/// profiles, and each user's highest UID sequence. Flags, acknowledgements and settlements in
-/// it are folded into the records carried (it is the oldest segment: what they changed lives
-/// in it, or was carried forward already, later in the log).
-pub(super) fn carry_forward(index: &Index, id: u32, records: Vec<(u64, Record)>) -> Vec<Record> {
-    let mut out = Vec::new();
-    let mut users = BTreeSet::new();
-    let mut owed_done: HashSet<(String, u32)> = HashSet::new();
-    let mut profiles_done: HashSet<String> = HashSet::new();
-    let owe = |out: &mut Vec<Record>, done: &mut HashSet<(String, u32)>, user: &str, uid: u32| {
-        if !done.insert((user.to_string(), uid)) {
-            return;
-        }
-        if let Some(targets) = index.owed.get(&(user.to_string(), uid)) {
-            out.push(Record::Owe {
-                user: user.to_string(),
-                uids: vec![uid],
-                targets: targets.iter().copied().collect(),
-            });
-        }
-    };
-    for (_, record) in records {
-        match record {
-            Record::Deliver {
-                user, uid, body, ..
-            } => {
-                let meta = index
-                    .mailboxes
-                    .get(&user)
-                    .and_then(|mb| mb.messages.get(&uid))
-                    .filter(|m| m.location.is_some_and(|l| l.segment == id));
-                if let Some(m) = meta {
-                    out.push(Record::Deliver {
-                        user: user.clone(),
-                        uid,
-                        internal_date: m.internal_date,
-                        flags: m.flags.clone(),
-                        ts_ms: m.flags_ts,
-                        targets: index
-                            .pending
-                            .get(&(user.clone(), uid))
-                            .cloned()
-                            .unwrap_or_default(),
-                        replicas: m.replicas.clone(),
-                        body,
-                    });
-                    owe(&mut out, &mut owed_done, &user, uid);
-                }
-                users.insert(user);
-            }
-            Record::Expunge { user, uids } => {
-                let kept: Vec<u32> = index.mailboxes.get(&user).map_or_else(Vec::new, |mb| {
-                    uids.iter()
-                        .copied()
-                        .filter(|u| mb.expunged.contains(u))
-                        .collect()
-                });
-                if !kept.is_empty() {
-                    out.push(Record::Expunge {
-                        user: user.clone(),
-                        uids: kept,
-                    });
-                }
-                for uid in uids {
-                    owe(&mut out, &mut owed_done, &user, uid);
-                }
-                users.insert(user);
-            }
-            Record::Owe { user, uids, .. } => {
-                for uid in uids {
-                    owe(&mut out, &mut owed_done, &user, uid);
-                }
-            }
-            Record::Profile { user, .. } => {
-                if profiles_done.insert(user.clone()) {
-                    if let Some((password, ts_ms)) = index.profiles.get(&user) {
-                        out.push(Record::Profile {
-                            user: user.clone(),
-                            password: password.clone(),
-                            ts_ms: *ts_ms,
-                            targets: index
-                                .pending
-                                .get(&(user.clone(), super::PROFILE_UID))
-                                .cloned()
-                                .unwrap_or_default(),
-                        });
-                    }
-                }
-            }
-            Record::Flags { user, .. } | Record::Seq { user, .. } => {
-                users.insert(user);
-            }
-            Record::Acked { .. } | Record::Settled { .. } | Record::Retire { .. } => {}
-        }
-    }
-    for user in users {
-        if let Some(mb) = index.mailboxes.get(&user).filter(|mb| mb.max_seq > 0) {
-            out.push(Record::Seq {
-                user,
-                max_seq: mb.max_seq,
-            });
-        }
-    }
-    out
 }

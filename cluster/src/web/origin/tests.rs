@@ -347,18 +347,19 @@ async fn over_the_connection_limit_clients_get_503() {
 #[tokio::test]
 async fn the_miss_penalty_delays_objects_only() {
     let origin = Origin::start(OriginConfig {
-        delay_ms: 300,
+        delay_ms: 3000,
         ..small()
     })
     .await;
     let mut client = Client::connect(origin.addr).await;
+    // A penalty long enough that even a busy machine answers /health well within it.
     let start = std::time::Instant::now();
     assert_eq!(client.get("/health").await.status, 200);
-    assert!(start.elapsed() < Duration::from_millis(300));
+    assert!(start.elapsed() < Duration::from_millis(3000));
     let path = Corpus::new(7, 300).unwrap().info(0).unwrap().path;
     let start = std::time::Instant::now();
     assert_eq!(client.get(&path).await.status, 200);
-    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert!(start.elapsed() >= Duration::from_millis(3000));
     origin.stop().await;
 }
 
