@@ -56,6 +56,17 @@ pub const RIPE_TOMBSTONES_MAX: usize = 1_000_000;
 const RETIRE_CHUNK_UIDS: usize = 10_000;
 /// New-message requests remembered for answering duplicates, at most.
 const RECENT_STORES_MAX: usize = 4_096;
+
+/// What became of a peer's request to store a new message.
+#[derive(Debug, Clone)]
+enum Recent {
+    /// Being stored: a duplicate is left to the first's answer.
+    Taken,
+    /// Stored under this UID: a duplicate gets the same answer.
+    Stored(u32),
+    /// Refused: so is a duplicate (the sender has placed the message elsewhere).
+    Failed(String),
+}
 /// Users a node remembers having reported in one view, at most (past it, no more reports until
 /// the next view: the manager still finds the user on the next view change).
 const REPORTED_USERS_MAX: usize = 1_000_000;
@@ -351,8 +362,8 @@ pub struct Machine {
     body_waiting: HashMap<u64, BodyCont>,
     pushes: HashSet<PushKey>,
     requests_in_flight: usize,
-    /// New-message requests from peers, recently taken: (from, request id) → UID once stored.
-    recent_stores: HashMap<(u32, u64), Option<u32>>,
+    /// New-message requests from peers, recently taken: (from, request id) → what became of it.
+    recent_stores: HashMap<(u32, u64), Recent>,
     recent_order: VecDeque<(u32, u64)>,
     /// Users this node has told their manager about in the current view (its report, and
     /// messages stored since).
@@ -679,14 +690,16 @@ impl Machine {
                             self.push_now = true;
                         }
                         if let Some(key) = dedupe {
-                            self.remember_store(key, Some(uids[0]));
+                            self.remember_store(key, Recent::Stored(uids[0]));
                         }
                         self.report_fragment(ctx, &user, uids[0]);
                         Response::Stored { uid: uids[0] }
                     }
                     (AnswerKind::Stored { dedupe, .. }, Reply::Failed(e)) => {
+                        // A duplicate arriving later is refused too: the sender has moved on
+                        // (placed the message elsewhere), so storing it now would store it twice.
                         if let Some(key) = dedupe {
-                            self.recent_stores.remove(&key);
+                            self.remember_store(key, Recent::Failed(e.clone()));
                         }
                         Response::Failed(e)
                     }
@@ -1112,8 +1125,8 @@ impl Machine {
     }
 
     /// Remembers a new-message request (bounded: the oldest are forgotten).
-    fn remember_store(&mut self, key: (u32, u64), uid: Option<u32>) {
-        if self.recent_stores.insert(key, uid).is_none() {
+    fn remember_store(&mut self, key: (u32, u64), what: Recent) {
+        if self.recent_stores.insert(key, what).is_none() {
             self.recent_order.push_back(key);
             while self.recent_order.len() > RECENT_STORES_MAX {
                 if let Some(old) = self.recent_order.pop_front() {
@@ -1299,12 +1312,16 @@ impl Machine {
                 };
                 if let Some(key) = dedupe {
                     match self.recent_stores.get(&key) {
-                        Some(Some(uid)) => {
+                        Some(Recent::Stored(uid)) => {
                             let uid = *uid;
                             return self.respond(ctx, to, Response::Stored { uid });
                         }
-                        Some(None) => return,
-                        None => self.remember_store(key, None),
+                        Some(Recent::Failed(e)) => {
+                            let e = e.clone();
+                            return self.respond(ctx, to, Response::Failed(e));
+                        }
+                        Some(Recent::Taken) => return,
+                        None => self.remember_store(key, Recent::Taken),
                     }
                 }
                 let change = Change::Deliver {
@@ -1378,21 +1395,24 @@ impl Machine {
             }
         };
         let (change, kind) = change;
-        if let Err(e) = change.check() {
+        let refused = match change.check() {
+            Err(e) => Some(e.to_string()),
+            Ok(())
+                if matches!(to, ReplyTo::Peer { .. })
+                    && self.requests_in_flight >= REQUESTS_IN_FLIGHT_MAX =>
+            {
+                Some("too many requests in flight; try again later".into())
+            }
+            Ok(()) => None,
+        };
+        if let Some(e) = refused {
             if let AnswerKind::Stored {
                 dedupe: Some(key), ..
             } = &kind
             {
-                self.recent_stores.remove(key);
+                self.remember_store(*key, Recent::Failed(e.clone()));
             }
-            return self.respond(ctx, to, Response::Failed(e.to_string()));
-        }
-        if matches!(to, ReplyTo::Peer { .. }) && self.requests_in_flight >= REQUESTS_IN_FLIGHT_MAX {
-            return self.respond(
-                ctx,
-                to,
-                Response::Failed("too many requests in flight; try again later".into()),
-            );
+            return self.respond(ctx, to, Response::Failed(e));
         }
         self.requests_in_flight += 1;
         self.store(change, StoreCont::Answer { to, kind });
@@ -1627,4 +1647,117 @@ pub fn push_state_request(index: &Index, user: &str, uid: u32) -> Option<(Reques
         },
         sent,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(id: u32) -> Machine {
+        let all: BTreeSet<u32> = [1, 2].into();
+        let view = View {
+            epoch: 1,
+            leader: 1,
+            members: all.clone(),
+        };
+        let usermap = Arc::new(UserMap::compute(&view.members, 16));
+        let config = MailConfig {
+            id,
+            replication: 2,
+            spread: 2,
+            placement: Placement::Dynamic,
+            all,
+            uid_validity: 1,
+            tombstone_grace: std::time::Duration::from_secs(1),
+        };
+        Machine::new(config, 7, view, usermap)
+    }
+
+    fn store_request(id: u64) -> MailMessage {
+        MailMessage::Request {
+            id,
+            request: Request::Store(StoreMessage {
+                user: "u".into(),
+                body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                flags: Flags::empty(),
+                internal_date: 1,
+                uid: None,
+                seq_hint: 0,
+                ts_ms: 1,
+                targets: vec![1],
+                replicas: vec![1, 2],
+            }),
+        }
+    }
+
+    /// What the machine asked for: (store tokens, responses sent).
+    fn outputs(m: &mut Machine) -> (Vec<u64>, Vec<Response>) {
+        let mut tokens = Vec::new();
+        let mut responses = Vec::new();
+        for o in m.poll() {
+            match o {
+                Output::Store { token, .. } => tokens.push(token),
+                Output::Send {
+                    message: MailMessage::Response { response, .. },
+                    ..
+                } => responses.push(response),
+                _ => {}
+            }
+        }
+        (tokens, responses)
+    }
+
+    /// Found by the simulation (a disk that filled up, and a network that duplicates): a new
+    /// message's request refused for want of space, then seen again after space returned, was
+    /// stored although its sender had placed the message elsewhere — twice in the mailbox. A
+    /// duplicate of a refused request is refused again; of a stored one, answered the same.
+    #[test]
+    fn a_duplicate_of_a_new_message_request_gets_the_first_answer() {
+        let index = Index::default();
+        let connected = |_: u32| true;
+        let ctx = Ctx {
+            now_ms: 0,
+            wall_ms: 0,
+            index: &index,
+            pending_ops: 0,
+            connected: &connected,
+        };
+        let mut m = machine(2);
+        m.on_message(&ctx, 1, store_request(10));
+        let (first, _) = outputs(&mut m);
+        assert_eq!(first.len(), 1);
+        // While it is being stored, a duplicate is left to the first's answer.
+        m.on_message(&ctx, 1, store_request(10));
+        let (tokens, responses) = outputs(&mut m);
+        assert!(tokens.is_empty() && responses.is_empty(), "{responses:?}");
+        m.stored(
+            &ctx,
+            first[0],
+            Reply::Failed("the node's disk is full".into()),
+        );
+        let (_, responses) = outputs(&mut m);
+        assert!(
+            matches!(&responses[..], [Response::Failed(_)]),
+            "{responses:?}"
+        );
+        // Space returns; the duplicate arrives: refused again, nothing stored.
+        m.on_message(&ctx, 1, store_request(10));
+        let (tokens, responses) = outputs(&mut m);
+        assert!(tokens.is_empty(), "stored a duplicate of a refused request");
+        assert!(
+            matches!(&responses[..], [Response::Failed(_)]),
+            "{responses:?}"
+        );
+
+        // A stored one: its duplicate gets the same UID, and nothing is stored again.
+        m.on_message(&ctx, 1, store_request(11));
+        let (tokens, _) = outputs(&mut m);
+        m.stored(&ctx, tokens[0], Reply::Uids(vec![4242]));
+        let (_, responses) = outputs(&mut m);
+        assert!(matches!(&responses[..], [Response::Stored { uid: 4242 }]));
+        m.on_message(&ctx, 1, store_request(11));
+        let (tokens, responses) = outputs(&mut m);
+        assert!(tokens.is_empty());
+        assert!(matches!(&responses[..], [Response::Stored { uid: 4242 }]));
+    }
 }

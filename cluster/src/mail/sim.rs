@@ -190,6 +190,9 @@ pub struct MailSimReport {
     pub compactions: u64,
     /// Crashes of a node between a compaction's copy and its delete.
     pub compaction_crashes: u64,
+    /// Times a node's disk filled up, and writer batches refused for it.
+    pub disk_fulls: u64,
+    pub disk_full_refusals: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub messages_duplicated: u64,
@@ -259,8 +262,9 @@ impl fmt::Display for MailSoak {
             f,
             "{} seeds passed, {} failed; {} events, {:.2} simulated hours; {} deliveries acknowledged \
              ({} uncertain), {} expunges, {} flag changes, {} reads checked; {} crashes, {} \
-             partitions, {} clock skews, {} torn tails; {} compactions ({} crashed mid-way); {} \
-             messages ({} lost, {} duplicated); fault combinations covered: {combos} of {of}",
+             partitions, {} clock skews, {} torn tails, {} full disks ({} batches refused); {} \
+             compactions ({} crashed mid-way); {} messages ({} lost, {} duplicated); slowest \
+             settle {} ms; fault combinations covered: {combos} of {of}",
             self.reports.len(),
             self.failures.len(),
             self.events(),
@@ -274,11 +278,18 @@ impl fmt::Display for MailSoak {
             sum(|r| r.partitions),
             sum(|r| r.skews),
             sum(|r| r.torn_tails),
+            sum(|r| r.disk_fulls),
+            sum(|r| r.disk_full_refusals),
             sum(|r| r.compactions),
             sum(|r| r.compaction_crashes),
             sum(|r| r.messages_sent),
             sum(|r| r.messages_dropped),
             sum(|r| r.messages_duplicated),
+            self.reports
+                .iter()
+                .map(|r| r.settled_after_ms)
+                .max()
+                .unwrap_or(0),
         )
     }
 }
@@ -336,6 +347,11 @@ pub(crate) fn run_seed_with(
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run()));
     match result {
         Ok(Ok(())) => {
+            if std::env::var_os("MAIL_SIM_FULL_TRACE").is_some() {
+                for (at, line) in &sim.trace {
+                    eprintln!("{at:>7} ms  {line}");
+                }
+            }
             sim.report.seed = seed;
             sim.report.events = sim.events;
             sim.report.simulated_ms = sim.now;
@@ -353,7 +369,7 @@ pub(crate) fn run_seed_with(
     }
 }
 
-const FAULT_KINDS: [&str; 8] = [
+const FAULT_KINDS: [&str; 9] = [
     "crash",
     "restart",
     "partition",
@@ -362,6 +378,7 @@ const FAULT_KINDS: [&str; 8] = [
     "crash_all",
     "torn_tail",
     "crash_mid_compaction",
+    "disk_full",
 ];
 
 // ----- The simulated cluster -----
@@ -529,6 +546,15 @@ struct SimNode {
     up: Option<Up>,
     disk: Disk,
     skew_ms: i64,
+    /// The disk is full (across restarts) until then.
+    full: Option<DiskFull>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DiskFull {
+    until: u64,
+    /// Every batch is refused, not only those storing new messages.
+    everything: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -632,6 +658,7 @@ impl Sim {
                     up: None,
                     disk: Disk::default(),
                     skew_ms: 0,
+                    full: None,
                 },
             );
         }
@@ -997,16 +1024,38 @@ impl Sim {
         let mut batch: Batch = Vec::new();
         let mut overlay = Overlay::default();
         let take = up.queue.len().min(BATCH_OPS_MAX);
+        let base = node.disk.head().len() as u64;
+        let mut buf = Vec::new();
         for (token, change) in up.queue.drain(..take) {
             let (reply, records) = state::sequence(&up.index, &mut overlay, id, change);
             let mut placed = Vec::with_capacity(records.len());
             for r in records {
-                let log = node.disk.head();
-                let at = log.len() as u64;
-                record::encode(&r, log);
+                let at = base + buf.len() as u64;
+                record::encode(&r, &mut buf);
                 placed.push((at, r));
             }
             batch.push((token, reply, placed));
+        }
+        // A full disk: as the real writer, a batch storing new messages is refused whole (only
+        // changes that free space may use the last of it), or, fuller still, every batch. The
+        // refusal is answered a moment later, like a batch.
+        let refused = node.full.is_some_and(|f| {
+            self.now < f.until
+                && (f.everything
+                    || batch.iter().any(|(_, _, records)| {
+                        records
+                            .iter()
+                            .any(|(_, r)| matches!(r, Record::Deliver { .. }))
+                    }))
+        });
+        if refused {
+            for (_, reply, records) in &mut batch {
+                *reply = Reply::Failed(format!("{}; try again later", super::store::DISK_FULL));
+                records.clear();
+            }
+            self.report.disk_full_refusals += 1;
+        } else {
+            node.disk.head().extend_from_slice(&buf);
         }
         if ack_early {
             // The bug: answered (and visible) before the fsync.
@@ -1452,7 +1501,7 @@ impl Sim {
                 self.note("fault: partition healed".into());
                 self.report.fault_kinds |= 1 << 3;
             }
-            80..=93 => {
+            80..=89 => {
                 let ids: Vec<u32> = self.nodes.keys().copied().collect();
                 let id = ids[self.rng.below(ids.len() as u64) as usize];
                 let max = self.config.skew_ms_max;
@@ -1462,7 +1511,26 @@ impl Sim {
                 self.report.skews += 1;
                 self.report.fault_kinds |= 1 << 4;
             }
-            94..=96 => {
+            90..=95 => {
+                // A node's disk fills up for a while: its writer refuses batches with new
+                // messages, or (less often) every batch, until space returns.
+                let ids: Vec<u32> = self.nodes.keys().copied().collect();
+                let id = ids[self.rng.below(ids.len() as u64) as usize];
+                let until = self.now + self.rng.range_inclusive(100, 2_000);
+                let everything = self.rng.chance(0.3);
+                self.nodes.get_mut(&id).expect("node").full = Some(DiskFull { until, everything });
+                self.note(format!(
+                    "fault: n{id}'s disk is full until {until} ms ({})",
+                    if everything {
+                        "every change refused"
+                    } else {
+                        "new messages refused"
+                    }
+                ));
+                self.report.disk_fulls += 1;
+                self.report.fault_kinds |= 1 << 8;
+            }
+            96..=98 => {
                 // Every node at once (a power cut), then all back.
                 for id in live.clone() {
                     self.crash(id);
@@ -1484,7 +1552,10 @@ impl Sim {
     fn heal_all(&mut self) -> Result<(), String> {
         self.chaos = false;
         self.groups = None;
-        self.note("fault: chaos over; heal and restart everything".into());
+        for node in self.nodes.values_mut() {
+            node.full = None;
+        }
+        self.note("fault: chaos over; heal, free space and restart everything".into());
         let down: Vec<u32> = self
             .nodes
             .iter()
