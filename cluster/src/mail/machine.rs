@@ -227,12 +227,29 @@ enum Owed {
 /// What an answer to one of this node's requests resumes.
 #[derive(Debug)]
 enum Cont {
-    Locate { op: u64 },
-    DeliverStore { op: u64, primary: u32 },
-    Gather { op: u64, node: u32 },
-    Fetch { op: u64 },
-    PushMessage { key: PushKey },
-    PushState { key: PushKey, sent: SentState },
+    Locate {
+        op: u64,
+    },
+    DeliverStore {
+        op: u64,
+        primary: u32,
+    },
+    Gather {
+        op: u64,
+        node: u32,
+    },
+    Fetch {
+        op: u64,
+    },
+    /// A copy pushed to a replica, or (with the stamp sent) a profile.
+    PushMessage {
+        key: PushKey,
+        profile_ts: Option<i64>,
+    },
+    PushState {
+        key: PushKey,
+        sent: SentState,
+    },
 }
 
 /// Where the answer to a request goes.
@@ -784,7 +801,15 @@ impl Machine {
                         replicas: meta.replicas,
                     };
                     let to = key.2;
-                    self.call(ctx, to, Request::Store(message), Cont::PushMessage { key });
+                    self.call(
+                        ctx,
+                        to,
+                        Request::Store(message),
+                        Cont::PushMessage {
+                            key,
+                            profile_ts: None,
+                        },
+                    );
                 }
                 Err(_) => {
                     self.pushes.remove(&key);
@@ -899,12 +924,13 @@ impl Machine {
                 Ok(Response::Body(bytes)) => self.finish(op, Ok(Answer::Body(bytes))),
                 _ => self.fetch_next(ctx, op),
             },
-            Cont::PushMessage { key } => match answer {
+            Cont::PushMessage { key, profile_ts } => match answer {
                 Ok(Response::Stored { .. }) => {
                     let change = Change::Acked {
                         user: key.0.clone(),
                         uid: key.1,
                         node: key.2,
+                        profile_ts,
                     };
                     self.store(change, StoreCont::Acked { key });
                 }
@@ -1459,7 +1485,11 @@ impl Machine {
                     password,
                     ts_ms,
                 };
-                self.call(ctx, target, request, Cont::PushMessage { key });
+                let cont = Cont::PushMessage {
+                    key,
+                    profile_ts: Some(ts_ms),
+                };
+                self.call(ctx, target, request, cont);
             }
             Owed::Message => match ctx.index.message(&user, uid).filter(|m| m.is_local()) {
                 Some(meta) => {

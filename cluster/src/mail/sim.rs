@@ -104,7 +104,7 @@ impl Default for MailSimConfig {
             replication: 2,
             users: 3,
             chaos_ms: 6_000,
-            settle_bound_ms: 30_000,
+            settle_bound_ms: 40_000,
             drop_probability: 0.03,
             duplicate_probability: 0.02,
             delay_ms_min: 1,
@@ -190,9 +190,13 @@ pub struct MailSimReport {
     pub compactions: u64,
     /// Crashes of a node between a compaction's copy and its delete.
     pub compaction_crashes: u64,
+    /// Password changes acknowledged (each replicated to every node).
+    pub profiles_acked: u64,
     /// Times a node's disk filled up, and writer batches refused for it.
     pub disk_fulls: u64,
     pub disk_full_refusals: u64,
+    /// Times a node's disk turned slow.
+    pub slow_disks: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub messages_duplicated: u64,
@@ -261,9 +265,9 @@ impl fmt::Display for MailSoak {
         write!(
             f,
             "{} seeds passed, {} failed; {} events, {:.2} simulated hours; {} deliveries acknowledged \
-             ({} uncertain), {} expunges, {} flag changes, {} reads checked; {} crashes, {} \
-             partitions, {} clock skews, {} torn tails, {} full disks ({} batches refused); {} \
-             compactions ({} crashed mid-way); {} messages ({} lost, {} duplicated); slowest \
+             ({} uncertain), {} expunges, {} flag changes, {} password changes, {} reads checked; \
+             {} crashes, {} partitions, {} clock skews, {} torn tails, {} full disks ({} batches \
+             refused), {} slow disks; {} compactions ({} crashed mid-way); {} messages ({} lost, {} duplicated); slowest \
              settle {} ms; fault combinations covered: {combos} of {of}",
             self.reports.len(),
             self.failures.len(),
@@ -273,6 +277,7 @@ impl fmt::Display for MailSoak {
             sum(|r| r.deliveries_uncertain),
             sum(|r| r.expunges_acked),
             sum(|r| r.flag_changes),
+            sum(|r| r.profiles_acked),
             sum(|r| r.reads_checked),
             sum(|r| r.crashes),
             sum(|r| r.partitions),
@@ -280,6 +285,7 @@ impl fmt::Display for MailSoak {
             sum(|r| r.torn_tails),
             sum(|r| r.disk_fulls),
             sum(|r| r.disk_full_refusals),
+            sum(|r| r.slow_disks),
             sum(|r| r.compactions),
             sum(|r| r.compaction_crashes),
             sum(|r| r.messages_sent),
@@ -369,7 +375,7 @@ pub(crate) fn run_seed_with(
     }
 }
 
-const FAULT_KINDS: [&str; 9] = [
+const FAULT_KINDS: [&str; 10] = [
     "crash",
     "restart",
     "partition",
@@ -379,6 +385,7 @@ const FAULT_KINDS: [&str; 9] = [
     "torn_tail",
     "crash_mid_compaction",
     "disk_full",
+    "slow_disk",
 ];
 
 // ----- The simulated cluster -----
@@ -548,6 +555,8 @@ struct SimNode {
     skew_ms: i64,
     /// The disk is full (across restarts) until then.
     full: Option<DiskFull>,
+    /// The disk is slow until then.
+    slow_until: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -577,6 +586,9 @@ enum PendingOp {
         user: String,
         uids: Vec<u32>,
     },
+    Profile {
+        user: String,
+    },
 }
 
 /// What the clients know.
@@ -595,6 +607,10 @@ struct Model {
     expunged: BTreeSet<(String, u32)>,
     /// Expunges asked for whose outcome is unknown.
     maybe_expunged: BTreeSet<(String, u32)>,
+    /// Passwords clients set for each user (acknowledged or not).
+    passwords_tried: BTreeMap<String, BTreeSet<String>>,
+    /// Users with an acknowledged password change.
+    passwords_acked: BTreeSet<String>,
     /// What the final verification saw: (user) → listed UIDs; reads still to come.
     final_listed: BTreeMap<String, Vec<MessageMeta>>,
     final_read: BTreeMap<(String, u32), u64>,
@@ -659,6 +675,7 @@ impl Sim {
                     disk: Disk::default(),
                     skew_ms: 0,
                     full: None,
+                    slow_until: None,
                 },
             );
         }
@@ -994,7 +1011,7 @@ impl Sim {
     /// Starts the next batch if the writer is idle: sequence it against the index, append its
     /// records, and fsync (an event later).
     fn kick_writer(&mut self, id: u32) -> Result<(), String> {
-        let fsync_ms = 1 + self.rng.below(self.config.fsync_ms_max.max(1));
+        let fsync_ms = self.fsync_ms(id);
         #[cfg(test)]
         let ack_early = self.bugs.ack_before_durable;
         #[cfg(not(test))]
@@ -1107,13 +1124,29 @@ impl Sim {
         self.kick_writer(id)
     }
 
+    /// How long node `id`'s next fsync takes: 1–`fsync_ms_max` ms, or on a slow disk 50 ms–2 s,
+    /// and a tenth of the time a stall past the peers' write timeout.
+    fn fsync_ms(&mut self, id: u32) -> u64 {
+        let slow = self.nodes[&id].slow_until.is_some_and(|t| self.now < t);
+        if !slow {
+            1 + self.rng.below(self.config.fsync_ms_max.max(1))
+        } else if self.rng.chance(0.1) {
+            self.rng.range_inclusive(
+                super::machine::WRITE_RPC_TIMEOUT_MS + 1,
+                super::machine::WRITE_RPC_TIMEOUT_MS + 2_000,
+            )
+        } else {
+            self.rng.range_inclusive(50, 2_000)
+        }
+    }
+
     /// Starts compacting the oldest closed segment if the writer's policy says so (looked at
     /// every `COMPACTION_CHECK_MS` at most): appends its live state to the head and fsyncs it
     /// (an event later). Returns whether it started.
     fn maybe_compact(&mut self, id: u32) -> Result<bool, String> {
         let now = self.now;
         let segment_bytes = self.config.segment_bytes;
-        let fsync_ms = 1 + self.rng.below(self.config.fsync_ms_max.max(1));
+        let fsync_ms = self.fsync_ms(id);
         let node = self.nodes.get_mut(&id).expect("configured node");
         let incarnation = node.incarnation;
         let up = node.up.as_mut().expect("node is up");
@@ -1185,7 +1218,7 @@ impl Sim {
     /// A compaction's copy is durable: the index finds the carried state in the head; the
     /// old segment is deleted a moment later (a crash in between leaves both on disk).
     fn compact_synced(&mut self, id: u32) -> Result<(), String> {
-        let delay = 1 + self.rng.below(self.config.fsync_ms_max.max(1));
+        let delay = self.fsync_ms(id);
         let node = self.nodes.get_mut(&id).expect("configured node");
         let incarnation = node.incarnation;
         node.disk.synced = node.disk.head().len();
@@ -1501,7 +1534,7 @@ impl Sim {
                 self.note("fault: partition healed".into());
                 self.report.fault_kinds |= 1 << 3;
             }
-            80..=89 => {
+            80..=87 => {
                 let ids: Vec<u32> = self.nodes.keys().copied().collect();
                 let id = ids[self.rng.below(ids.len() as u64) as usize];
                 let max = self.config.skew_ms_max;
@@ -1511,7 +1544,18 @@ impl Sim {
                 self.report.skews += 1;
                 self.report.fault_kinds |= 1 << 4;
             }
-            90..=95 => {
+            93..=95 => {
+                // A node's disk turns slow for a while (fsyncs of up to 2 s, now and then a
+                // stall past the peers' write timeout).
+                let ids: Vec<u32> = self.nodes.keys().copied().collect();
+                let id = ids[self.rng.below(ids.len() as u64) as usize];
+                let until = self.now + self.rng.range_inclusive(500, 3_000);
+                self.nodes.get_mut(&id).expect("node").slow_until = Some(until);
+                self.note(format!("fault: n{id}'s disk is slow until {until} ms"));
+                self.report.slow_disks += 1;
+                self.report.fault_kinds |= 1 << 9;
+            }
+            88..=92 => {
                 // A node's disk fills up for a while: its writer refuses batches with new
                 // messages, or (less often) every batch, until space returns.
                 let ids: Vec<u32> = self.nodes.keys().copied().collect();
@@ -1687,6 +1731,19 @@ impl Sim {
                     },
                 )
             }
+            r if r < deliver + 4 => {
+                self.model.next_serial += 1;
+                let password = format!("pw{}", self.model.next_serial);
+                self.model
+                    .passwords_tried
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(password.clone());
+                (
+                    PendingOp::Profile { user: user.clone() },
+                    ClientOp::SetProfile { user, password },
+                )
+            }
             r if r < snapshot => (
                 PendingOp::Snapshot {
                     user: user.clone(),
@@ -1776,7 +1833,8 @@ impl Sim {
             PendingOp::Deliver { user, .. }
             | PendingOp::Snapshot { user, .. }
             | PendingOp::Read { user, .. }
-            | PendingOp::Expunge { user, .. } => user.clone(),
+            | PendingOp::Expunge { user, .. }
+            | PendingOp::Profile { user } => user.clone(),
             PendingOp::Flags => String::new(),
         };
         self.note(format!(
@@ -1800,6 +1858,10 @@ impl Sim {
             (PendingOp::Deliver { serial, .. }, _) => {
                 self.report.deliveries_uncertain += 1;
                 self.model.uncertain.insert(serial);
+            }
+            (PendingOp::Profile { user }, Ok(Answer::Profile(_))) => {
+                self.report.profiles_acked += 1;
+                self.model.passwords_acked.insert(user);
             }
             (PendingOp::Snapshot { user, verify }, Ok(Answer::Snapshot(snapshot))) => {
                 if snapshot.uid_validity != 1_767_225_600 {
@@ -1921,6 +1983,7 @@ impl Sim {
 
     /// What the nodes hold, compared directly.
     fn check_state(&mut self) -> Result<(), String> {
+        self.check_profiles()?;
         // (user, uid) → [(node, flags, ts)] of every copy held.
         let mut copies: BTreeMap<(String, u32), Vec<Held>> = BTreeMap::new();
         let users: Vec<String> = (0..self.config.users).map(|u| format!("user{u}")).collect();
@@ -2123,7 +2186,11 @@ fn describe_request(request: &Request) -> String {
             "set-flags {user} {uids:?} {mode:?} {:?} @{ts_ms} owe {owe}",
             flags.names().collect::<Vec<_>>()
         ),
-        Request::Profile { user, .. } => format!("profile {user} "),
+        Request::Profile {
+            user,
+            password,
+            ts_ms,
+        } => format!("profile {user} {password} at {ts_ms}"),
         Request::Expunge { user, uids, owe } => format!("expunge {user} {uids:?} owe {owe}"),
     }
 }
@@ -2149,6 +2216,40 @@ fn describe_response(response: &Response) -> String {
     }
 }
 
+impl Sim {
+    /// Every node holds the same profile for each user; where a password change was
+    /// acknowledged, it holds one, and one a client set.
+    fn check_profiles(&mut self) -> Result<(), String> {
+        for u in 0..self.config.users {
+            let user = format!("user{u}");
+            let mut held = self.nodes.iter().map(|(&id, node)| {
+                let up = node.up.as_ref().expect("every node is up after the heal");
+                (id, up.index.profile(&user))
+            });
+            let (first, profile) = held.next().expect("a node");
+            if let Some((other, p)) = held.find(|(_, p)| *p != profile) {
+                self.focus = Some(user.clone());
+                return Err(format!(
+                    "{user}'s profile differs: n{first} has {profile:?}, n{other} {p:?}"
+                ));
+            }
+            let tried = self.model.passwords_tried.get(&user);
+            match profile {
+                Some((password, _)) if tried.is_some_and(|t| t.contains(&password)) => {}
+                None if !self.model.passwords_acked.contains(&user) => {}
+                other => {
+                    self.focus = Some(user.clone());
+                    return Err(format!(
+                        "{user}'s profile is {other:?} after {:?} were set",
+                        tried
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn describe_op(op: &ClientOp) -> String {
     match op {
         ClientOp::Deliver { user, body, .. } => format!(
@@ -2167,7 +2268,7 @@ fn describe_op(op: &ClientOp) -> String {
             flags.names().collect::<Vec<_>>()
         ),
         ClientOp::Expunge { user, uids } => format!("expunge {user} {uids:?}"),
-        ClientOp::SetProfile { user, .. } => format!("profile {user} "),
+        ClientOp::SetProfile { user, password } => format!("profile {user} {password}"),
     }
 }
 

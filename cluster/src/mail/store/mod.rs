@@ -569,6 +569,7 @@ impl Store {
             user: user.to_string(),
             uid,
             node,
+            profile_ts: None,
         })
         .await
     }

@@ -53,6 +53,11 @@ pub enum Change {
         user: String,
         uid: u32,
         node: u32,
+        /// For a profile push: the stamp of the profile sent. The profile may have changed
+        /// while it was on its way; then the acknowledgement is skipped (decided when it is
+        /// sequenced, against everything durable and earlier in the batch), so the new
+        /// profile is still pushed there.
+        profile_ts: Option<i64>,
     },
 }
 
@@ -286,6 +291,18 @@ pub fn sequence(
             ts_ms,
             targets,
         } => {
+            let newer = match overlay.profiles.get(&user) {
+                Some((ts, p)) => (ts_ms, &password) > (*ts, p),
+                None => index
+                    .profiles
+                    .get(&user)
+                    .is_none_or(|(p, ts)| (ts_ms, &password) > (*ts, p)),
+            };
+            if newer {
+                overlay
+                    .profiles
+                    .insert(user.clone(), (ts_ms, password.clone()));
+            }
             let record = Record::Profile {
                 user,
                 password,
@@ -328,11 +345,24 @@ pub fn sequence(
             );
             (Reply::Uids(Vec::new()), records)
         }
-        Change::Acked { user, uid, node } => {
-            let waiting = index
-                .pending
-                .get(&(user.clone(), uid))
-                .is_some_and(|t| t.contains(&node));
+        Change::Acked {
+            user,
+            uid,
+            node,
+            profile_ts,
+        } => {
+            let stale = profile_ts.is_some_and(|sent| {
+                let now = match overlay.profiles.get(&user) {
+                    Some((ts, _)) => Some(*ts),
+                    None => index.profiles.get(&user).map(|(_, ts)| *ts),
+                };
+                now != Some(sent)
+            });
+            let waiting = !stale
+                && index
+                    .pending
+                    .get(&(user.clone(), uid))
+                    .is_some_and(|t| t.contains(&node));
             let records = retire_once(
                 waiting,
                 &mut overlay.acked,
@@ -400,6 +430,8 @@ pub struct Overlay {
     gone: HashSet<(String, u32)>,
     acked: HashSet<(String, u32, u32)>,
     settled: HashSet<(String, u32, u32)>,
+    /// Profiles set earlier in the batch that win over the index's: user → (stamp, password).
+    profiles: HashMap<String, (i64, String)>,
 }
 
 /// Applies one durable record to the index. `offset` is where the record's frame starts.

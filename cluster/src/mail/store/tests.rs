@@ -443,6 +443,40 @@ async fn profiles_keep_the_newest_password_and_their_pushes_survive_a_restart() 
     );
 }
 
+/// Found by the simulation: a profile push was on its way when the password changed again; its
+/// answer retired the push of the new password, and that replica kept the old one for good.
+#[tokio::test]
+async fn a_profile_push_answered_after_the_profile_changed_is_pushed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .set_profile("alice", "first", 10, vec![2])
+        .await
+        .unwrap();
+    // "first" (stamped 10) is on its way to node 2 when "second" is set.
+    store
+        .set_profile("alice", "second", 20, vec![2])
+        .await
+        .unwrap();
+    let ack = |ts| Change::Acked {
+        user: "alice".into(),
+        uid: PROFILE_UID,
+        node: 2,
+        profile_ts: Some(ts),
+    };
+    assert!(matches!(store.change(ack(10)).await, Reply::Uids(_)));
+    let pushes = store.pending_pushes(10);
+    assert_eq!(
+        pushes.len(),
+        1,
+        "the answer about \"first\" retired the push of \"second\""
+    );
+    assert_eq!(pushes[0].targets, vec![2]);
+    // The answer to the push of "second" retires it.
+    assert!(matches!(store.change(ack(20)).await, Reply::Uids(_)));
+    assert!(store.pending_pushes(10).is_empty());
+}
+
 #[tokio::test]
 async fn nothing_a_peer_sends_trips_the_writer() {
     let dir = tempfile::tempdir().unwrap();
