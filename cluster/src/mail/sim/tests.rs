@@ -163,8 +163,11 @@ fn mail_sim_same_seed_replays_exactly() {
 }
 
 /// Seeds that found real bugs while the simulator was built (each fixed; see the README's
-/// "What the simulator found"). They pass now; they stay as regression cases, with the settings
-/// they failed under.
+/// "What the simulator found"), with the settings they failed under. Every change to what the
+/// simulator draws from its random source (compaction, full and slow disks and password changes
+/// came later) moves a seed's run, so these no longer replay the runs that found the bugs; they
+/// stay as extra seeds. Bugs 10 and 11 are pinned by unit tests that do not depend on the
+/// simulator (`machine::tests`, `store::tests`).
 #[test]
 fn mail_sim_regression_seeds() {
     let base = MailSimConfig::default();
@@ -178,8 +181,10 @@ fn mail_sim_regression_seeds() {
         replication: 1,
         ..MailSimConfig::default()
     };
-    let cases: [(u64, &MailSimConfig); 14] = [
+    let cases: [(u64, &MailSimConfig); 16] = [
         (0, &base),
+        (2, &base),
+        (420, &base),
         (7, &base),
         (43, &base),
         (68, &base),
