@@ -1199,7 +1199,11 @@ fn user_profiles_reach_every_node_including_one_that_was_down() {
         );
         body.contains("\"profile\"")
     };
+    // Each profile is pushed on its own: alice's may reach node 2 before user5's.
     wait_for("node 2 knows alice", &|| has_profile(&all[1], "alice"));
+    wait_for("node 2 knows user5's new password", &|| {
+        pop3_login(all[1].pop3, "user5", "changed").is_ok()
+    });
     // Mail for the new user is accepted through node 2 and read with her password on node 1.
     smtp_send(&all[1], &domain, "alice", "for-alice").unwrap();
     let mail = pop3_read(all[0].pop3, "alice", "pw-a").unwrap();
