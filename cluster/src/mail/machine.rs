@@ -57,16 +57,6 @@ const RETIRE_CHUNK_UIDS: usize = 10_000;
 /// New-message requests remembered for answering duplicates, at most.
 const RECENT_STORES_MAX: usize = 4_096;
 
-/// What became of a peer's request to store a new message.
-#[derive(Debug, Clone)]
-enum Recent {
-    /// Being stored: a duplicate is left to the first's answer.
-    Taken,
-    /// Stored under this UID: a duplicate gets the same answer.
-    Stored(u32),
-    /// Refused: so is a duplicate (the sender has placed the message elsewhere).
-    Failed(String),
-}
 /// Users a node remembers having reported in one view, at most (past it, no more reports until
 /// the next view: the manager still finds the user on the next view change).
 const REPORTED_USERS_MAX: usize = 1_000_000;
@@ -222,6 +212,17 @@ type PushKey = (String, u32, u32, Owed);
 enum Owed {
     Message,
     State,
+}
+
+/// What became of a peer's request to store a new message.
+#[derive(Debug, Clone)]
+enum Recent {
+    /// Being stored: a duplicate is left to the first's answer.
+    Taken,
+    /// Stored under this UID: a duplicate gets the same answer.
+    Stored(u32),
+    /// Refused: so is a duplicate (the sender has placed the message elsewhere).
+    Failed(String),
 }
 
 /// What an answer to one of this node's requests resumes.

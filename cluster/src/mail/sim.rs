@@ -267,8 +267,8 @@ impl fmt::Display for MailSoak {
             "{} seeds passed, {} failed; {} events, {:.2} simulated hours; {} deliveries acknowledged \
              ({} uncertain), {} expunges, {} flag changes, {} password changes, {} reads checked; \
              {} crashes, {} partitions, {} clock skews, {} torn tails, {} full disks ({} batches \
-             refused), {} slow disks; {} compactions ({} crashed mid-way); {} messages ({} lost, {} duplicated); slowest \
-             settle {} ms; fault combinations covered: {combos} of {of}",
+             refused), {} slow disks; {} compactions ({} crashed mid-way); {} messages ({} lost, \
+             {} duplicated); slowest settle {} ms; fault combinations covered: {combos} of {of}",
             self.reports.len(),
             self.failures.len(),
             self.events(),
@@ -1535,8 +1535,7 @@ impl Sim {
                 self.report.fault_kinds |= 1 << 3;
             }
             80..=87 => {
-                let ids: Vec<u32> = self.nodes.keys().copied().collect();
-                let id = ids[self.rng.below(ids.len() as u64) as usize];
+                let id = self.any_node();
                 let max = self.config.skew_ms_max;
                 let skew = self.rng.below(2 * max + 1) as i64 - max as i64;
                 self.nodes.get_mut(&id).expect("node").skew_ms = skew;
@@ -1544,22 +1543,10 @@ impl Sim {
                 self.report.skews += 1;
                 self.report.fault_kinds |= 1 << 4;
             }
-            93..=95 => {
-                // A node's disk turns slow for a while (fsyncs of up to 2 s, now and then a
-                // stall past the peers' write timeout).
-                let ids: Vec<u32> = self.nodes.keys().copied().collect();
-                let id = ids[self.rng.below(ids.len() as u64) as usize];
-                let until = self.now + self.rng.range_inclusive(500, 3_000);
-                self.nodes.get_mut(&id).expect("node").slow_until = Some(until);
-                self.note(format!("fault: n{id}'s disk is slow until {until} ms"));
-                self.report.slow_disks += 1;
-                self.report.fault_kinds |= 1 << 9;
-            }
             88..=92 => {
                 // A node's disk fills up for a while: its writer refuses batches with new
                 // messages, or (less often) every batch, until space returns.
-                let ids: Vec<u32> = self.nodes.keys().copied().collect();
-                let id = ids[self.rng.below(ids.len() as u64) as usize];
+                let id = self.any_node();
                 let until = self.now + self.rng.range_inclusive(100, 2_000);
                 let everything = self.rng.chance(0.3);
                 self.nodes.get_mut(&id).expect("node").full = Some(DiskFull { until, everything });
@@ -1573,6 +1560,16 @@ impl Sim {
                 ));
                 self.report.disk_fulls += 1;
                 self.report.fault_kinds |= 1 << 8;
+            }
+            93..=95 => {
+                // A node's disk turns slow for a while (fsyncs of up to 2 s, now and then a
+                // stall past the peers' write timeout).
+                let id = self.any_node();
+                let until = self.now + self.rng.range_inclusive(500, 3_000);
+                self.nodes.get_mut(&id).expect("node").slow_until = Some(until);
+                self.note(format!("fault: n{id}'s disk is slow until {until} ms"));
+                self.report.slow_disks += 1;
+                self.report.fault_kinds |= 1 << 9;
             }
             96..=98 => {
                 // Every node at once (a power cut), then all back.
@@ -1593,6 +1590,12 @@ impl Sim {
 
     /// The end of the chaos: no more faults, loss or duplication; partitions healed; every
     /// node up.
+    /// A node drawn at random, up or down.
+    fn any_node(&mut self) -> u32 {
+        let ids: Vec<u32> = self.nodes.keys().copied().collect();
+        ids[self.rng.below(ids.len() as u64) as usize]
+    }
+
     fn heal_all(&mut self) -> Result<(), String> {
         self.chaos = false;
         self.groups = None;

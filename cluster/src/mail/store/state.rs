@@ -291,14 +291,7 @@ pub fn sequence(
             ts_ms,
             targets,
         } => {
-            let newer = match overlay.profiles.get(&user) {
-                Some((ts, p)) => (ts_ms, &password) > (*ts, p),
-                None => index
-                    .profiles
-                    .get(&user)
-                    .is_none_or(|(p, ts)| (ts_ms, &password) > (*ts, p)),
-            };
-            if newer {
+            if profile_wins((ts_ms, &password), current_profile(index, overlay, &user)) {
                 overlay
                     .profiles
                     .insert(user.clone(), (ts_ms, password.clone()));
@@ -352,11 +345,7 @@ pub fn sequence(
             profile_ts,
         } => {
             let stale = profile_ts.is_some_and(|sent| {
-                let now = match overlay.profiles.get(&user) {
-                    Some((ts, _)) => Some(*ts),
-                    None => index.profiles.get(&user).map(|(_, ts)| *ts),
-                };
-                now != Some(sent)
+                current_profile(index, overlay, &user).map(|(ts, _)| ts) != Some(sent)
             });
             let waiting = !stale
                 && index
@@ -417,6 +406,24 @@ fn retire_once(
         vec![record(user, uid, node)]
     } else {
         Vec::new()
+    }
+}
+
+/// Whether a profile (stamp, password) wins over the current one: the newest stamp, the
+/// password breaking a tie, so every node keeps the same one.
+fn profile_wins(new: (i64, &str), current: Option<(i64, &str)>) -> bool {
+    current.is_none_or(|current| new > current)
+}
+
+/// `user`'s profile as it will be once the changes earlier in the batch are applied.
+fn current_profile<'a>(
+    index: &'a Index,
+    overlay: &'a Overlay,
+    user: &str,
+) -> Option<(i64, &'a str)> {
+    match overlay.profiles.get(user) {
+        Some((ts, p)) => Some((*ts, p.as_str())),
+        None => index.profiles.get(user).map(|(p, ts)| (*ts, p.as_str())),
     }
 }
 
@@ -567,11 +574,8 @@ pub fn apply(index: &mut Index, segment: u32, offset: u64, record: &record::Reco
             ts_ms,
             targets,
         } => {
-            let newer = index
-                .profiles
-                .get(user)
-                .is_none_or(|(p, ts)| (*ts_ms, password) > (*ts, p));
-            if newer {
+            let current = index.profiles.get(user).map(|(p, ts)| (*ts, p.as_str()));
+            if profile_wins((*ts_ms, password), current) {
                 index
                     .profiles
                     .insert(user.clone(), (password.clone(), *ts_ms));
